@@ -1,0 +1,225 @@
+"""Configuration: one YAML file plus environment variables.
+
+The file is ``$MIGRATOR_CONFIG`` (default ``./migrator.yaml``). Any value can be overridden by an
+environment variable ``MIGRATOR_<KEY>``, nested keys joined by ``__`` (``MIGRATOR_CONTROL_DSN``,
+``MIGRATOR_MOVES__DRAIN_TIMEOUT_S``). Inside the YAML, ``${VAR}`` is replaced by the environment
+variable ``VAR`` so credentials need not be written in the file. A wrong or missing value gives one
+:class:`~migrator.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from migrator.dsn import mask_dsn
+from migrator.errors import ConfigError, UnknownCell
+
+DEFAULT_CONFIG_PATH = "migrator.yaml"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BlobStoreConfig(_Strict):
+    """Where a cell keeps its objects. ``local``: a directory; ``s3``: an S3-compatible bucket."""
+
+    kind: Literal["local", "s3"] = "local"
+    path: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class CellConfig(_Strict):
+    dsn: str
+    blobs: BlobStoreConfig = Field(default_factory=BlobStoreConfig)
+    state: Literal["active", "draining", "offline"] = "active"
+    # adopt: the cell already runs the application; never apply the sample schema to it.
+    adopt: bool = False
+
+    def masked_dsn(self) -> str:
+        return mask_dsn(self.dsn)
+
+
+class TopologyConfig(_Strict):
+    # Where workers and the CLI reach the Topology Service (gRPC). None: use it in-process.
+    address: str | None = "127.0.0.1:50051"
+    listen: str = "127.0.0.1:50051"
+    # Size of the ID range each cell's sequences get.
+    sequence_block: int = 1_000_000_000_000
+    notify_channel: str = "topology_routes"
+
+
+class MoveConfig(_Strict):
+    batch_rows: int = 20_000
+    chunk_rows: int = 200_000
+    blob_batch: int = 200
+    drain_timeout_s: float = 60.0
+    lease_ttl_s: float = 60.0
+    # The reconciler re-enqueues a running move whose heartbeat is older than this.
+    stale_after_s: float = 90.0
+    reconcile_every_s: float = 30.0
+    retention_hours: float = 168.0
+    # Estimates used by preflight until measured rates exist.
+    est_rows_per_s: float = 100_000.0
+    est_blob_bytes_per_s: float = 100_000_000.0
+    # Copy with FK and user triggers disabled on the target session (needs superuser or
+    # GRANT SET ON PARAMETER session_replication_role). See docs/adr/0004-copy-path.md.
+    disable_target_triggers: bool = True
+
+
+class CeleryConfig(_Strict):
+    result_backend: str | None = None
+    queue_prefix: str = ""
+    visibility_timeout_s: int = 7200
+    task_soft_time_limit_s: int = 3000
+    task_time_limit_s: int = 3600
+
+
+class Settings(BaseSettings):
+    """Everything the migrator needs to know, from the YAML file and the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MIGRATOR_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    control_dsn: str
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    dictionary_path: str | None = None
+    cells: dict[str, CellConfig] = Field(default_factory=dict)
+    topology: TopologyConfig = Field(default_factory=TopologyConfig)
+    moves: MoveConfig = Field(default_factory=MoveConfig)
+    celery: CeleryConfig = Field(default_factory=CeleryConfig)
+    # Where this settings object was read from (set by load_settings, not by the user).
+    config_path: str | None = None
+
+    @field_validator("cells")
+    @classmethod
+    def _cell_names(cls, cells: dict[str, CellConfig]) -> dict[str, CellConfig]:
+        for name in cells:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}", name):
+                raise ValueError(f"cell name {name!r} must be 1-63 letters, digits, '-', '_' or '.'")
+        return cells
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    def cell(self, name: str) -> CellConfig:
+        try:
+            return self.cells[name]
+        except KeyError:
+            known = ", ".join(sorted(self.cells)) or "none"
+            raise UnknownCell(
+                f"unknown cell {name!r}", f"configured cells: {known}; add it under 'cells:' in the config"
+            ) from None
+
+    def dictionary_file(self) -> Path:
+        if self.dictionary_path:
+            path = Path(self.dictionary_path)
+            if not path.is_absolute() and self.config_path:
+                path = Path(self.config_path).parent / path
+            return path
+        from migrator.dictionary import SAMPLE_DICTIONARY_PATH
+
+        return SAMPLE_DICTIONARY_PATH
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(value)
+        if not path.is_absolute() and self.config_path:
+            path = Path(self.config_path).parent / path
+        return path
+
+
+def _expand_env(value: Any, where: str = "") -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    f"config key {where or '?'} refers to ${{{name}}}, which is not set",
+                    f"export {name}=... before running",
+                )
+            return os.environ[name]
+
+        return _ENV_REF.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def config_path_from_env() -> Path:
+    return Path(os.environ.get("MIGRATOR_CONFIG", DEFAULT_CONFIG_PATH))
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Read the config file (``path``, else ``$MIGRATOR_CONFIG``, else ``./migrator.yaml``)."""
+    cfg_path = Path(path) if path is not None else config_path_from_env()
+    data: dict[str, Any] = {}
+    if cfg_path.exists():
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}", "fix the YAML syntax") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {cfg_path} must be a mapping of keys", "see README.md, Configuration")
+        data = _expand_env(loaded)
+    elif not os.environ.get("MIGRATOR_CONTROL_DSN"):
+        raise ConfigError(
+            f"config file {cfg_path} not found",
+            "set MIGRATOR_CONFIG to your config file, or create ./migrator.yaml (see README.md, Configuration)",
+        )
+    data["config_path"] = str(cfg_path.resolve())
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "missing":
+                msg = "is required"
+            elif err["type"] == "extra_forbidden":
+                msg = "is not a known key"
+            problems.append(f"{key} {msg}")
+        raise ConfigError(
+            f"invalid config {cfg_path}: " + "; ".join(mask_dsn(p) for p in problems),
+            "see README.md, Configuration",
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def _cached(path: str) -> Settings:
+    return load_settings(path)
+
+
+def get_settings() -> Settings:
+    """The settings of this process (read once per config path)."""
+    return _cached(str(config_path_from_env().resolve()))
+
+
+def clear_settings_cache() -> None:
+    _cached.cache_clear()

@@ -1,0 +1,107 @@
+"""The errors an operator can see. Each names the thing that is wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class MigratorError(Exception):
+    """Base of every error the migrator reports to a person.
+
+    ``code`` is stable (scripts and the API match on it); ``hint`` says what to do.
+    """
+
+    code = "migrator_error"
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class ConfigError(MigratorError):
+    code = "config_error"
+    exit_code = 2
+
+
+class UnknownOrganization(MigratorError):
+    code = "unknown_organization"
+
+
+class UnknownCell(MigratorError):
+    code = "unknown_cell"
+
+
+class SameCell(MigratorError):
+    code = "same_cell"
+
+
+class MoveConflict(MigratorError):
+    """A second active move of the same organization."""
+
+    code = "move_conflict"
+
+
+class UnknownMove(MigratorError):
+    code = "unknown_move"
+
+
+class InvalidMoveState(MigratorError):
+    code = "invalid_move_state"
+
+
+class DictionaryError(MigratorError):
+    """The data dictionary and a live schema disagree, or the dictionary itself is invalid."""
+
+    code = "dictionary_error"
+
+
+class SchemaMismatch(MigratorError):
+    code = "schema_mismatch"
+
+
+class KeyCollision(MigratorError):
+    code = "key_collision"
+
+
+class BlobMissing(MigratorError):
+    code = "blob_missing"
+
+
+class BlobChecksumMismatch(MigratorError):
+    code = "blob_checksum_mismatch"
+
+
+class ChecksumMismatch(MigratorError):
+    code = "checksum_mismatch"
+
+
+class CellUnavailable(MigratorError):
+    """A cell database (or its blob store) does not answer."""
+
+    code = "cell_unavailable"
+
+
+class DrainTimeout(MigratorError):
+    code = "drain_timeout"
+
+
+class StaleToken(MigratorError):
+    """A worker acting for a superseded attempt of a move (fencing)."""
+
+    code = "stale_token"
+
+
+class StaleVersion(MigratorError):
+    """A compare-and-set on a route saw another version than expected."""
+
+    code = "stale_version"
+
+
+class RouteFrozen(MigratorError):
+    code = "route_frozen"
