@@ -1,0 +1,1 @@
+"""Blob stores and the blob copier."""
