@@ -231,3 +231,12 @@ def open_store(settings, cell: str) -> BlobStore:
     if not cfg.bucket:
         raise ConfigError(f"cells.{cell}.blobs.bucket is required for kind s3", "set the bucket name")
     return S3BlobStore(cfg.bucket, cfg.prefix, cfg.endpoint_url, cfg.region, name=name)
+
+
+def same_store(a: BlobStore, b: BlobStore) -> bool:
+    """True when two configured stores are one and the same place (never copy or delete then)."""
+    if isinstance(a, LocalBlobStore) and isinstance(b, LocalBlobStore):
+        return a.root.resolve() == b.root.resolve()
+    if isinstance(a, S3BlobStore) and isinstance(b, S3BlobStore):
+        return (a.bucket, a.prefix, a.client.meta.endpoint_url) == (b.bucket, b.prefix, b.client.meta.endpoint_url)
+    return False

@@ -1,0 +1,219 @@
+"""What a cell database really contains: tables, columns, primary and foreign keys (catalog queries).
+
+``introspect`` reads one schema (``public`` by default) of a cell into a :class:`LiveSchema`.
+Partitions are folded into their partitioned parent (only the parent is listed), and the
+migrator's own schema ``migrator`` is never listed. ``LiveSchema.fingerprint`` and
+``LiveSchema.diff`` compare two cells' schemas (preflight refuses a move between cells whose
+schemas differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from migrator.db import connection
+
+MIGRATOR_SCHEMA = "migrator"
+
+_TABLES = """
+SELECT c.oid, c.relname, c.relkind = 'p' AS partitioned
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname
+"""
+
+_COLUMNS = """
+SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       a.attgenerated = 's', a.attidentity, a.attnum
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attrelid, a.attnum
+"""
+
+# conparentid = 0: skip the constraints PostgreSQL clones onto partitions.
+_CONSTRAINTS = """
+SELECT con.conrelid, con.contype, con.conname,
+       ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
+             ORDER BY k.ord) AS columns,
+       rn.nspname AS ref_schema, rc.relname AS ref_table,
+       ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY AS k(num, ord)
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num
+             ORDER BY k.ord) AS ref_columns
+FROM pg_catalog.pg_constraint con
+JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
+LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND con.contype IN ('p', 'f') AND con.conparentid = 0
+ORDER BY con.conrelid, con.conname
+"""
+
+_IDENTITY = {"a": "always", "d": "by default"}
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str  # format_type() text, e.g. "bigint", "character varying(255)"
+    nullable: bool
+    generated: bool = False  # GENERATED ALWAYS AS (...) STORED
+    identity: str | None = None  # "always" / "by default"
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class ForeignKeyInfo:
+    columns: list[str]
+    ref_table: str
+    ref_columns: list[str]
+    ref_schema: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class TableInfo:
+    name: str
+    columns: list[ColumnInfo] = field(default_factory=list)
+    primary_key: list[str] = field(default_factory=list)
+    foreign_keys: list[ForeignKeyInfo] = field(default_factory=list)
+    partitioned: bool = False
+
+    def column(self, name: str) -> ColumnInfo | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+    def has_column(self, name: str) -> bool:
+        return self.column(name) is not None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def insertable_columns(self) -> list[str]:
+        """Columns a COPY/INSERT may write (generated columns excluded)."""
+        return [c.name for c in self.columns if not c.generated]
+
+
+@dataclass
+class LiveSchema:
+    schema: str = "public"
+    tables: dict[str, TableInfo] = field(default_factory=dict)
+
+    def table(self, name: str) -> TableInfo:
+        from migrator.errors import SchemaMismatch
+
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise SchemaMismatch(
+                f"table {name!r} does not exist in schema {self.schema!r}", "run `migrator schema check`"
+            ) from None
+
+    def has_table(self, name: str) -> bool:
+        return name in self.tables
+
+    def foreign_key(self, table: str, column: str, ref_table: str) -> ForeignKeyInfo | None:
+        """The foreign key of ``table`` that maps ``column`` into ``ref_table`` (single-column ones first)."""
+        info = self.tables.get(table)
+        if info is None:
+            return None
+        candidates = [
+            fk for fk in info.foreign_keys
+            if fk.ref_table == ref_table and column in fk.columns and fk.ref_schema in (None, self.schema)
+        ]
+        candidates.sort(key=lambda fk: (len(fk.columns), fk.name or ""))
+        return candidates[0] if candidates else None
+
+    def _describe(self, name: str) -> str:
+        info = self.tables.get(name)
+        if info is None:
+            return f"{name}:absent"
+        cols = ",".join(f"{c.name} {c.type}" for c in sorted(info.columns, key=lambda c: c.name))
+        return f"{name}:pk({','.join(info.primary_key)}):{cols}"
+
+    def fingerprint(self, tables: Iterable[str] | None = None) -> str:
+        """A stable hash of the tables' columns (name, type) and primary keys; column order ignored."""
+        names = sorted(set(tables) if tables is not None else set(self.tables))
+        digest = hashlib.sha256()
+        for name in names:
+            digest.update(self._describe(name).encode())
+            digest.update(b"\n")
+        return digest.hexdigest()
+
+    def diff(self, other: LiveSchema, tables: Iterable[str] | None = None,
+             names: tuple[str, str] = ("this schema", "the other")) -> list[str]:
+        """Human-readable differences between two schemas, restricted to ``tables`` if given."""
+        return [message for _, _, message in self.diff_items(other, tables, names)]
+
+    def diff_items(self, other: LiveSchema, tables: Iterable[str] | None = None,
+                   names: tuple[str, str] = ("this schema", "the other")) -> list[tuple[str, str | None, str]]:
+        """The differences as ``(table, column or None, message)``."""
+        mine, theirs = names
+        wanted = sorted(set(tables) if tables is not None else set(self.tables) | set(other.tables))
+        out: list[tuple[str, str | None, str]] = []
+        for name in wanted:
+            a, b = self.tables.get(name), other.tables.get(name)
+            if a is None and b is None:
+                continue
+            if a is None or b is None:
+                present, absent = (theirs, mine) if a is None else (mine, theirs)
+                out.append((name, None, f"table {name}: present in {present}, missing in {absent}"))
+                continue
+            acols = {c.name: c for c in a.columns}
+            bcols = {c.name: c for c in b.columns}
+            for col in sorted(set(acols) | set(bcols)):
+                ca, cb = acols.get(col), bcols.get(col)
+                if ca is None or cb is None:
+                    present, absent = (theirs, mine) if ca is None else (mine, theirs)
+                    out.append((name, col, f"column {name}.{col}: present in {present}, missing in {absent}"))
+                elif ca.type != cb.type:
+                    out.append((name, col, f"column {name}.{col}: type {ca.type} in {mine}, {cb.type} in {theirs}"))
+                elif ca.generated != cb.generated:
+                    where = mine if ca.generated else theirs
+                    out.append((name, col, f"column {name}.{col}: generated in {where} only"))
+            if a.primary_key != b.primary_key:
+                out.append((name, None, f"table {name}: primary key ({', '.join(a.primary_key)}) in {mine}, "
+                                        f"({', '.join(b.primary_key)}) in {theirs}"))
+        return out
+
+
+def _read(conn: psycopg.Connection, schema: str) -> LiveSchema:
+    live = LiveSchema(schema=schema)
+    if schema == MIGRATOR_SCHEMA:
+        return live
+    params = {"schema": schema}
+    by_oid: dict[int, TableInfo] = {}
+    with conn.cursor() as cur:
+        for oid, name, partitioned in cur.execute(_TABLES, params).fetchall():
+            by_oid[oid] = live.tables[name] = TableInfo(name=name, partitioned=partitioned)
+        for oid, name, type_, notnull, generated, identity, pos in cur.execute(_COLUMNS, params).fetchall():
+            info = by_oid.get(oid)
+            if info is not None:
+                info.columns.append(ColumnInfo(name, type_, not notnull, bool(generated),
+                                               _IDENTITY.get(identity or ""), pos))
+        for oid, kind, conname, cols, ref_schema, ref_table, ref_cols in cur.execute(_CONSTRAINTS, params).fetchall():
+            info = by_oid.get(oid)
+            if info is None:
+                continue
+            if kind == "p":
+                info.primary_key = list(cols)
+            else:
+                info.foreign_keys.append(ForeignKeyInfo(list(cols), ref_table, list(ref_cols), ref_schema, conname))
+    return live
+
+
+def introspect(conn_or_dsn: psycopg.Connection | str, schema: str = "public") -> LiveSchema:
+    """Read ``schema`` of a database (a psycopg connection or a DSN) into a :class:`LiveSchema`."""
+    if isinstance(conn_or_dsn, str):
+        with connection(conn_or_dsn, what="database", autocommit=True) as conn:
+            return _read(conn, schema)
+    return _read(conn_or_dsn, schema)

@@ -1,0 +1,220 @@
+"""Provisioning cells (``migrator cells init``) and reading their size (``migrator cells list``).
+
+For each cell ``init_cells``: checks its blob store, connects to its database, registers it in the
+Topology Service (which hands out a disjoint sequence range per cell), then in one transaction
+applies the sample application schema (unless the cell is ``adopt``-ed or already has the
+``organizations`` table), records the cell's identity in ``migrator.cell_info``, installs the
+freeze guard and moves every sequence of the cell into the cell's range, so rows keep their IDs
+when they move between cells. Everything is idempotent: a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from migrator.cells.guard import install_guard
+from migrator.cells.introspect import LiveSchema, introspect
+from migrator.db import cell_connection
+from migrator.dictionary.model import Dictionary, load_dictionary
+from migrator.errors import ConfigError, MigratorError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SCHEMA_PATH = Path(__file__).parent / "sample_schema.sql"
+SAMPLE_ROOT_TABLE = "organizations"
+APP_SCHEMA = "public"
+_INIT_LOCK = 0x6D67696E69740000  # "mginit": one init per cell database at a time
+# Below this many estimated rows a table is counted exactly.
+EXACT_COUNT_BELOW = 200_000
+
+
+class SequenceRangeError(MigratorError):
+    code = "sequence_range"
+
+
+_CELL_INFO_DDL = """
+CREATE SCHEMA IF NOT EXISTS migrator;
+CREATE TABLE IF NOT EXISTS migrator.cell_info (key text PRIMARY KEY, value text NOT NULL);
+"""
+
+_SEQUENCES = """
+SELECT c.relname, pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax
+FROM pg_catalog.pg_sequence s
+JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s
+ORDER BY c.relname
+"""
+
+_TYPE_MAX = {"smallint": 2**15 - 1, "integer": 2**31 - 1, "bigint": 2**63 - 1}
+
+
+def _table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
+                        (sql.Identifier(schema, table).as_string(conn),)).fetchone()[0]
+
+
+def apply_sample_schema(conn: psycopg.Connection) -> bool:
+    """Create the sample application's tables unless ``organizations`` exists; True if applied."""
+    if _table_exists(conn, APP_SCHEMA, SAMPLE_ROOT_TABLE):
+        return False
+    conn.execute(SAMPLE_SCHEMA_PATH.read_text())
+    return True
+
+
+def _record_cell_info(conn: psycopg.Connection, name: str, lo: int, hi: int) -> None:
+    conn.execute(_CELL_INFO_DDL)
+    row = conn.execute("SELECT value FROM migrator.cell_info WHERE key = 'cell'").fetchone()
+    if row is not None and row[0] != name:
+        raise ConfigError(
+            f"the database configured for cell {name!r} already belongs to cell {row[0]!r}",
+            "two cells must never share a database: fix the dsn of one of them in the config",
+        )
+    conn.execute(
+        """INSERT INTO migrator.cell_info (key, value)
+           VALUES ('cell', %s), ('installed_at', now()::text), ('seq_min', %s), ('seq_max', %s)
+           ON CONFLICT (key) DO NOTHING""",
+        (name, str(lo), str(hi)),
+    )
+
+
+def set_sequence_ranges(conn: psycopg.Connection, lo: int, hi: int, schema: str = APP_SCHEMA) -> list[str]:
+    """Give every sequence of ``schema`` the range [lo, hi]; returns the sequences changed.
+
+    A sequence restarts at ``lo`` only when its next value is below ``lo``, so values already
+    handed out in this range are kept; a sequence already past ``hi`` is an error.
+    """
+    changed = []
+    for name, type_, start, increment, smin, smax in conn.execute(_SEQUENCES, (schema,)).fetchall():
+        ident = sql.Identifier(schema, name)
+        if increment <= 0:
+            log.warning("sequence %s.%s counts down; left alone", schema, name)
+            continue
+        if hi > _TYPE_MAX.get(type_, 2**63 - 1):
+            raise SequenceRangeError(
+                f"sequence {schema}.{name} is {type_}: it cannot hold the cell's range [{lo}, {hi}]",
+                f"make the column and the sequence bigint (ALTER SEQUENCE {name} AS bigint)",
+            )
+        last_value, is_called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(ident)).fetchone()
+        next_value = last_value + increment if is_called else last_value
+        if last_value > hi:
+            raise SequenceRangeError(
+                f"sequence {schema}.{name} is at {last_value}, beyond the cell's range [{lo}, {hi}]",
+                "this database holds IDs of another range: check that the cell's dsn points at the right database",
+            )
+        restart = next_value < lo
+        if (smin, smax, start) == (lo, hi, lo) and not restart:
+            continue
+        stmt = sql.SQL("ALTER SEQUENCE {} MINVALUE {} MAXVALUE {} START WITH {}").format(
+            ident, sql.Literal(lo), sql.Literal(hi), sql.Literal(lo))
+        if restart:
+            stmt = stmt + sql.SQL(" RESTART WITH {}").format(sql.Literal(lo))
+        conn.execute(stmt)
+        changed.append(name)
+    return changed
+
+
+def _init_one(settings, name: str, dictionary: Dictionary, topology) -> dict:
+    from migrator.blobs.store import open_store
+
+    cfg = settings.cell(name)
+    store = open_store(settings, name)
+    store.check()
+    with cell_connection(settings, name) as conn:
+        info = topology.register_cell(name, address=cfg.masked_dsn(), state=cfg.state)
+        lo, hi = int(info.seq_min), int(info.seq_max)
+        with conn.transaction():
+            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+            schema_applied = False if cfg.adopt else apply_sample_schema(conn)
+            _record_cell_info(conn, name, lo, hi)
+            live = introspect(conn, APP_SCHEMA)
+            guard = install_guard(conn, dictionary, live)
+            sequences = set_sequence_ranges(conn, lo, hi, APP_SCHEMA)
+            total_sequences = len(conn.execute(_SEQUENCES, (APP_SCHEMA,)).fetchall())
+    result = {
+        "cell": name,
+        "state": info.state,
+        "schema_applied": schema_applied,
+        "guard_installed": guard.did_change,
+        "guard_tables": len(guard.tables),
+        "guard_missing_tables": guard.missing,
+        "sequences_set": len(sequences),
+        "sequences": total_sequences,
+        "range": [lo, hi],
+        "blob_store": store.name,
+    }
+    log.info("cell %s provisioned: %s", name, result)
+    return result
+
+
+def init_cells(settings, names: list[str] | None = None) -> list[dict]:
+    """Provision the configured cells (or only ``names``); one result dict per cell, in order."""
+    from migrator.topology.client import topology_client
+
+    selected = list(names) if names else list(settings.cells)
+    if not selected:
+        raise ConfigError("no cells are configured", "add cells under 'cells:' in the config")
+    for name in selected:
+        settings.cell(name)  # UnknownCell before touching anything
+    dictionary = load_dictionary(settings.dictionary_file())
+    topology = topology_client(settings)
+    try:
+        return [_init_one(settings, name, dictionary, topology) for name in selected]
+    finally:
+        close = getattr(topology, "close", None)
+        if close is not None:
+            close()
+
+
+def _table_rows(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, bool]:
+    """(rows, estimated): an exact count for small tables, the planner's estimate for big ones."""
+    estimate = conn.execute(
+        """SELECT COALESCE(SUM(GREATEST(c.reltuples, 0)), 0)::bigint, bool_and(c.reltuples >= 0)
+           FROM pg_catalog.pg_partition_tree(%s::regclass) p JOIN pg_catalog.pg_class c ON c.oid = p.relid
+           WHERE p.isleaf""",
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchone()
+    est, analyzed = int(estimate[0] or 0), bool(estimate[1])
+    if analyzed and est >= EXACT_COUNT_BELOW:
+        return est, True
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0], False
+
+
+def _table_bytes(conn: psycopg.Connection, schema: str, table: str) -> int:
+    return int(conn.execute(
+        """SELECT COALESCE(SUM(pg_catalog.pg_total_relation_size(p.relid)), 0)
+           FROM pg_catalog.pg_partition_tree(%s::regclass) p""",
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchone()[0])
+
+
+def table_stats(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSchema) -> dict[str, dict]:
+    stats = {}
+    for table in dictionary.org_tables():
+        if table not in live.tables:
+            continue
+        rows, estimated = _table_rows(conn, live.schema, table)
+        stats[table] = {"rows": rows, "estimated": estimated, "bytes": _table_bytes(conn, live.schema, table)}
+    return stats
+
+
+def cell_stats(settings, name: str, dictionary: Dictionary | None = None) -> dict:
+    """Organizations, rows and bytes per organization table, and the database size of one cell."""
+    dictionary = dictionary or load_dictionary(settings.dictionary_file())
+    with cell_connection(settings, name, autocommit=True) as conn:
+        live = introspect(conn, APP_SCHEMA)
+        tables = table_stats(conn, dictionary, live)
+        root = tables.get(dictionary.root_table, {})
+        database_bytes = conn.execute("SELECT pg_catalog.pg_database_size(current_database())").fetchone()[0]
+    return {
+        "cell": name,
+        "organizations": root.get("rows", 0),
+        "tables": tables,
+        "rows": sum(t["rows"] for t in tables.values()),
+        "org_bytes": sum(t["bytes"] for t in tables.values()),
+        "bytes": int(database_bytes),
+    }

@@ -1,0 +1,206 @@
+"""``migrator cells`` (provision and size the cells) and ``migrator orgs`` (where organizations live)."""
+
+from __future__ import annotations
+
+import typer
+from psycopg import sql
+from rich.table import Table
+
+from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.errors import MigratorError
+
+cells_app = typer.Typer(help="Cells: provision their databases and see how full they are.", no_args_is_help=True)
+orgs_app = typer.Typer(help="Organizations: which cell each one lives in.", no_args_is_help=True)
+
+CELL_OPTION = typer.Option(None, "--cell", help="Only this cell (repeat for several; default: every configured cell).")
+
+
+def _topology(cfg):
+    from migrator.topology.client import topology_client
+
+    return topology_client(cfg)
+
+
+def _close(client) -> None:
+    close = getattr(client, "close", None)
+    if close is not None:
+        close()
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@cells_app.command("init")
+@handle_errors
+def init_command(
+    cell: list[str] | None = CELL_OPTION,
+    json_output: bool = JSON_OPTION,
+    config: str | None = CONFIG_OPTION,
+) -> None:
+    """Provision cells: sample schema (unless adopt), freeze guard, Topology registration, sequence ranges.
+
+    Safe to run again: a second run changes nothing.
+    """
+    from migrator.cells.provision import init_cells
+
+    results = init_cells(settings(config), names=cell or None)
+    if json_output:
+        print_json(results)
+        return
+    table = Table("cell", "state", "sequence range", "schema", "guard", "sequences", "blob store")
+    for r in results:
+        lo, hi = r["range"]
+        table.add_row(
+            r["cell"], r["state"], f"{lo}..{hi}",
+            "applied" if r["schema_applied"] else "unchanged",
+            f"{'installed' if r['guard_installed'] else 'unchanged'} ({r['guard_tables']} tables)",
+            f"{r['sequences_set']} set of {r['sequences']}",
+            r["blob_store"],
+        )
+    console.print(table)
+    for r in results:
+        if r["guard_missing_tables"]:
+            err_console.print(f"[yellow]warning:[/] cell {r['cell']}: dictionary tables missing from the database: "
+                              + ", ".join(r["guard_missing_tables"]) + " (run `migrator schema check`)")
+
+
+@cells_app.command("list")
+@handle_errors
+def list_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OPTION) -> None:
+    """Every configured cell: state, sequence range, organizations routed to it, rows and bytes."""
+    from migrator.cells.provision import cell_stats
+    from migrator.dictionary import load_dictionary
+
+    cfg = settings(config)
+    dictionary = load_dictionary(cfg.dictionary_file())
+    client = _topology(cfg)
+    try:
+        registered = {c.name: c for c in client.list_cells()}
+        routed: dict[str, int] = {}
+        for route in client.list_routes():
+            routed[route.cell] = routed.get(route.cell, 0) + 1
+    finally:
+        _close(client)
+    rows, failed = [], False
+    for name in sorted(set(cfg.cells) | set(registered)):
+        info = registered.get(name)
+        row = {
+            "cell": name,
+            "configured": name in cfg.cells,
+            "registered": info is not None,
+            "state": info.state if info else "unregistered",
+            "seq_min": info.seq_min if info else None,
+            "seq_max": info.seq_max if info else None,
+            "organizations_routed": routed.get(name, 0),
+            "organizations": None,
+            "rows": None,
+            "bytes": None,
+            "error": None,
+        }
+        if name in cfg.cells:
+            try:
+                stats = cell_stats(cfg, name, dictionary)
+                row.update(organizations=stats["organizations"], rows=stats["rows"], bytes=stats["bytes"],
+                           tables=stats["tables"])
+            except MigratorError as exc:
+                row["error"] = exc.message
+                failed = True
+        rows.append(row)
+    if json_output:
+        print_json(rows)
+    else:
+        table = Table("cell", "state", "sequence range", "orgs routed", "orgs in db", "rows", "size", "note")
+        for r in rows:
+            rng = f"{r['seq_min']}..{r['seq_max']}" if r["registered"] else "-"
+            note = r["error"] or ("" if r["configured"] else "registered but not configured")
+            table.add_row(r["cell"], r["state"], rng, str(r["organizations_routed"]),
+                          "-" if r["organizations"] is None else str(r["organizations"]),
+                          "-" if r["rows"] is None else str(r["rows"]), _human_bytes(r["bytes"]), note)
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:
+    """Rows per organization in ``cell`` (all organization tables) and the organizations it holds."""
+    from migrator.cells.introspect import introspect
+    from migrator.db import cell_connection
+
+    counts: dict[int, int] = {}
+    with cell_connection(cfg, cell, autocommit=True) as conn:
+        live = introspect(conn)
+        root = dictionary.root_table
+        if root not in live.tables:
+            return counts, set()
+        root_pk = dictionary.root_key(live)
+        present = {int(r[0]) for r in conn.execute(
+            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(root_pk), sql.Identifier(live.schema, root)))}
+        for table in dictionary.org_tables():
+            if table not in live.tables:
+                continue
+            query = sql.SQL("SELECT {org} AS org, count(*) FROM {table} AS t GROUP BY 1").format(
+                org=dictionary.org_of_row_sql(table, live, "t"), table=sql.Identifier(live.schema, table))
+            for org, n in conn.execute(query):
+                if org is not None:
+                    counts[int(org)] = counts.get(int(org), 0) + int(n)
+    return counts, present
+
+
+@orgs_app.command("list")
+@handle_errors
+def orgs_list_command(
+    cell: str | None = typer.Option(None, "--cell", help="Only organizations of this cell, with their row counts."),
+    json_output: bool = JSON_OPTION,
+    config: str | None = CONFIG_OPTION,
+) -> None:
+    """Organizations: their cell and route (state, version) in the Topology Service; rows with --cell."""
+    cfg = settings(config)
+    if cell is not None:
+        cfg.cell(cell)
+    client = _topology(cfg)
+    try:
+        routes = client.list_routes()
+    finally:
+        _close(client)
+    rows = [{"organization_id": r.organization_id, "cell": r.cell, "state": r.state, "version": r.version,
+             "move_token": r.move_token} for r in routes if cell is None or r.cell == cell]
+    if cell is not None:
+        from migrator.dictionary import load_dictionary
+
+        counts, present = _org_rows(cfg, cell, load_dictionary(cfg.dictionary_file()))
+        routed_to = {r.organization_id: r.cell for r in routes}
+        for row in rows:
+            row["rows"] = counts.get(row["organization_id"], 0)
+            row["in_cell"] = row["organization_id"] in present
+        # Organizations with rows here but routed elsewhere (a source copy awaiting cleanup) or nowhere.
+        for org in sorted(present - {r["organization_id"] for r in rows}):
+            other = routed_to.get(org)
+            rows.append({"organization_id": org, "cell": cell, "state": "routed_elsewhere" if other else "unrouted",
+                         "version": None, "move_token": None, "rows": counts.get(org, 0), "in_cell": True,
+                         "routed_to": other})
+        rows.sort(key=lambda r: r["organization_id"])
+    if json_output:
+        print_json(rows)
+        return
+    columns = ["organization", "cell", "state", "version"] + (["rows"] if cell is not None else [])
+    table = Table(*columns)
+    for r in rows:
+        state = r["state"] + (f" (routed to {r['routed_to']})" if r.get("routed_to") else "")
+        values = [str(r["organization_id"]), r["cell"], state, "-" if r["version"] is None else str(r["version"])]
+        if cell is not None:
+            values.append(str(r["rows"]))
+        table.add_row(*values)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(cells_app, name="cells")
+    app.add_typer(orgs_app, name="orgs")

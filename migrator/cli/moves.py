@@ -1,0 +1,251 @@
+"""Operator commands for moves: move, status, watch, pause, resume, abort, cleanup, reconcile."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.moves import workflow as wf
+from migrator.moves.operations import Operations
+from migrator.moves.views import move_detail, move_summary, progress
+
+
+def _ops(config) -> Operations:
+    return Operations(settings(config))
+
+
+def _print_plan(plan: dict) -> None:
+    table = Table(title=f"plan: organization {plan['organization_id']} {plan['source']} -> {plan['target']}")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in plan["tables"].items():
+        table.add_row(name, f"{rows:,}")
+    table.add_row("[bold]total", f"[bold]{plan['rows_total']:,}")
+    console.print(table)
+    console.print(f"blobs: {plan['blobs']:,} ({plan['blob_bytes']:,} bytes)")
+    console.print(f"estimated duration: {plan['estimate_s']:.1f} s (write window about the same)")
+
+
+def _print_detail(data: dict) -> None:
+    console.print(f"[bold]move {data['id']}[/]  organization {data['organization_id']}  "
+                  f"{data['source']} -> {data['target']}  strategy {data['strategy']}")
+    colour = {"completed": "green", "failed": "red", "rejected": "red", "aborted": "yellow"}.get(data["state"], "cyan")
+    console.print(f"state [{colour}]{data['state']}[/]  step {data['step']}  attempt {data['attempt']}  "
+                  f"progress {data['progress']['fraction'] * 100:.0f}%")
+    if data.get("error"):
+        console.print(f"[red]error:[/] {data['error']}")
+    console.print(f"requested by {data['requested_by']}: {data['reason']}")
+    ver = (data.get("report") or {}).get("verification")
+    if ver:
+        t = Table(title="verification")
+        for col in ("table", "source rows", "target rows", "source checksum", "target checksum", "ok"):
+            t.add_column(col)
+        for name, v in ver["tables"].items():
+            t.add_row(name, str(v["source_rows"]), str(v["target_rows"]), v["source_checksum"], v["target_checksum"],
+                      "yes" if v["match"] else "[red]NO")
+        console.print(t)
+        console.print(f"blobs verified: {ver.get('blobs_verified', 0)}")
+    report = data.get("report") or {}
+    if "write_window_s" in report:
+        console.print(f"write window: {report['write_window_s']:.2f} s")
+    h = Table(title="history")
+    for col in ("at", "step", "event", "actor", "message"):
+        h.add_column(col)
+    for e in data["history"]:
+        h.add_row(e["at"][:23], e["step"] or "", e["event"], e["actor"], e["message"])
+    console.print(h)
+
+
+def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: bool = False) -> object:
+    """Live progress until the move stops moving; returns the final move."""
+    store = ops.store
+    move = store.get(move_id)
+    columns = (TextColumn("{task.description}", justify="left"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False, disable=quiet) as bar:
+        step_task = bar.add_task("step", total=len(wf.STEPS))
+        table_tasks: dict[str, int] = {}
+        blob_task = None
+        while True:
+            move = store.get(move_id)
+            p = progress(store, move)
+            idx = len(wf.STEPS) if move.state in (wf.COMPLETED, wf.CLEANED) else (
+                wf.step_index(move.step) if move.step in wf.STEPS else 0)
+            bar.update(step_task, completed=idx, description=f"step [cyan]{move.step}[/] ({move.state})")
+            for name, t in p["tables"].items():
+                if name not in table_tasks:
+                    table_tasks[name] = bar.add_task(f"  rows {name}", total=max(t["total"], 1))
+                bar.update(table_tasks[name], completed=min(t["copied"], t["total"]) if t["total"] else 0,
+                           total=max(t["total"], 1) if t["total"] else 1)
+            if p["blobs_total"]:
+                if blob_task is None:
+                    blob_task = bar.add_task("  blobs", total=p["blobs_total"])
+                bar.update(blob_task, completed=min(p["blobs_copied"], p["blobs_total"]))
+            if move.state not in (wf.QUEUED, wf.RUNNING, wf.ABORTING):
+                return move
+            time.sleep(interval)
+
+
+def _finish(ops: Operations, move_id: str, as_json: bool) -> None:
+    move = ops.store.get(move_id)
+    data = move_detail(ops.store, move)
+    if as_json:
+        print_json(data)
+    else:
+        _print_detail(data)
+    if move.state != wf.COMPLETED:
+        err_console.print(f"[red]move {move.id} ended {move.state}[/]: {move.error or 'see history above'}")
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("move")
+    @handle_errors
+    def move_cmd(
+        org: int = typer.Option(..., "--org", help="Organization id to move."),
+        to: str = typer.Option(..., "--to", help="Target cell name."),
+        reason: str = typer.Option("", "--reason", help="Why (kept in the move's history)."),
+        wait: bool = typer.Option(False, "--wait", help="Show live progress; exit 0 only if the move completed."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Run preflight only and print the plan."),
+        strategy: str = typer.Option("frozen", "--strategy", help="Move strategy: frozen (freeze, then copy)."),
+        as_json: bool = JSON_OPTION,
+        config: str = CONFIG_OPTION,
+    ):
+        """Move an organization to another cell (records the move and enqueues it)."""
+        ops = _ops(config)
+        if strategy != "frozen":
+            raise typer.BadParameter(f"unknown strategy {strategy!r}; available: frozen", param_hint="--strategy")
+        if dry_run:
+            plan = ops.dry_run(org, to)
+            print_json(plan) if as_json else _print_plan(plan)
+            return
+        move = ops.request_move(org, to, reason=reason, strategy=strategy)
+        if not wait:
+            if as_json:
+                print_json(move_summary(ops.store, move))
+            else:
+                console.print(f"move {move.id} enqueued: organization {org} {move.source_cell} -> {to}")
+                console.print(f"follow it with: migrator watch {move.id}")
+            return
+        if not as_json:
+            console.print(f"move {move.id}: organization {org} {move.source_cell} -> {to}")
+        watch_move(ops, str(move.id), quiet=as_json)
+        _finish(ops, str(move.id), as_json)
+
+    @app.command("status")
+    @handle_errors
+    def status_cmd(
+        move_id: str = typer.Argument(None, help="A move id (omit to list moves)."),
+        state: list[str] = typer.Option(None, "--state", help="Only moves in this state (repeatable)."),
+        cell: str = typer.Option(None, "--cell", help="Only moves from or to this cell."),
+        org: int = typer.Option(None, "--org", help="Only moves of this organization."),
+        as_json: bool = JSON_OPTION,
+        config: str = CONFIG_OPTION,
+    ):
+        """One move in detail (steps, progress, verification, history), or the list of moves."""
+        ops = _ops(config)
+        if move_id:
+            data = move_detail(ops.store, ops.store.get(move_id))
+            print_json(data) if as_json else _print_detail(data)
+            return
+        moves = ops.store.list(states=state or None, cell=cell, organization_id=org)
+        rows = []
+        for m in moves:
+            s = move_summary(ops.store, m)
+            s["progress"] = progress(ops.store, m)["fraction"]
+            rows.append(s)
+        if as_json:
+            print_json(rows)
+            return
+        t = Table(title=f"{len(rows)} move(s)")
+        for col in ("id", "org", "from -> to", "state", "step", "progress", "age", "error"):
+            t.add_column(col)
+        for s in rows:
+            t.add_row(s["id"][:8], str(s["organization_id"]), f"{s['source']} -> {s['target']}", s["state"],
+                      s["step"], f"{s['progress'] * 100:.0f}%", f"{s['age_s']:.0f}s", (s["error"] or "")[:60])
+        console.print(t)
+
+    @app.command("watch")
+    @handle_errors
+    def watch_cmd(move_id: str = typer.Argument(..., help="The move id."), as_json: bool = JSON_OPTION,
+                  config: str = CONFIG_OPTION):
+        """Live progress of a move until it completes, fails or is aborted."""
+        ops = _ops(config)
+        watch_move(ops, move_id, quiet=as_json)
+        _finish(ops, move_id, as_json)
+
+    @app.command("pause")
+    @handle_errors
+    def pause_cmd(move_id: str = typer.Argument(..., help="The move id."), config: str = CONFIG_OPTION):
+        """Pause a running move at its next checkpoint (the organization stays frozen)."""
+        move = _ops(config).pause(move_id)
+        console.print(f"move {move.id} paused at step {move.step}; `migrator resume {move.id}` continues it")
+
+    @app.command("resume")
+    @handle_errors
+    def resume_cmd(move_id: str = typer.Argument(..., help="The move id."),
+                   wait: bool = typer.Option(False, "--wait", help="Show live progress until it ends."),
+                   as_json: bool = JSON_OPTION, config: str = CONFIG_OPTION):
+        """Resume a failed or paused move from its last checkpoint (a new attempt, fencing the old one)."""
+        ops = _ops(config)
+        move = ops.resume(move_id)
+        if not as_json:
+            console.print(f"move {move.id} resumed (attempt {move.attempt}) at step {move.step}")
+        if wait:
+            watch_move(ops, move_id, quiet=as_json)
+            _finish(ops, move_id, as_json)
+        elif as_json:
+            print_json(move_summary(ops.store, move))
+
+    @app.command("abort")
+    @handle_errors
+    def abort_cmd(move_id: str = typer.Argument(..., help="The move id."),
+                  reason: str = typer.Option("", "--reason", help="Why (kept in the history)."),
+                  wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the abort is done."),
+                  config: str = CONFIG_OPTION):
+        """Abort a move before its flip: unfreeze the source and delete the partial target copy."""
+        ops = _ops(config)
+        move = ops.abort(move_id, reason=reason)
+        console.print(f"move {move.id}: abort requested")
+        if wait:
+            move = watch_move(ops, move_id, quiet=True)
+            if move.state != wf.ABORTED:
+                raise typer.Exit(1)
+            console.print(f"move {move.id} aborted: source {move.source_cell!r} writable, target cleaned")
+
+    @app.command("cleanup")
+    @handle_errors
+    def cleanup_cmd(move_id: str = typer.Argument(..., help="The move id."),
+                    force: bool = typer.Option(False, "--force", help="Delete before the retention period ends."),
+                    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the source copy is gone."),
+                    timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait."),
+                    config: str = CONFIG_OPTION):
+        """Delete the source copy of a completed move (refused before the retention period)."""
+        ops = _ops(config)
+        move = ops.cleanup(move_id, force=force)
+        console.print(f"move {move.id}: cleanup of {move.source_cell!r} enqueued")
+        if wait:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                move = ops.store.get(move_id)
+                if move.state == wf.CLEANED:
+                    console.print(f"move {move.id}: source copy deleted")
+                    return
+                time.sleep(0.5)
+            err_console.print("cleanup still running; check `migrator status`")
+            raise typer.Exit(1)
+
+    @app.command("reconcile")
+    @handle_errors
+    def reconcile_cmd(as_json: bool = JSON_OPTION, config: str = CONFIG_OPTION):
+        """Re-enqueue moves with no progress (what celery beat runs periodically)."""
+        from migrator.moves.dispatch import Dispatcher
+        from migrator.moves.reconciler import reconcile
+
+        cfg = settings(config)
+        actions = reconcile(cfg, Dispatcher(cfg))
+        print_json(actions) if as_json else console.print(f"{len(actions)} move(s) re-enqueued")

@@ -1,0 +1,1 @@
+"""The row copier: keyset batches over the primary key, streamed with binary COPY, upserted."""

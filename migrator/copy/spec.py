@@ -1,0 +1,145 @@
+"""What the copier and verifier know about one organization-scoped table, and the SQL they build.
+
+Everything is composed with ``psycopg.sql`` (identifiers quoted, key values as typed literals); the
+organization id is the named placeholder ``%(org)s``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from dataclasses import dataclass
+
+from psycopg import sql
+
+# Session settings that make a row's text form identical on every cell (checksums compare text).
+STABLE_SESSION = (
+    "SET TimeZone = 'UTC'",
+    "SET DateStyle = 'ISO, MDY'",
+    "SET IntervalStyle = 'postgres'",
+    "SET extra_float_digits = 3",
+    "SET bytea_output = 'hex'",
+)
+
+
+def stabilize_session(conn) -> None:
+    for stmt in STABLE_SESSION:
+        conn.execute(stmt)
+
+
+def json_key(values) -> list | None:
+    """A key tuple as JSON-safe values (stored as checkpoints and range bounds)."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        if v is None or isinstance(v, bool | int | str):
+            out.append(v)
+        elif isinstance(v, uuid.UUID | decimal.Decimal | dt.date | dt.datetime | dt.time | dt.timedelta):
+            out.append(str(v))
+        else:
+            out.append(str(v))
+    return out
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: tuple[str, ...]  # copied columns (generated columns excluded)
+    pk: tuple[str, ...]
+    pk_types: tuple[str, ...]
+    predicate: sql.Composable  # rows of the organization, table aliased "t"
+    identity_always: bool = False
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.name)
+
+    def cols(self, alias: str | None = None) -> sql.Composable:
+        if alias:
+            return sql.SQL(", ").join(sql.Identifier(alias, c) for c in self.columns)
+        return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
+
+    def pk_cols(self, alias: str | None = "t") -> sql.Composable:
+        if alias:
+            return sql.SQL(", ").join(sql.Identifier(alias, c) for c in self.pk)
+        return sql.SQL(", ").join(sql.Identifier(c) for c in self.pk)
+
+    def key_literal(self, values: list) -> sql.Composable:
+        parts = [
+            sql.SQL("CAST({} AS {})").format(sql.Literal(v), sql.SQL(t))  # t comes from format_type()
+            for v, t in zip(values, self.pk_types, strict=True)
+        ]
+        return sql.SQL("ROW({})").format(sql.SQL(", ").join(parts))
+
+    def range_condition(self, lo: list | None, hi: list | None, alias: str = "t") -> sql.Composable:
+        """(pk) > lo AND (pk) <= hi; an absent bound is open."""
+        conds: list[sql.Composable] = []
+        row = sql.SQL("ROW({})").format(self.pk_cols(alias))
+        if lo is not None:
+            conds.append(sql.SQL("{} > {}").format(row, self.key_literal(lo)))
+        if hi is not None:
+            conds.append(sql.SQL("{} <= {}").format(row, self.key_literal(hi)))
+        return sql.SQL(" AND ").join(conds) if conds else sql.SQL("TRUE")
+
+    def where(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
+        return sql.SQL("({}) AND {}").format(self.predicate, self.range_condition(lo, hi))
+
+    def select_batch(self, after: list | None, hi: list | None, limit: int | None) -> sql.Composable:
+        q = sql.SQL("SELECT {cols} FROM {table} AS t WHERE {where} ORDER BY {pk}").format(
+            cols=self.cols("t"), table=self.ident, where=self.where(after, hi), pk=self.pk_cols("t")
+        )
+        if limit:
+            q = sql.SQL("{} LIMIT {}").format(q, sql.Literal(int(limit)))
+        return q
+
+    def count_sql(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
+        return sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(self.ident, self.where(lo, hi))
+
+    def checksum_sql(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
+        """Row count and an order-independent checksum: the sum of a 64-bit prefix of each row's md5."""
+        return sql.SQL(
+            "SELECT count(*), coalesce(sum(('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::bigint), 0)::text"
+            " FROM {table} AS t WHERE {where}"
+        ).format(cols=self.cols("t"), table=self.ident, where=self.where(lo, hi))
+
+    def boundaries_sql(self, every: int) -> sql.Composable:
+        """Every ``every``-th key of the organization's rows in key order (range split points)."""
+        inner_pk = sql.SQL(", ").join(sql.Identifier(c) for c in self.pk)
+        return sql.SQL(
+            "SELECT {pk} FROM (SELECT {tpk}, row_number() OVER (ORDER BY {tpk}) AS _rn"
+            " FROM {table} AS t WHERE {pred}) s WHERE s._rn % {every} = 0 ORDER BY {pk}"
+        ).format(pk=inner_pk, tpk=self.pk_cols("t"), table=self.ident, pred=self.predicate,
+                 every=sql.Literal(int(every)))
+
+    def delete_sql(self, lo: list | None = None, hi: list | None = None, limit: int | None = None) -> sql.Composable:
+        """Delete the organization's rows (optionally a range, in batches of ``limit``)."""
+        if limit:
+            return sql.SQL(
+                "DELETE FROM {table} WHERE ROW({pk}) IN (SELECT {tpk} FROM {table} AS t WHERE {where} LIMIT {n})"
+            ).format(table=self.ident, pk=self.pk_cols(None), tpk=self.pk_cols("t"),
+                     where=self.where(lo, hi), n=sql.Literal(int(limit)))
+        return sql.SQL("DELETE FROM {table} AS t WHERE {where}").format(table=self.ident, where=self.where(lo, hi))
+
+    def pk_select(self) -> sql.Composable:
+        return sql.SQL("SELECT {pk} FROM {table} AS t WHERE {pred}").format(
+            pk=self.pk_cols("t"), table=self.ident, pred=self.predicate)
+
+
+def table_specs(dictionary, live) -> dict[str, TableSpec]:
+    """A TableSpec for every organization-scoped table, from the dictionary and a live schema."""
+    specs = {}
+    for name in dictionary.org_tables():
+        info = live.tables[name]
+        columns = tuple(c.name for c in sorted(info.columns, key=lambda c: c.position) if not c.generated)
+        types = {c.name: c.type for c in info.columns}
+        specs[name] = TableSpec(
+            name=name,
+            columns=columns,
+            pk=tuple(info.primary_key),
+            pk_types=tuple(types[c] for c in info.primary_key),
+            predicate=dictionary.org_predicate(name, live, alias="t"),
+            identity_always=any(c.identity == "always" for c in info.columns),
+        )
+    return specs

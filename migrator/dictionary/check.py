@@ -1,0 +1,126 @@
+"""Hold the data dictionary against a cell's live schema: every disagreement is a :class:`Problem`.
+
+A move is only safe when every table in the cell is classified (an unclassified table's rows would
+silently stay behind), every column the dictionary names exists, every sharding key leads to the
+root and every organization-scoped table has a primary key (the copier pages and upserts by it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from migrator.cells.introspect import LiveSchema
+from migrator.dictionary.model import Dictionary
+from migrator.errors import DictionaryError
+
+UNCLASSIFIED = "unclassified"
+MISSING_TABLE = "missing_table"
+MISSING_COLUMN = "missing_column"
+BROKEN_CHAIN = "broken_chain"
+NO_PRIMARY_KEY = "no_primary_key"
+UNRESOLVED_KEY = "unresolved_key"
+REFERENCES_ORG_DATA = "references_org_data"
+
+PROBLEM_KINDS = (UNCLASSIFIED, MISSING_TABLE, MISSING_COLUMN, BROKEN_CHAIN, NO_PRIMARY_KEY, UNRESOLVED_KEY,
+                 REFERENCES_ORG_DATA)
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    table: str
+    column: str | None
+    message: str
+    hint: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})"
+
+
+def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
+    """Every problem between ``dictionary`` and ``live``, sorted by table, kind and column."""
+    problems: list[Problem] = []
+    add = problems.append
+    source = dictionary.source or "the dictionary"
+
+    for name in sorted(set(live.tables) - set(dictionary.tables)):
+        add(Problem(
+            UNCLASSIFIED, name, None,
+            f"table {name} is in the database but not in the data dictionary: a move would leave its rows behind",
+            f"add {name} to {source}: organization-scoped with a sharding_key (column: parent_table) leading to "
+            f"{dictionary.root_table}, or classification: cell_local / cluster_wide",
+        ))
+
+    for name, entry in dictionary.tables.items():
+        info = live.tables.get(name)
+        if info is None:
+            add(Problem(
+                MISSING_TABLE, name, None,
+                f"table {name} is in the data dictionary ({entry.classification}) but not in the database",
+                f"create it (run the application's migrations on this cell) or remove it from {source}",
+            ))
+            continue
+        if not entry.organization_scoped:
+            for fk in info.foreign_keys:
+                target = dictionary.tables.get(fk.ref_table)
+                if target is not None and target.organization_scoped and fk.ref_schema in (None, live.schema):
+                    add(Problem(
+                        REFERENCES_ORG_DATA, name, ", ".join(fk.columns),
+                        f"{entry.classification} table {name} has a foreign key ({', '.join(fk.columns)}) into "
+                        f"organization-scoped table {fk.ref_table}: moving an organization would break it",
+                        f"drop the foreign key, or classify {name} as organization-scoped with a sharding_key",
+                    ))
+            continue
+        if not info.primary_key:
+            add(Problem(
+                NO_PRIMARY_KEY, name, None,
+                f"organization-scoped table {name} has no primary key: it cannot be copied in batches or upserted",
+                f"add a primary key to {name}",
+            ))
+        for column, parent in entry.sharding_key.items():
+            if not info.has_column(column):
+                add(Problem(
+                    MISSING_COLUMN, name, column,
+                    f"sharding key column {name}.{column} (-> {parent}) does not exist in the database",
+                    f"fix the sharding_key of {name} in {source}, or add the column",
+                ))
+                continue
+            if parent in live.tables and dictionary.tables.get(parent) is not None:
+                try:
+                    dictionary.parent_key(name, column, parent, live)
+                except DictionaryError as exc:
+                    add(Problem(UNRESOLVED_KEY, name, column, exc.message, exc.hint or ""))
+        for spec in entry.blobs:
+            for role, column in (("key", spec.key), ("checksum", spec.checksum), ("size", spec.size)):
+                if column and not info.has_column(column):
+                    add(Problem(
+                        MISSING_COLUMN, name, column,
+                        f"blob {role} column {name}.{column} does not exist in the database",
+                        f"fix the blobs of {name} in {source}, or add the column",
+                    ))
+
+    for chain in dictionary.chain_problems():
+        add(Problem(
+            BROKEN_CHAIN, chain.table, chain.column,
+            f"sharding key {chain.table}.{chain.column} does not lead to the root {dictionary.root_table}: "
+            f"{chain.message}",
+            f"make every sharding key of {chain.table} name an organization-scoped parent on a path to "
+            f"{dictionary.root_table} in {source}",
+        ))
+
+    if dictionary.root_table in live.tables:
+        pk = live.tables[dictionary.root_table].primary_key
+        if len(pk) > 1:
+            add(Problem(
+                NO_PRIMARY_KEY, dictionary.root_table, None,
+                f"root table {dictionary.root_table} has a composite primary key ({', '.join(pk)}); "
+                "its single-column primary key must be the organization id",
+                f"give {dictionary.root_table} a single-column primary key",
+            ))
+
+    order = {kind: i for i, kind in enumerate(PROBLEM_KINDS)}
+    problems.sort(key=lambda p: (p.table, order.get(p.kind, 99), p.column or ""))
+    return problems

@@ -1,0 +1,90 @@
+"""Sending wake-up calls to the workers: which Celery task runs a step, on which queue.
+
+The domain library never imports ``tasks/``: it sends tasks by name. ``TASK_QUEUES`` is the one
+routing table, used here and by the Celery app in ``tasks/`` (control steps, row copy, blob copy).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from migrator.config import Settings
+
+CONTROL, ROWS, BLOBS = "control", "rows", "blobs"
+
+TASK_QUEUES: dict[str, str] = {
+    "migrator.preflight": CONTROL,
+    "migrator.freeze": CONTROL,
+    "migrator.drain": CONTROL,
+    "migrator.copy_rows": CONTROL,
+    "migrator.copy_rows_unit": ROWS,
+    "migrator.copy_blobs": CONTROL,
+    "migrator.copy_blobs_unit": BLOBS,
+    "migrator.verify": CONTROL,
+    "migrator.verify_unit": ROWS,
+    "migrator.flip": CONTROL,
+    "migrator.unfreeze": CONTROL,
+    "migrator.abort": CONTROL,
+    "migrator.cleanup": CONTROL,
+    "migrator.reconcile": CONTROL,
+}
+
+
+def step_task(step: str) -> str:
+    return f"migrator.{step}"
+
+
+def unit_task(step: str) -> str:
+    return f"migrator.{step}_unit"
+
+
+def queue_name(settings: Settings, queue: str) -> str:
+    return f"{settings.celery.queue_prefix}{queue}"
+
+
+def all_queues(settings: Settings) -> list[str]:
+    return [queue_name(settings, q) for q in (CONTROL, ROWS, BLOBS)]
+
+
+def broker_transport_options(settings: Settings) -> dict:
+    # The visibility timeout must exceed the longest task, or Redis hands it to a second worker.
+    return {"visibility_timeout": settings.celery.visibility_timeout_s}
+
+
+@lru_cache(maxsize=4)
+def _client_app(broker_url: str, visibility_timeout: int) -> Celery:
+    app = Celery("cells-migrator-client", broker=broker_url, set_as_current=False)
+    app.conf.broker_transport_options = {"visibility_timeout": visibility_timeout}
+    app.conf.broker_connection_retry_on_startup = True
+    return app
+
+
+class Dispatcher:
+    """Enqueues step and unit tasks by name (``app``: the worker's own Celery app, when inside one)."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None):
+        self.settings = settings
+        self.app = app or _client_app(settings.broker_url, settings.celery.visibility_timeout_s)
+
+    def send(self, name: str, **kwargs) -> str:
+        queue = queue_name(self.settings, TASK_QUEUES[name])
+        result = self.app.send_task(name, kwargs=kwargs, queue=queue)
+        return result.id
+
+    def step(self, move, step: str, token: str | None = None) -> str:
+        return self.send(step_task(step), move_id=str(move.id), organization_id=int(move.organization_id),
+                         token=token or move.token)
+
+    def unit(self, move, step: str, unit: str, token: str | None = None) -> str:
+        return self.send(unit_task(step), move_id=str(move.id), organization_id=int(move.organization_id),
+                         unit=unit, token=token or move.token)
+
+    def abort(self, move, token: str | None = None) -> str:
+        return self.send("migrator.abort", move_id=str(move.id), organization_id=int(move.organization_id),
+                         token=token or move.token)
+
+    def cleanup(self, move, force: bool = False, actor: str = "") -> str:
+        return self.send("migrator.cleanup", move_id=str(move.id), organization_id=int(move.organization_id),
+                         force=force, actor=actor)

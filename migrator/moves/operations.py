@@ -1,0 +1,162 @@
+"""What operators do to moves: request, pause, resume, abort, clean up. Used by the CLI and the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+
+from migrator.config import Settings
+from migrator.errors import InvalidMoveState, MigratorError, StaleToken
+from migrator.moves import workflow as wf
+from migrator.moves.dispatch import Dispatcher
+from migrator.moves.preflight import validate_request
+from migrator.moves.store import MoveStore, new_token
+
+log = logging.getLogger(__name__)
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+class Operations:
+    def __init__(self, settings: Settings, dispatcher: Dispatcher | None = None, topology=None):
+        self.settings = settings
+        self.store = MoveStore(settings.control_dsn)
+        self._dispatcher = dispatcher
+        self._topology = topology
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(self.settings)
+        return self._dispatcher
+
+    @property
+    def topology(self):
+        if self._topology is None:
+            from migrator.topology.client import topology_client
+
+            self._topology = topology_client(self.settings)
+        return self._topology
+
+    # ------------------------------------------------------------------ start
+    def request_move(self, org: int, target: str, *, actor: str | None = None, reason: str = "",
+                     strategy: str = "frozen"):
+        route = validate_request(self.settings, self.topology, org, target)
+        move = self.store.create(organization_id=org, source=route.cell, target=target,
+                                 requested_by=actor or default_actor(), reason=reason or "operator request",
+                                 strategy=strategy)
+        self.dispatcher.step(move, wf.STEPS[0])
+        return move
+
+    def dry_run(self, org: int, target: str) -> dict:
+        """Preflight only, in this process: nothing is recorded or changed."""
+        from migrator.db import connect
+        from migrator.dictionary import load_dictionary
+        from migrator.moves.preflight import run_preflight
+
+        route = validate_request(self.settings, self.topology, org, target)
+        conns = []
+
+        def connect_cell(cell):
+            conn = connect(self.settings.cell(cell).dsn, what=f"cell {cell!r} database", autocommit=True)
+            conns.append(conn)
+            return conn
+
+        try:
+            return run_preflight(self.settings, self.topology, load_dictionary(self.settings.dictionary_file()),
+                                 org, route.cell, target, connect_cell=connect_cell)
+        finally:
+            for c in conns:
+                c.close()
+
+    # ------------------------------------------------------------------ control
+    def _takeover(self, move, state: str, *, step: str | None = None):
+        """Fence out every worker of the current attempt: the route's freeze first, then the move."""
+        token = new_token()
+        try:
+            route = self.topology.classify(move.organization_id)
+            if route.state == "frozen" and route.move_token in self._tokens(move):
+                self.topology.refence(move.organization_id, route.move_token, token, actor="operator",
+                                      reason=f"move {move.id} -> {state}")
+        except StaleToken:
+            pass
+        updated = self.store.rotate_token(move.id, move.token, token, state=state, step=step)
+        if updated is None:
+            raise InvalidMoveState(f"move {move.id} changed while you asked; try again", "see `migrator status`")
+        return updated
+
+    @staticmethod
+    def _tokens(move) -> set[str]:
+        return {move.token, *((move.report or {}).get("tokens") or [])}
+
+    def pause(self, move_id, actor: str | None = None):
+        move = self.store.get(move_id)
+        if move.state not in (wf.RUNNING, wf.QUEUED):
+            raise InvalidMoveState(f"move {move.id} is {move.state}; only a running move can be paused")
+        updated = self.store.set_fields(move.id, move.token, state=wf.PAUSED)
+        self.store.event(move.id, move.step, "paused", "paused by operator", actor=actor or default_actor())
+        return updated
+
+    def resume(self, move_id, actor: str | None = None):
+        move = self.store.get(move_id)
+        if move.state not in (wf.FAILED, wf.PAUSED, wf.RUNNING, wf.QUEUED):
+            raise InvalidMoveState(f"move {move.id} is {move.state}; nothing to resume",
+                                   "start a new move with `migrator move`")
+        step = move.step
+        lifted = (move.report or {}).get("freeze_lifted") and move.flipped_at is None
+        if lifted and wf.step_index(step) > wf.step_index("freeze"):
+            # The organization was writable since the failure: freeze again and copy again (upsert).
+            step = "freeze"
+        updated = self._takeover(move, wf.RUNNING, step=step)
+        if lifted:
+            self.store.reset_units(move.id, ["copy_rows", "copy_blobs", "verify"])
+            self.store.merge_json(move.id, updated.token, "report", {"freeze_lifted": False})
+        self.store.event(move.id, step, "resumed", f"attempt {updated.attempt} from step {step}",
+                         actor=actor or default_actor())
+        self.dispatcher.step(updated, step)
+        return updated
+
+    def abort(self, move_id, actor: str | None = None, reason: str = ""):
+        move = self.store.get(move_id)
+        if move.state in wf.TERMINAL_STATES:
+            raise InvalidMoveState(f"move {move.id} is already {move.state}; nothing to abort")
+        route = self.topology.classify(move.organization_id)
+        if move.flipped_at is not None or route.cell == move.target_cell:
+            raise InvalidMoveState(
+                f"move {move.id} has already flipped organization {move.organization_id} to {move.target_cell!r}",
+                f"the way back is a move in the other direction: migrator move --org {move.organization_id} "
+                f"--to {move.source_cell}",
+            )
+        updated = self._takeover(move, wf.ABORTING)
+        self.store.event(move.id, move.step, "abort_requested", reason or "aborted by operator",
+                         actor=actor or default_actor())
+        self.dispatcher.abort(updated)
+        return updated
+
+    def cleanup(self, move_id, *, force: bool = False, actor: str | None = None):
+        move = self.store.get(move_id)
+        check_cleanup_allowed(self.settings, move, force=force, now=self.store.now())
+        self.store.event(move.id, None, "cleanup_requested", "force" if force else "", actor=actor or default_actor())
+        self.dispatcher.cleanup(move, force=force, actor=actor or default_actor())
+        return move
+
+
+def check_cleanup_allowed(settings: Settings, move, *, force: bool, now: dt.datetime) -> None:
+    if move.state == wf.CLEANED:
+        return
+    if move.state != wf.COMPLETED:
+        raise InvalidMoveState(f"move {move.id} is {move.state}; only a completed move's source copy can be deleted")
+    retention = dt.timedelta(hours=settings.moves.retention_hours)
+    if not force and move.completed_at and now < move.completed_at + retention:
+        left = move.completed_at + retention - now
+        raise MigratorError(
+            f"move {move.id} completed {move.completed_at:%Y-%m-%d %H:%M} UTC; its source copy is kept for "
+            f"{settings.moves.retention_hours:g} h (another {left.total_seconds() / 3600:.1f} h)",
+            "wait for the retention period, or pass --force to delete it now",
+        )

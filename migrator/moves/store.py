@@ -1,0 +1,313 @@
+"""Move state in the control database: every write fenced by the move's token.
+
+All state changes are single SQL statements that compare before they set (the step, the token,
+the lease), so a stale worker, a duplicated message or two workers on one step can never move a
+move backwards or twice. The broker only carries wake-up calls; this is the source of truth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+
+from migrator.control.engine import session_factory
+from migrator.control.models import Move, MoveEvent, MoveUnit
+from migrator.errors import InvalidMoveState, MoveConflict, StaleToken, UnknownMove
+from migrator.moves import workflow as wf
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def _uuid(move_id) -> uuid.UUID:
+    if isinstance(move_id, uuid.UUID):
+        return move_id
+    try:
+        return uuid.UUID(str(move_id))
+    except ValueError:
+        raise UnknownMove(f"{move_id!r} is not a move id", "move ids look like 8c1f…; see `migrator status`") from None
+
+
+class MoveStore:
+    def __init__(self, control_dsn: str):
+        self.Session = session_factory(control_dsn)
+
+    # ---------------------------------------------------------------- moves
+    def create(self, *, organization_id: int, source: str, target: str, requested_by: str, reason: str,
+               strategy: str = "frozen", plan: dict | None = None) -> Move:
+        move = Move(
+            id=uuid.uuid4(), organization_id=organization_id, source_cell=source, target_cell=target,
+            strategy=strategy, state=wf.QUEUED, step=wf.STEPS[0], token=new_token(), attempt=1,
+            requested_by=requested_by, reason=reason, plan=plan or {}, report={},
+        )
+        with self.Session() as s:
+            try:
+                s.add(move)
+                s.flush()
+                s.add(MoveEvent(move_id=move.id, step=None, event="requested", actor=requested_by,
+                                message=f"move of organization {organization_id} {source} -> {target}: {reason}",
+                                detail={"strategy": strategy}))
+                s.commit()
+            except IntegrityError as exc:
+                s.rollback()
+                if "uq_moves_active_organization" not in str(exc.orig):
+                    raise
+                other = self.active_for(organization_id)
+                which = f"move {other.id} ({other.state}, step {other.step})" if other else "another move"
+                raise MoveConflict(
+                    f"organization {organization_id} already has an active move: {which}",
+                    "wait for it to finish, or `migrator abort` it first",
+                ) from None
+        return move
+
+    def get(self, move_id) -> Move:
+        with self.Session() as s:
+            move = s.get(Move, _uuid(move_id))
+        if move is None:
+            raise UnknownMove(f"no move {move_id}", "list moves with `migrator status`")
+        return move
+
+    def active_for(self, organization_id: int) -> Move | None:
+        with self.Session() as s:
+            return s.scalars(
+                select(Move).where(Move.organization_id == organization_id, Move.state.in_(wf.ACTIVE_STATES))
+            ).first()
+
+    def list(self, *, states: Iterable[str] | None = None, cell: str | None = None,
+             organization_id: int | None = None, limit: int = 200) -> list[Move]:
+        q = select(Move).order_by(Move.created_at.desc()).limit(limit)
+        if states:
+            q = q.where(Move.state.in_(list(states)))
+        if cell:
+            q = q.where(or_(Move.source_cell == cell, Move.target_cell == cell))
+        if organization_id is not None:
+            q = q.where(Move.organization_id == organization_id)
+        with self.Session() as s:
+            return list(s.scalars(q))
+
+    def _update(self, move_id, token: str | None, values: dict, *extra) -> Move | None:
+        """One fenced UPDATE; returns the updated move or None when the fence did not hold."""
+        conds = [Move.id == _uuid(move_id), *extra]
+        if token is not None:
+            conds.append(Move.token == token)
+        values = {**values, "updated_at": func.now()}
+        with self.Session() as s:
+            row = s.scalars(update(Move).where(and_(*conds)).values(**values).returning(Move)).first()
+            s.commit()
+            return row
+
+    def require(self, move_id, token: str) -> Move:
+        move = self.get(move_id)
+        if move.token != token:
+            raise StaleToken(
+                f"move {move.id}: token {token[:8]}… is superseded by attempt {move.attempt}",
+                "this worker acts for an old attempt and stops; the current attempt carries on",
+            )
+        return move
+
+    def start(self, move_id, token: str) -> Move | None:
+        """queued -> running (idempotent)."""
+        return self._update(move_id, token, {"state": wf.RUNNING, "heartbeat_at": func.now()},
+                            Move.state.in_([wf.QUEUED, wf.RUNNING]))
+
+    def claim_step(self, move_id, step: str, token: str, owner: str, ttl_s: float) -> Move | None:
+        """Take the step's lease. None if the move is elsewhere, fenced, or another worker holds it."""
+        now = func.now()
+        until = now + dt.timedelta(seconds=ttl_s)
+        return self._update(
+            move_id, token,
+            {"lease_owner": owner, "lease_until": until, "heartbeat_at": now,
+             "step_started_at": func.coalesce(Move.step_started_at, now)},
+            Move.step == step, Move.state == wf.RUNNING,
+            or_(Move.lease_owner.is_(None), Move.lease_owner == owner, Move.lease_until < now),
+        )
+
+    def release_step(self, move_id, token: str, owner: str) -> None:
+        self._update(move_id, token, {"lease_owner": None, "lease_until": None}, Move.lease_owner == owner)
+
+    def heartbeat(self, move_id, token: str) -> None:
+        """Mark the move alive; StaleToken if this attempt was superseded or the move stopped."""
+        row = self._update(move_id, token, {"heartbeat_at": func.now()}, Move.state.in_([wf.RUNNING, wf.ABORTING]))
+        if row is None:
+            move = self.get(move_id)
+            if move.token != token:
+                self.require(move_id, token)
+            raise InvalidMoveState(f"move {move.id} is {move.state}", "the worker stops here")
+
+    def advance(self, move_id, token: str, from_step: str) -> Move | None:
+        """Compare-and-set the step forward. Only one caller wins; None for the others."""
+        nxt = wf.NEXT_STEP[from_step]
+        values: dict[str, Any] = {"lease_owner": None, "lease_until": None, "step_started_at": None,
+                                  "heartbeat_at": func.now()}
+        if nxt is None:
+            values.update(state=wf.COMPLETED, completed_at=func.now())
+        else:
+            values.update(step=nxt)
+        return self._update(move_id, token, values, Move.step == from_step, Move.state == wf.RUNNING)
+
+    def set_fields(self, move_id, token: str, **values) -> Move | None:
+        return self._update(move_id, token, values)
+
+    def merge_json(self, move_id, token: str, column: str, data: dict) -> None:
+        col = getattr(Move, column)
+        self._update(move_id, token, {column: col.op("||")(_jsonb(data))})
+
+    def fail(self, move_id, token: str, step: str, message: str, code: str, *, state: str = wf.FAILED) -> Move | None:
+        row = self._update(move_id, token, {"state": state, "error": message, "error_code": code,
+                                             "lease_owner": None, "lease_until": None},
+                           Move.state.in_([wf.RUNNING, wf.QUEUED]))
+        if row is not None:
+            self.event(move_id, step, "failed", message, {"code": code})
+        return row
+
+    def rotate_token(self, move_id, old_token: str, new: str, *, state: str, step: str | None = None,
+                     clear_error: bool = True) -> Move | None:
+        """A new attempt: a new token fences every worker of the old one (the old token is kept in the
+        report's ``tokens`` so cleanup of an abandoned freeze can recognise it)."""
+        values: dict[str, Any] = {"token": new, "attempt": Move.attempt + 1, "state": state,
+                                  "lease_owner": None, "lease_until": None, "heartbeat_at": func.now(),
+                                  "report": _append_token(old_token)}
+        if step is not None:
+            values["step"] = step
+            values["step_started_at"] = None
+        if clear_error:
+            values.update(error=None, error_code=None)
+        return self._update(move_id, old_token, values)
+
+    def stale(self, older_than_s: float, states: Iterable[str]) -> list[Move]:
+        cutoff = func.now() - dt.timedelta(seconds=older_than_s)
+        with self.Session() as s:
+            return list(s.scalars(select(Move).where(Move.state.in_(list(states)), Move.heartbeat_at < cutoff)))
+
+    def touch(self, move_id) -> None:
+        with self.Session() as s:
+            s.execute(update(Move).where(Move.id == _uuid(move_id)).values(heartbeat_at=func.now()))
+            s.commit()
+
+    # ---------------------------------------------------------------- history
+    def event(self, move_id, step: str | None, event: str, message: str = "", detail: dict | None = None,
+              actor: str = "worker") -> None:
+        with self.Session() as s:
+            s.execute(insert(MoveEvent).values(move_id=_uuid(move_id), step=step, event=event, actor=actor,
+                                               message=message, detail=detail or {}))
+            s.commit()
+
+    def events(self, move_id) -> list[MoveEvent]:
+        with self.Session() as s:
+            return list(s.scalars(select(MoveEvent).where(MoveEvent.move_id == _uuid(move_id))
+                                  .order_by(MoveEvent.id)))
+
+    # ---------------------------------------------------------------- units
+    def ensure_units(self, move_id, token: str, step: str, units: list[dict]) -> None:
+        """Record a step's units once (a second planner run adds nothing)."""
+        self.require(move_id, token)
+        if not units:
+            return
+        rows = [{"move_id": _uuid(move_id), "step": step, **u} for u in units]
+        with self.Session() as s:
+            s.execute(pg_insert(MoveUnit).values(rows).on_conflict_do_nothing())
+            s.commit()
+
+    def units(self, move_id, step: str | None = None) -> list[MoveUnit]:
+        q = select(MoveUnit).where(MoveUnit.move_id == _uuid(move_id)).order_by(MoveUnit.step, MoveUnit.ordinal,
+                                                                                 MoveUnit.unit)
+        if step:
+            q = q.where(MoveUnit.step == step)
+        with self.Session() as s:
+            return list(s.scalars(q))
+
+    def has_units(self, move_id, step: str) -> bool:
+        with self.Session() as s:
+            return bool(s.scalar(select(func.count()).select_from(MoveUnit)
+                                 .where(MoveUnit.move_id == _uuid(move_id), MoveUnit.step == step)))
+
+    def pending_units(self, move_id, step: str) -> list[MoveUnit]:
+        return [u for u in self.units(move_id, step) if u.state != "done"]
+
+    def count_pending(self, move_id, step: str) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(func.count()).select_from(MoveUnit).where(
+                MoveUnit.move_id == _uuid(move_id), MoveUnit.step == step, MoveUnit.state != "done")))
+
+    def _unit_update(self, move_id, step: str, unit: str, token: str, values: dict, *extra) -> MoveUnit | None:
+        fence = select(Move.id).where(Move.id == _uuid(move_id), Move.token == token,
+                                      Move.state.in_([wf.RUNNING])).scalar_subquery()
+        conds = [MoveUnit.move_id == fence, MoveUnit.step == step, MoveUnit.unit == unit, *extra]
+        with self.Session() as s:
+            row = s.scalars(update(MoveUnit).where(and_(*conds))
+                            .values(**values, updated_at=func.now()).returning(MoveUnit)).first()
+            if row is not None:
+                s.execute(update(Move).where(Move.id == _uuid(move_id)).values(heartbeat_at=func.now()))
+            s.commit()
+            return row
+
+    def claim_unit(self, move_id, step: str, unit: str, token: str, owner: str, ttl_s: float) -> MoveUnit | None:
+        now = func.now()
+        return self._unit_update(
+            move_id, step, unit, token,
+            {"lease_owner": owner, "lease_until": now + dt.timedelta(seconds=ttl_s),
+             "attempts": MoveUnit.attempts + 1},
+            MoveUnit.state != "done",
+            or_(MoveUnit.lease_owner.is_(None), MoveUnit.lease_owner == owner, MoveUnit.lease_until < now),
+        )
+
+    def checkpoint_unit(self, move_id, step: str, unit: str, token: str, owner: str, *, position: list | None,
+                        done_delta: int = 0, bytes_delta: int = 0, ttl_s: float = 60.0) -> MoveUnit:
+        row = self._unit_update(
+            move_id, step, unit, token,
+            {"position": position, "done": MoveUnit.done + done_delta,
+             "bytes_done": MoveUnit.bytes_done + bytes_delta,
+             "lease_until": func.now() + dt.timedelta(seconds=ttl_s)},
+            MoveUnit.lease_owner == owner,
+        )
+        if row is None:
+            raise StaleToken(f"move {move_id}: lost the lease of unit {step}/{unit}",
+                             "another worker or a newer attempt owns it; this worker stops")
+        return row
+
+    def finish_unit(self, move_id, step: str, unit: str, token: str, owner: str, result: dict | None = None) -> bool:
+        row = self._unit_update(
+            move_id, step, unit, token,
+            {"state": "done", "lease_owner": None, "lease_until": None, "result": result or {}},
+            MoveUnit.lease_owner == owner,
+        )
+        return row is not None
+
+    def set_unit_result(self, move_id, step: str, unit: str, token: str, owner: str, result: dict) -> None:
+        self._unit_update(move_id, step, unit, token, {"result": result}, MoveUnit.lease_owner == owner)
+
+    def reset_units(self, move_id, steps: Iterable[str]) -> None:
+        """Forget the progress of these steps (a resumed move whose freeze was lifted copies again)."""
+        with self.Session() as s:
+            s.execute(delete(MoveUnit).where(MoveUnit.move_id == _uuid(move_id), MoveUnit.step.in_(list(steps))))
+            s.commit()
+
+    def live_unit_leases(self, move_id) -> int:
+        with self.Session() as s:
+            return int(s.scalar(select(func.count()).select_from(MoveUnit).where(
+                MoveUnit.move_id == _uuid(move_id), MoveUnit.lease_until > func.now())) or 0)
+
+    def now(self) -> dt.datetime:
+        with self.Session() as s:
+            return s.scalar(text("SELECT now()"))
+
+
+def _append_token(token: str):
+    """report || {"tokens": report.tokens + [token]}"""
+    return Move.report.op("||")(func.jsonb_build_object(
+        "tokens", func.coalesce(Move.report["tokens"], func.cast("[]", Move.report.type)).op("||")(
+            func.jsonb_build_array(token))))
+
+
+def _jsonb(data: dict):
+    from sqlalchemy import literal
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    return literal(data, JSONB)

@@ -1,0 +1,1 @@
+"""Generated gRPC code of the Topology Service (``python -m migrator.topology.generate``)."""

@@ -1,0 +1,1 @@
+"""The verifier: row counts and order-independent checksums computed inside PostgreSQL."""

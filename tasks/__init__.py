@@ -1,0 +1,7 @@
+"""The Celery face of cells-migrator: ``celery -A tasks worker`` / ``celery -A tasks flower``."""
+
+from tasks.app import app
+
+celery = app
+
+__all__ = ["app", "celery"]

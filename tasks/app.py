@@ -1,0 +1,51 @@
+"""The Celery application, configured from the migrator's settings.
+
+Settings suited to idempotent, fenced tasks (docs/adr/0001-architecture.md): late acks, reject on
+worker lost, prefetch 1, a Redis visibility timeout longer than the longest task, soft time limits.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from migrator.config import get_settings
+from migrator.dsn import install_log_masking
+from migrator.moves.dispatch import TASK_QUEUES, all_queues, broker_transport_options, queue_name
+
+settings = get_settings()
+
+app = Celery("cells-migrator", broker=settings.broker_url, backend=settings.celery.result_backend,
+             include=["tasks.steps", "tasks.maintenance"])
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_track_started=True,
+    task_send_sent_event=True,
+    worker_send_task_events=True,
+    task_ignore_result=settings.celery.result_backend is None,
+    broker_transport_options=broker_transport_options(settings),
+    broker_connection_retry_on_startup=True,
+    task_soft_time_limit=settings.celery.task_soft_time_limit_s,
+    task_time_limit=settings.celery.task_time_limit_s,
+    task_queues=[Queue(q) for q in all_queues(settings)],
+    task_default_queue=queue_name(settings, "control"),
+    task_routes={name: {"queue": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
+    worker_hijack_root_logger=True,
+    beat_schedule={
+        "reconcile-moves": {"task": "migrator.reconcile", "schedule": settings.moves.reconcile_every_s,
+                            "options": {"queue": queue_name(settings, "control"),
+                                        "expires": settings.moves.reconcile_every_s}},
+    },
+)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_):
+    """Each forked pool process opens its own database connections."""
+    from migrator.control.engine import control_engine
+
+    control_engine.cache_clear()
+    install_log_masking()

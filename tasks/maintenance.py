@@ -1,0 +1,48 @@
+"""Tasks outside the step sequence: abort, cleanup, and the periodic reconciler."""
+
+from __future__ import annotations
+
+from migrator.config import get_settings
+from migrator.db import is_transient
+from migrator.moves.abort import run_abort
+from migrator.moves.cleanup import run_cleanup
+from migrator.moves.dispatch import Dispatcher
+from migrator.moves.reconciler import reconcile
+from tasks.app import app
+
+
+@app.task(name="migrator.abort", bind=True, max_retries=20)
+def abort_task(self, move_id: str, organization_id: int, token: str):
+    try:
+        result = run_abort(get_settings(), move_id, token, owner=self.request.id or "local")
+    except Exception as exc:
+        if is_transient(exc):
+            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60)) from None
+        raise
+    if result == "flipped":
+        move_store_dispatch(move_id, "unfreeze")
+    return result
+
+
+def move_store_dispatch(move_id: str, step: str) -> None:
+    from migrator.moves.store import MoveStore
+
+    settings = get_settings()
+    move = MoveStore(settings.control_dsn).get(move_id)
+    Dispatcher(settings, app).step(move, step)
+
+
+@app.task(name="migrator.cleanup", bind=True, max_retries=10)
+def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, actor: str = ""):
+    try:
+        return run_cleanup(get_settings(), move_id, force=force, actor=actor, owner=self.request.id or "local")
+    except Exception as exc:
+        if is_transient(exc):
+            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60)) from None
+        raise
+
+
+@app.task(name="migrator.reconcile")
+def reconcile_task():
+    settings = get_settings()
+    return reconcile(settings, Dispatcher(settings, app))

@@ -1,0 +1,93 @@
+"""One Celery task per move step (``migrator.preflight`` … ``migrator.unfreeze``) plus unit tasks.
+
+Thin: each calls ``migrator.moves.runner`` and enqueues what the outcome says, after the state
+change has committed. Arguments carry the move id and organization so Flower shows them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from migrator.config import get_settings
+from migrator.db import first_line, is_transient
+from migrator.moves import workflow as wf
+from migrator.moves.dispatch import Dispatcher
+from migrator.moves.runner import Outcome, fail_move, run_step, run_unit
+from migrator.moves.store import MoveStore
+from tasks.app import app
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 8
+
+
+class MoveTask(Task):
+    abstract = True
+    autoretry_for = ()
+    max_retries = MAX_RETRIES
+
+
+def _progress(task: Task, meta: dict) -> None:
+    """Progress as task state meta (shown by Flower) when a result backend is configured."""
+    if task.app.conf.result_backend and task.request.id:
+        task.update_state(state="PROGRESS", meta=meta)
+
+
+def _follow(outcome: Outcome, move_id: str, token: str) -> dict:
+    """Enqueue what comes next (the state change it depends on is already committed)."""
+    settings = get_settings()
+    dispatcher = Dispatcher(settings, app)
+    if outcome.units or outcome.next_step:
+        move = MoveStore(settings.control_dsn).get(move_id)
+        for unit in outcome.units:
+            dispatcher.unit(move, outcome.step, unit, token)
+        if outcome.next_step:
+            dispatcher.step(move, outcome.next_step, token)
+    return {"next_step": outcome.next_step, "units": len(outcome.units), "completed": outcome.completed,
+            "skipped": outcome.skipped}
+
+
+def _retry_or_fail(task: Task, exc: Exception, move_id: str, token: str, step: str):
+    if is_transient(exc) and task.request.retries < task.max_retries:
+        countdown = min(2 ** task.request.retries, 60)
+        raise task.retry(exc=exc, countdown=countdown)
+    fail_move(get_settings(), move_id, token, step, f"{step}: gave up after {task.request.retries} retries: "
+              f"{first_line(exc)}", "cell_unavailable" if is_transient(exc) else "internal_error")
+    return {"failed": first_line(exc)}
+
+
+def _make_step_task(step: str):
+    @app.task(name=f"migrator.{step}", bind=True, base=MoveTask)
+    def step_task(self, move_id: str, organization_id: int, token: str):
+        _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step})
+        try:
+            outcome = run_step(get_settings(), move_id, step, token, owner=self.request.id or "local")
+        except SoftTimeLimitExceeded:
+            raise self.retry(countdown=1) from None  # checkpointed; continue in a fresh task
+        except Exception as exc:  # noqa: BLE001 - transient errors come here from the runner
+            return _retry_or_fail(self, exc, move_id, token, step)
+        return _follow(outcome, move_id, token)
+
+    return step_task
+
+
+def _make_unit_task(step: str):
+    @app.task(name=f"migrator.{step}_unit", bind=True, base=MoveTask)
+    def unit_task(self, move_id: str, organization_id: int, unit: str, token: str):
+        _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step, "unit": unit})
+        try:
+            outcome = run_unit(get_settings(), move_id, step, unit, token, owner=self.request.id or "local")
+        except SoftTimeLimitExceeded:
+            raise self.retry(countdown=1) from None
+        except Exception as exc:  # noqa: BLE001
+            return _retry_or_fail(self, exc, move_id, token, step)
+        return _follow(outcome, move_id, token)
+
+    return unit_task
+
+
+STEP_TASKS = {step: _make_step_task(step) for step in wf.STEPS}
+UNIT_TASKS = {step: _make_unit_task(step) for step in sorted(wf.FAN_OUT)}

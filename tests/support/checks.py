@@ -1,0 +1,38 @@
+"""Invariant checks shared by the integration and fault tests."""
+
+from __future__ import annotations
+
+import psycopg
+
+from migrator.cells.introspect import introspect
+from migrator.copy.spec import stabilize_session, table_specs
+from migrator.dictionary import load_dictionary
+from migrator.verify.checksums import range_checksum
+
+
+def org_checksums(settings, cell: str, org: int) -> dict[str, tuple[int, str]]:
+    """Per organization-scoped table: (rows, checksum) of the organization's rows in a cell."""
+    dictionary = load_dictionary(settings.dictionary_file())
+    with psycopg.connect(settings.cell(cell).dsn, autocommit=True) as conn:
+        stabilize_session(conn)
+        specs = table_specs(dictionary, introspect(conn))
+        out = {}
+        for name, spec in specs.items():
+            c = range_checksum(conn, spec, org, None, None)
+            out[name] = (c.rows, c.checksum)
+        return out
+
+
+def duplicate_keys(settings, cell: str) -> dict[str, int]:
+    """Tables with duplicated primary keys (must be empty: a PK makes this impossible, but we check)."""
+    dictionary = load_dictionary(settings.dictionary_file())
+    out = {}
+    with psycopg.connect(settings.cell(cell).dsn, autocommit=True) as conn:
+        live = introspect(conn)
+        for name in dictionary.org_tables():
+            pk = ", ".join(f'"{c}"' for c in live.tables[name].primary_key)
+            n = conn.execute(f'SELECT count(*) FROM (SELECT {pk} FROM "{name}" GROUP BY {pk} HAVING count(*) > 1) d'
+                             ).fetchone()[0]
+            if n:
+                out[name] = n
+    return out
