@@ -15,9 +15,12 @@ It lives in schema ``migrator`` of every cell:
 * a ``BEFORE TRUNCATE`` statement trigger ``migrator_freeze_guard_truncate`` refusing to truncate an
   organization table while any organization is frozen.
 
-The functions are ``SECURITY DEFINER`` with a pinned ``search_path`` and fully qualified names, so
-the application's role needs no privilege on schema ``migrator`` and cannot read the tokens.
-Installing is idempotent and changes nothing when the guard is already in place (no DDL, no locks).
+Privileges: every role may see *which* organizations are frozen (``SELECT (organization_id)`` on
+``frozen_orgs`` is granted to PUBLIC), so the per-table functions run with the writer's rights and
+their fast path costs one probe; the tokens are readable only by ``migrator.refuse_if_frozen`` and
+``migrator.freeze_guard_truncate``, which are ``SECURITY DEFINER`` with a pinned ``search_path``.
+All names in generated SQL are schema-qualified. Installing is idempotent and changes nothing when
+the guard is already in place (no DDL, no locks).
 Triggers do not fire under ``session_replication_role = replica`` (the copier's target sessions).
 """
 
@@ -56,6 +59,16 @@ CREATE TABLE IF NOT EXISTS migrator.frozen_orgs (
     token text NOT NULL,
     frozen_at timestamptz NOT NULL DEFAULT now()
 );
+"""
+
+# Writers see which organizations are frozen (the fast path), never the tokens.
+_GRANTS = """
+GRANT USAGE ON SCHEMA migrator TO PUBLIC;
+GRANT SELECT (organization_id) ON migrator.frozen_orgs TO PUBLIC;
+"""
+_GRANTED = """
+SELECT pg_catalog.has_schema_privilege('public', 'migrator', 'USAGE')
+   AND pg_catalog.has_column_privilege('public', 'migrator.frozen_orgs', 'organization_id', 'SELECT')
 """
 
 _CHECK_BODY = """
@@ -183,24 +196,22 @@ def _existing_triggers(conn: psycopg.Connection, schema: str) -> dict[tuple[str,
     return {(rel, tg): (f"{fn_schema}.{fn}", tgtype, enabled) for rel, tg, fn, fn_schema, tgtype, enabled in rows}
 
 
-def _function_ok(existing, name: str, body: str) -> bool:
+def _function_ok(existing, name: str, body: str, definer: bool = False) -> bool:
     found = existing.get(name)
     if found is None:
         return False
     src, secdef, config = found
-    return src == body and secdef and list(config or []) == [f"{_SEARCH_PATH[0]}={_SEARCH_PATH[1]}"]
+    wanted_config = [f"{_SEARCH_PATH[0]}={_SEARCH_PATH[1]}"] if definer else []
+    return src == body and secdef == definer and list(config or []) == wanted_config
 
 
-def _create_function(conn: psycopg.Connection, name: str, signature: sql.Composable, returns: str, body: str) -> None:
-    conn.execute(sql.SQL(
-        "CREATE OR REPLACE FUNCTION {}{} RETURNS {} LANGUAGE plpgsql SECURITY DEFINER SET {} = {} AS {}"
-    ).format(sql.Identifier(GUARD_SCHEMA, name), signature, sql.SQL(returns), sql.Identifier(_SEARCH_PATH[0]),
-             sql.SQL(_SEARCH_PATH[1]), sql.Literal(body)))
-
-
-def _revoke_execute(conn: psycopg.Connection, name: str, signature: sql.Composable) -> None:
-    conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}{} FROM PUBLIC").format(
-        sql.Identifier(GUARD_SCHEMA, name), signature))
+def _create_function(conn: psycopg.Connection, name: str, signature: sql.Composable, returns: str, body: str,
+                     definer: bool = False) -> None:
+    """CREATE OR REPLACE a plpgsql function; ``definer``: SECURITY DEFINER with a pinned search_path."""
+    security = sql.SQL(" SECURITY DEFINER SET {} = {}").format(
+        sql.Identifier(_SEARCH_PATH[0]), sql.SQL(_SEARCH_PATH[1])) if definer else sql.SQL("")
+    conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}{} RETURNS {} LANGUAGE plpgsql{} AS {}").format(
+        sql.Identifier(GUARD_SCHEMA, name), signature, sql.SQL(returns), security, sql.Literal(body)))
 
 
 def _has_frozen_orgs_table(conn: psycopg.Connection) -> bool:
@@ -222,16 +233,18 @@ def install_guard(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSc
         if not _has_frozen_orgs_table(conn):
             conn.execute(_BASE_DDL)
             status.changed.append("migrator.frozen_orgs")
+        if not conn.execute(_GRANTED).fetchone()[0]:
+            conn.execute(_GRANTS)
+            status.changed.append("migrator.frozen_orgs (grants)")
         functions = _existing_functions(conn)
         triggers = _existing_triggers(conn, schema)
 
         check_sig = sql.SQL("(org bigint, tbl text)")
-        if not _function_ok(functions, CHECK_FUNCTION, _CHECK_BODY):
-            _create_function(conn, CHECK_FUNCTION, check_sig, "void", _CHECK_BODY)
-            _revoke_execute(conn, CHECK_FUNCTION, check_sig)
+        if not _function_ok(functions, CHECK_FUNCTION, _CHECK_BODY, definer=True):
+            _create_function(conn, CHECK_FUNCTION, check_sig, "void", _CHECK_BODY, definer=True)
             status.changed.append(f"{GUARD_SCHEMA}.{CHECK_FUNCTION}")
-        if not _function_ok(functions, TRUNCATE_FUNCTION, _TRUNCATE_BODY):
-            _create_function(conn, TRUNCATE_FUNCTION, sql.SQL("()"), "trigger", _TRUNCATE_BODY)
+        if not _function_ok(functions, TRUNCATE_FUNCTION, _TRUNCATE_BODY, definer=True):
+            _create_function(conn, TRUNCATE_FUNCTION, sql.SQL("()"), "trigger", _TRUNCATE_BODY, definer=True)
             status.changed.append(f"{GUARD_SCHEMA}.{TRUNCATE_FUNCTION}")
 
         wanted_functions = set()
@@ -293,7 +306,7 @@ def guard_gaps(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSchem
     functions = _existing_functions(conn)
     triggers = _existing_triggers(conn, live.schema)
     gaps = []
-    if not _function_ok(functions, CHECK_FUNCTION, _CHECK_BODY):
+    if not _function_ok(functions, CHECK_FUNCTION, _CHECK_BODY, definer=True):
         gaps.append(f"{GUARD_SCHEMA}.{CHECK_FUNCTION}")
     for table in dictionary.org_tables():
         if table not in live.tables:

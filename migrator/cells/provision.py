@@ -170,26 +170,32 @@ def init_cells(settings, names: list[str] | None = None) -> list[dict]:
             close()
 
 
+# The table itself and, when it is partitioned, every partition under it.
+_ROW_ESTIMATE = """
+SELECT COALESCE(SUM(GREATEST(c.reltuples, 0)), 0)::bigint, COALESCE(bool_and(c.reltuples >= 0), false)
+FROM pg_catalog.pg_class c
+WHERE c.relkind = 'r' AND c.oid IN (SELECT %(rel)s::regclass::oid
+                                    UNION SELECT p.relid::oid FROM pg_catalog.pg_partition_tree(%(rel)s::regclass) p)
+"""
+_TOTAL_BYTES = """
+SELECT COALESCE(SUM(pg_catalog.pg_total_relation_size(r.oid)), 0)
+FROM (SELECT %(rel)s::regclass::oid AS oid
+      UNION SELECT p.relid::oid FROM pg_catalog.pg_partition_tree(%(rel)s::regclass) p) r
+"""
+
+
 def _table_rows(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, bool]:
     """(rows, estimated): an exact count for small tables, the planner's estimate for big ones."""
-    estimate = conn.execute(
-        """SELECT COALESCE(SUM(GREATEST(c.reltuples, 0)), 0)::bigint, bool_and(c.reltuples >= 0)
-           FROM pg_catalog.pg_partition_tree(%s::regclass) p JOIN pg_catalog.pg_class c ON c.oid = p.relid
-           WHERE p.isleaf""",
-        (sql.Identifier(schema, table).as_string(conn),),
-    ).fetchone()
-    est, analyzed = int(estimate[0] or 0), bool(estimate[1])
+    rel = sql.Identifier(schema, table).as_string(conn)
+    est, analyzed = conn.execute(_ROW_ESTIMATE, {"rel": rel}).fetchone()
     if analyzed and est >= EXACT_COUNT_BELOW:
-        return est, True
+        return int(est), True
     return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0], False
 
 
 def _table_bytes(conn: psycopg.Connection, schema: str, table: str) -> int:
-    return int(conn.execute(
-        """SELECT COALESCE(SUM(pg_catalog.pg_total_relation_size(p.relid)), 0)
-           FROM pg_catalog.pg_partition_tree(%s::regclass) p""",
-        (sql.Identifier(schema, table).as_string(conn),),
-    ).fetchone()[0])
+    rel = sql.Identifier(schema, table).as_string(conn)
+    return int(conn.execute(_TOTAL_BYTES, {"rel": rel}).fetchone()[0])
 
 
 def table_stats(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSchema) -> dict[str, dict]:

@@ -84,7 +84,7 @@ def _print_report(report: dict[str, dict], source: str) -> None:
         console.print(f"[bold red]cell {escape(name)}: {len(r['problems'])} problem(s)[/]")
         for p in r["problems"]:
             where = p["table"] + (f".{p['column']}" if p["column"] else "")
-            console.print(f"  [{escape(p['kind'])}] {escape(where)}: {escape(p['message'])}", soft_wrap=True)
+            console.print("  " + escape(f"[{p['kind']}] {where}: {p['message']}"), soft_wrap=True)
             console.print(f"    [yellow]hint:[/] {escape(p['hint'])}", soft_wrap=True)
 
 

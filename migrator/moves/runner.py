@@ -116,7 +116,8 @@ def _on_error(ctx: MoveContext, step: str, exc: Exception, unit: str | None = No
     if isinstance(exc, StaleToken | InvalidMoveState):
         log.info("move %s %s: stopping: %s", ctx.move_id, where, exc)
         return Outcome(skipped=str(exc))
-    if is_transient(exc):
+    if is_transient(exc) and step != wf.STEPS[0]:
+        # Mid-move outages are retried (Celery backoff); preflight rejects at once instead.
         ctx.event(step, "retry", f"{where}: transient error: {first_line(exc)}", {"unit": unit})
         raise exc  # the task retries with backoff; after the last retry it calls fail_move
     if isinstance(exc, MigratorError):

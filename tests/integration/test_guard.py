@@ -187,13 +187,19 @@ def test_guard_works_for_an_unprivileged_application_role(cell):
     role = f"cmt_app_{uuid.uuid4().hex[:8]}"
     conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
     try:
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {}").format(
             sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        conn.execute("UPDATE notes SET note = 'fast path' WHERE project_id = %s", (FROZEN * 100,))
+        conn.execute("RESET ROLE")
         freeze_org(conn, FROZEN, "tok-1")
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         refused(conn, "UPDATE notes SET note = 'x' WHERE project_id = %s", (FROZEN * 100,))
+        refused(conn, "TRUNCATE notes")  # the truncate guard reads the tokens as its definer
         conn.execute("UPDATE notes SET note = 'x' WHERE project_id = %s", (OTHER * 100,))
+        # the role sees which organizations are frozen, never the tokens
+        assert conn.execute("SELECT organization_id FROM migrator.frozen_orgs").fetchall() == [(FROZEN,)]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT token FROM migrator.frozen_orgs")
         conn.execute("RESET ROLE")
@@ -298,7 +304,8 @@ def own_cell(scratch_db):
             conn.execute("INSERT INTO tenants VALUES (%s, 't')", (t,))
             conn.execute("INSERT INTO groups VALUES (%s, %s)", (t * 10, t))
             conn.execute("INSERT INTO repos VALUES (%s, %s)", (t * 100, t * 10))
-            conn.execute("INSERT INTO tags VALUES (%s, %s, NULL), (%s, NULL, %s)", (t * 100, t * 100, t * 100 + 1, t * 10))
+            conn.execute("INSERT INTO tags VALUES (%s, %s, NULL), (%s, NULL, %s)",
+                         (t * 100, t * 100, t * 100 + 1, t * 10))
             conn.execute("INSERT INTO events VALUES (%s, %s, '2026-05-01')", (t * 100, t * 100))
             conn.execute("INSERT INTO repo_codes VALUES (%s, %s)", (t * 100, f"code-{t}"))
             conn.execute("INSERT INTO pushes VALUES (%s, %s)", (t * 100, f"code-{t}"))

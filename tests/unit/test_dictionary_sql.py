@@ -192,8 +192,8 @@ def test_org_of_row_direct_indirect_and_alternatives():
     assert render(DICT.org_of_row_sql("organizations", LIVE, "NEW")) == 'NEW."id"'
     assert render(DICT.org_of_row_sql("namespaces", LIVE, "OLD")) == 'OLD."organization_id"'
     assert render(DICT.org_of_row_sql("notes", LIVE, "NEW")) == (
-        '(SELECT (SELECT "h2"."organization_id" FROM "public"."namespaces" AS "h2" WHERE "h2"."id" = "h1"."namespace_id")'
-        ' FROM "public"."projects" AS "h1" WHERE "h1"."id" = NEW."project_id")'
+        '(SELECT (SELECT "h2"."organization_id" FROM "public"."namespaces" AS "h2" '
+        'WHERE "h2"."id" = "h1"."namespace_id") FROM "public"."projects" AS "h1" WHERE "h1"."id" = NEW."project_id")'
     )
     text = render(DICT.org_of_row_sql("labels", LIVE, "NEW"))
     assert text.startswith("COALESCE((SELECT (SELECT")
