@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from migrator.config import get_settings
 from migrator.dsn import install_log_masking
@@ -30,9 +30,11 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_soft_time_limit=settings.celery.task_soft_time_limit_s,
     task_time_limit=settings.celery.task_time_limit_s,
-    task_queues=[Queue(q) for q in all_queues(settings)],
+    # One direct exchange per queue, bound by its own name: a message lands in exactly one queue.
+    task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in all_queues(settings)],
     task_default_queue=queue_name(settings, "control"),
-    task_routes={name: {"queue": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
+    task_routes={name: {"queue": queue_name(settings, q), "exchange": queue_name(settings, q),
+                        "routing_key": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
     worker_hijack_root_logger=True,
     beat_schedule={
         "reconcile-moves": {"task": "migrator.reconcile", "schedule": settings.moves.reconcile_every_s,

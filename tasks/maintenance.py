@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from migrator.config import get_settings
 from migrator.db import is_transient
 from migrator.moves.abort import run_abort
@@ -14,7 +16,7 @@ from tasks.app import app
 @app.task(name="migrator.abort", bind=True, max_retries=20)
 def abort_task(self, move_id: str, organization_id: int, token: str):
     try:
-        result = run_abort(get_settings(), move_id, token, owner=self.request.id or "local")
+        result = run_abort(get_settings(), move_id, token, owner=f"{self.request.id}:{uuid.uuid4().hex[:12]}")
     except Exception as exc:
         if is_transient(exc):
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60)) from None
@@ -35,7 +37,7 @@ def move_store_dispatch(move_id: str, step: str) -> None:
 @app.task(name="migrator.cleanup", bind=True, max_retries=10)
 def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, actor: str = ""):
     try:
-        return run_cleanup(get_settings(), move_id, force=force, actor=actor, owner=self.request.id or "local")
+        return run_cleanup(get_settings(), move_id, force=force, actor=actor, owner=f"{self.request.id}:{uuid.uuid4().hex[:12]}")
     except Exception as exc:
         if is_transient(exc):
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60)) from None

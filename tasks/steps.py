@@ -7,6 +7,7 @@ change has committed. Arguments carry the move id and organization so Flower sho
 from __future__ import annotations
 
 import logging
+import uuid
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -28,6 +29,12 @@ class MoveTask(Task):
     abstract = True
     autoretry_for = ()
     max_retries = MAX_RETRIES
+
+
+def _owner(task: Task) -> str:
+    """A lease owner unique to this execution: a message delivered twice (same task id) must not
+    let two executions hold one lease."""
+    return f"{task.request.id or 'local'}:{uuid.uuid4().hex[:12]}"
 
 
 def _progress(task: Task, meta: dict) -> None:
@@ -64,7 +71,7 @@ def _make_step_task(step: str):
     def step_task(self, move_id: str, organization_id: int, token: str):
         _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step})
         try:
-            outcome = run_step(get_settings(), move_id, step, token, owner=self.request.id or "local")
+            outcome = run_step(get_settings(), move_id, step, token, owner=_owner(self))
         except SoftTimeLimitExceeded:
             raise self.retry(countdown=1) from None  # checkpointed; continue in a fresh task
         except Exception as exc:  # noqa: BLE001 - transient errors come here from the runner
@@ -79,7 +86,7 @@ def _make_unit_task(step: str):
     def unit_task(self, move_id: str, organization_id: int, unit: str, token: str):
         _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step, "unit": unit})
         try:
-            outcome = run_unit(get_settings(), move_id, step, unit, token, owner=self.request.id or "local")
+            outcome = run_unit(get_settings(), move_id, step, unit, token, owner=_owner(self))
         except SoftTimeLimitExceeded:
             raise self.retry(countdown=1) from None
         except Exception as exc:  # noqa: BLE001

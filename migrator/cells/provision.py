@@ -161,6 +161,10 @@ def init_cells(settings, names: list[str] | None = None) -> list[dict]:
     for name in selected:
         settings.cell(name)  # UnknownCell before touching anything
     dictionary = load_dictionary(settings.dictionary_file())
+    # The control database's schema first (idempotent), so a fresh install needs no other step.
+    from migrator.control.engine import upgrade_control_db
+
+    upgrade_control_db(settings.control_dsn)
     topology = topology_client(settings)
     try:
         return [_init_one(settings, name, dictionary, topology) for name in selected]

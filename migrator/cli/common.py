@@ -16,7 +16,7 @@ from migrator.dsn import install_log_masking, redact
 from migrator.errors import MigratorError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 CONFIG_OPTION = typer.Option(

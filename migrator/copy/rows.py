@@ -90,8 +90,8 @@ def _stream(src, tgt, select: sql.Composable, org: int, dest: sql.Composable) ->
 
 def last_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> list | None:
     """The organization's greatest key in a range (None if the range holds none of its rows)."""
-    q = sql.SQL("SELECT {pk} FROM {table} AS t WHERE {where} ORDER BY {pk} DESC LIMIT 1").format(
-        pk=spec.pk_cols("t"), table=spec.ident, where=spec.where(lo, hi))
+    q = sql.SQL("SELECT {pk} FROM {table} AS t WHERE {where} ORDER BY {desc} LIMIT 1").format(
+        pk=spec.pk_cols("t"), table=spec.ident, where=spec.where(lo, hi), desc=spec.pk_desc("t"))
     row = conn.execute(q, {"org": org}).fetchone()
     return json_key(row) if row else None
 
@@ -118,8 +118,9 @@ def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, hi: list
             rows, nbytes = _stream(src, tgt, select, org, dest)
             path = "direct"
             last = tgt.execute(sql.SQL(
-                "SELECT {pk} FROM {table} AS t WHERE {cond} ORDER BY {pk} DESC LIMIT 1"
-            ).format(pk=spec.pk_cols("t"), table=spec.ident, cond=spec.range_condition(after, probe_hi))).fetchone() \
+                "SELECT {pk} FROM {table} AS t WHERE {cond} ORDER BY {desc} LIMIT 1"
+            ).format(pk=spec.pk_cols("t"), table=spec.ident, cond=spec.range_condition(after, probe_hi),
+                     desc=spec.pk_desc("t"))).fetchone() \
                 if rows else None  # the probe found the range empty: every row in it is one we just wrote
         else:
             _ensure_stage(tgt, spec)
@@ -127,8 +128,8 @@ def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, hi: list
             rows, nbytes = _stream(src, tgt, select, org, dest)
             tgt.execute(_upsert_sql(spec))
             path = "upsert"
-            last = tgt.execute(sql.SQL("SELECT {pk} FROM {stage} ORDER BY {pk} DESC LIMIT 1").format(
-                pk=spec.pk_cols(None), stage=_stage_name(spec))).fetchone() if rows else None
+            last = tgt.execute(sql.SQL("SELECT {pk} FROM {stage} ORDER BY {desc} LIMIT 1").format(
+                pk=spec.pk_cols(None), stage=_stage_name(spec), desc=spec.pk_desc(None))).fetchone() if rows else None
     return BatchResult(rows=rows, bytes=nbytes, last_key=json_key(last) if last else None, path=path)
 
 

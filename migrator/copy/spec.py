@@ -66,6 +66,11 @@ class TableSpec:
             return sql.SQL(", ").join(sql.Identifier(alias, c) for c in self.pk)
         return sql.SQL(", ").join(sql.Identifier(c) for c in self.pk)
 
+    def pk_desc(self, alias: str | None = "t") -> sql.Composable:
+        """ORDER BY the key, descending on every column (``ORDER BY a, b DESC`` would not be)."""
+        cols = [sql.Identifier(alias, c) if alias else sql.Identifier(c) for c in self.pk]
+        return sql.SQL(", ").join(sql.SQL("{} DESC").format(c) for c in cols)
+
     def key_literal(self, values: list) -> sql.Composable:
         parts = [
             sql.SQL("CAST({} AS {})").format(sql.Literal(v), sql.SQL(t))  # t comes from format_type()
@@ -109,7 +114,7 @@ class TableSpec:
         inner_pk = sql.SQL(", ").join(sql.Identifier(c) for c in self.pk)
         return sql.SQL(
             "SELECT {pk} FROM (SELECT {tpk}, row_number() OVER (ORDER BY {tpk}) AS _rn"
-            " FROM {table} AS t WHERE {pred}) s WHERE s._rn % {every} = 0 ORDER BY {pk}"
+            " FROM {table} AS t WHERE {pred}) s WHERE mod(s._rn, {every}) = 0 ORDER BY {pk}"
         ).format(pk=inner_pk, tpk=self.pk_cols("t"), table=self.ident, pred=self.predicate,
                  every=sql.Literal(int(every)))
 

@@ -15,10 +15,10 @@ def flip(ctx) -> None:
     move = ctx.store.get(ctx.move.id)
     route = ctx.topology.flip(ctx.org, move.source_cell, move.target_cell, expected_version=move.route_version,
                               token=ctx.token, actor=f"move {move.id}", reason=move.reason or "move")
-    fields = {"route_version": route.version}
+    # route_version stays the version the flip expected (so a second flip is recognised as done).
     if move.flipped_at is None:
-        fields["flipped_at"] = func.now()
-    ctx.store.set_fields(move.id, ctx.token, **fields)
+        ctx.store.set_fields(move.id, ctx.token, flipped_at=func.now())
+    ctx.store.merge_json(move.id, ctx.token, "report", {"route_version_after_flip": route.version})
 
 
 def unfreeze(ctx) -> None:

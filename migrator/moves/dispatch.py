@@ -70,7 +70,7 @@ class Dispatcher:
 
     def send(self, name: str, **kwargs) -> str:
         queue = queue_name(self.settings, TASK_QUEUES[name])
-        result = self.app.send_task(name, kwargs=kwargs, queue=queue)
+        result = self.app.send_task(name, kwargs=kwargs, queue=queue, exchange=queue, routing_key=queue)
         return result.id
 
     def step(self, move, step: str, token: str | None = None) -> str:

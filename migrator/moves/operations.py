@@ -124,10 +124,10 @@ class Operations:
 
     def abort(self, move_id, actor: str | None = None, reason: str = ""):
         move = self.store.get(move_id)
-        if move.state in wf.TERMINAL_STATES:
+        if move.state in wf.TERMINAL_STATES and move.flipped_at is None:
             raise InvalidMoveState(f"move {move.id} is already {move.state}; nothing to abort")
         route = self.topology.classify(move.organization_id)
-        if move.flipped_at is not None or route.cell == move.target_cell:
+        if move.flipped_at is not None or (route.cell == move.target_cell and move.state != wf.ABORTED):
             raise InvalidMoveState(
                 f"move {move.id} has already flipped organization {move.organization_id} to {move.target_cell!r}",
                 f"the way back is a move in the other direction: migrator move --org {move.organization_id} "

@@ -187,8 +187,8 @@ def test_guard_works_for_an_unprivileged_application_role(cell):
     role = f"cmt_app_{uuid.uuid4().hex[:8]}"
     conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
     try:
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {}").format(
-            sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {}")
+                     .format(sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         conn.execute("UPDATE notes SET note = 'fast path' WHERE project_id = %s", (FROZEN * 100,))

@@ -130,12 +130,17 @@ def test_adopted_cells_keep_their_schema(local_fleet):
         "  cell-3:\n", "  cell-3:\n    adopt: true\n")
     local_fleet.config_path.write_text(text)
     with psycopg.connect(local_fleet.cell_dsns["cell-3"], autocommit=True) as conn:
-        conn.execute("CREATE TABLE organizations (id bigserial PRIMARY KEY, name text)")
+        conn.execute("CREATE TABLE organizations (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text)")
     [r] = local_fleet.init(["cell-3"])
     assert not r["schema_applied"]
     assert r["guard_tables"] == 1 and "notes" in r["guard_missing_tables"]
+    assert r["sequences"] == 1 and r["sequences_set"] == 1  # identity columns' sequences too
+    lo, hi = r["range"]
     with psycopg.connect(local_fleet.cell_dsns["cell-3"], autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('public.notes')").fetchone()[0] is None
+        org = conn.execute("INSERT INTO organizations (name) VALUES ('x') RETURNING id").fetchone()[0]
+        assert lo <= org <= hi
+    assert local_fleet.init(["cell-3"])[0]["sequences_set"] == 0
 
 
 def test_two_cells_sharing_a_database_are_refused(local_fleet):
