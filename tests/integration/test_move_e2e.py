@@ -66,7 +66,8 @@ def test_organization_moves_and_verifies(seeded, worker):
     target_store = open_store(settings, "cell-2")
     with psycopg.connect(fleet.cell_dsns["cell-2"]) as conn:
         refs = conn.execute("SELECT u.file_key, u.sha256 FROM uploads u JOIN projects p ON p.id = u.project_id "
-                            "JOIN namespaces n ON n.id = p.namespace_id WHERE n.organization_id = %s", (org,)).fetchall()
+                            "JOIN namespaces n ON n.id = p.namespace_id WHERE n.organization_id = %s",
+                            (org,)).fetchall()
     assert refs
     for key, sha in refs:
         assert target_store.sha256(key) == sha

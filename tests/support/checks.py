@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 
 from migrator.cells.introspect import introspect
 from migrator.copy.spec import stabilize_session, table_specs
@@ -30,9 +31,9 @@ def duplicate_keys(settings, cell: str) -> dict[str, int]:
     with psycopg.connect(settings.cell(cell).dsn, autocommit=True) as conn:
         live = introspect(conn)
         for name in dictionary.org_tables():
-            pk = ", ".join(f'"{c}"' for c in live.tables[name].primary_key)
-            n = conn.execute(f'SELECT count(*) FROM (SELECT {pk} FROM "{name}" GROUP BY {pk} HAVING count(*) > 1) d'
-                             ).fetchone()[0]
+            pk = sql.SQL(", ").join(sql.Identifier(c) for c in live.tables[name].primary_key)
+            n = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT {pk} FROM {t} GROUP BY {pk} HAVING count(*) > 1) d")
+                             .format(pk=pk, t=sql.Identifier(name))).fetchone()[0]
             if n:
                 out[name] = n
     return out
