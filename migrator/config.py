@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from migrator.dsn import mask_dsn
@@ -78,6 +78,15 @@ class MoveConfig(_Strict):
     # GRANT SET ON PARAMETER session_replication_role). See docs/adr/0004-copy-path.md.
     disable_target_triggers: bool = True
 
+    @field_validator("disable_target_triggers")
+    @classmethod
+    def _triggers_off_required(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "false is not supported: copy units run in parallel in any foreign-key order, which needs "
+                "session_replication_role = replica on the target (docs/adr/0004-copy-path.md)")
+        return value
+
 
 class CeleryConfig(_Strict):
     result_backend: str | None = None
@@ -85,6 +94,72 @@ class CeleryConfig(_Strict):
     visibility_timeout_s: int = 7200
     task_soft_time_limit_s: int = 3000
     task_time_limit_s: int = 3600
+
+
+class ApiConfig(_Strict):
+    """The operators' HTTP API (``migrator api serve``)."""
+
+    # Bearer token every endpoint but /healthz requires (Alertmanager's http_config.authorization
+    # sends it too). Keep it out of the file: token: ${MIGRATOR_API_TOKEN}. None: the API refuses to start.
+    token: str | None = Field(default=None, min_length=16)
+    # Extra tokens also accepted, for a rotation without downtime (docs/runbooks/api-token-leaked.md).
+    previous_tokens: list[str] = Field(default_factory=list)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=1, le=65535)
+
+
+class CellThresholds(_Strict):
+    """Capacity marks of a cell: above a high-water mark it is hot; the rebalancer moves organizations
+    out until it is at or below the low-water mark, and never fills a target above its high-water mark.
+    Bytes are the organizations' bytes (rows and blobs) routed to the cell. None: no mark."""
+
+    high_water_bytes: int | None = Field(default=None, ge=0)
+    low_water_bytes: int | None = Field(default=None, ge=0)
+    high_water_orgs: int | None = Field(default=None, ge=0)
+    low_water_orgs: int | None = Field(default=None, ge=0)
+    # Concurrent moves from or to this cell (None: rebalance.max_moves_per_cell).
+    max_concurrent_moves: int | None = Field(default=None, ge=0)
+
+
+class RebalanceConfig(_Strict):
+    """The rebalancer (docs/adr/0006-rebalancing-policy.md)."""
+
+    # Thresholds of every cell, and per-cell overrides (a key set for a cell replaces the default's).
+    defaults: CellThresholds = Field(default_factory=CellThresholds)
+    cells: dict[str, CellThresholds] = Field(default_factory=dict)
+    # Guardrails: active moves (any origin) from or to one cell, and in the whole fleet.
+    max_moves_per_cell: int = Field(default=1, ge=0)
+    max_moves_total: int = Field(default=3, ge=0)
+    # An organization whose last move ended less than this ago is not moved again.
+    cooldown_hours: float = Field(default=24.0, ge=0)
+    # Organizations whose move would freeze them longer than this are never picked (None: no limit).
+    max_write_window_s: float | None = Field(default=None, gt=0)
+    # auto: a plan starts at once (within the guardrails); manual: it waits for `migrator rebalance apply`.
+    approval: Literal["auto", "manual"] = "auto"
+    # Alert names (label alertname) that trigger the rebalancer for the alert's `cell` label.
+    alertnames: list[str] = Field(default_factory=lambda: ["CellCapacityHigh"])
+    # Celery beat: how often readings are refreshed, and how often pending plan items are started.
+    readings_every_s: float = Field(default=300.0, gt=0)
+    tick_every_s: float = Field(default=30.0, gt=0)
+    # An alert re-measures the cells first when the cached readings are older than this.
+    readings_max_age_s: float = Field(default=120.0, ge=0)
+    # At most this many organizations in one plan.
+    max_plan_moves: int = Field(default=20, ge=1)
+
+    def thresholds(self, cell: str) -> CellThresholds:
+        override = self.cells.get(cell)
+        if override is None:
+            return self.defaults
+        return self.defaults.model_copy(update=override.model_dump(exclude_unset=True))
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> RebalanceConfig:
+        for where, t in [("defaults", self.defaults)] + [(f"cells.{c}", self.thresholds(c)) for c in self.cells]:
+            for dim in ("bytes", "orgs"):
+                low, high = getattr(t, f"low_water_{dim}"), getattr(t, f"high_water_{dim}")
+                if low is not None and high is not None and low > high:
+                    raise ValueError(f"{where}: low_water_{dim} ({low}) is above high_water_{dim} ({high})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -101,6 +176,8 @@ class Settings(BaseSettings):
     topology: TopologyConfig = Field(default_factory=TopologyConfig)
     moves: MoveConfig = Field(default_factory=MoveConfig)
     celery: CeleryConfig = Field(default_factory=CeleryConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    rebalance: RebalanceConfig = Field(default_factory=RebalanceConfig)
     # Where this settings object was read from (set by load_settings, not by the user).
     config_path: str | None = None
 

@@ -31,6 +31,9 @@ TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "40001", "40P01", "53300")
 
 
 def is_transient(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    if orig is not None and orig is not exc and isinstance(orig, BaseException):
+        return is_transient(orig)
     if isinstance(exc, CellUnavailable):
         return True
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):

@@ -12,13 +12,17 @@ import uuid
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
+    CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -175,3 +179,163 @@ class MoveUnit(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The rebalancer (docs/adr/0006-rebalancing-policy.md): capacity readings (a cache refreshed by
+# celery beat), alerts received, plans and their items, the decisions log, pins, the global pause.
+
+
+class CellReading(Base):
+    """The latest capacity reading of a cell (one row per cell, replaced at each refresh).
+
+    ``bytes`` is the load the thresholds apply to: the bytes of the organizations routed to the cell
+    (their share of each table's size, plus their blobs). ``reclaimable_bytes``: copies of
+    organizations routed elsewhere (sources awaiting cleanup).
+    """
+
+    __tablename__ = "cell_readings"
+
+    cell: Mapped[str] = mapped_column(String(63), primary_key=True)
+    measured_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    organizations: Mapped[int] = mapped_column(Integer, default=0)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    row_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    blob_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    database_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    reclaimable_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    moves_in: Mapped[int] = mapped_column(Integer, default=0)
+    moves_out: Mapped[int] = mapped_column(Integer, default=0)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tables: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+
+
+class OrgReading(Base):
+    """Rows and bytes of one organization's copy in one cell, from the latest reading of that cell."""
+
+    __tablename__ = "org_readings"
+
+    cell: Mapped[str] = mapped_column(String(63), primary_key=True)
+    organization_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    routed: Mapped[bool] = mapped_column(Boolean, default=True)  # False: a copy awaiting cleanup
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    row_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    blob_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    blobs: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    measured_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+
+class RebalanceAlert(Base):
+    """An Alertmanager alert as delivered (at least once: fingerprint + startsAt is its identity)."""
+
+    __tablename__ = "rebalance_alerts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    starts_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # firing | resolved (as Alertmanager says)
+    alertname: Mapped[str] = mapped_column(Text, default="")
+    cell: Mapped[str | None] = mapped_column(Text, nullable=True)
+    group_key: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    annotations: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    # What the rebalancer did: received | handling | handled | ignored
+    state: Mapped[str] = mapped_column(String(16), default="received")
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+    __table_args__ = (
+        UniqueConstraint("fingerprint", "starts_at", name="uq_rebalance_alerts_fingerprint_starts_at"),
+    )
+
+
+class RebalancePlan(Base):
+    """Which organizations leave a hot cell for which targets, and why."""
+
+    __tablename__ = "rebalance_plans"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    cell: Mapped[str] = mapped_column(String(63), index=True)
+    # awaiting_approval | applying | done | superseded | empty
+    status: Mapped[str] = mapped_column(String(24))
+    trigger: Mapped[str] = mapped_column(String(16), default="operator")  # alert | operator
+    alert_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_by: Mapped[str] = mapped_column(Text, default="")
+    approved_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reaches_low_water: Mapped[bool] = mapped_column(Boolean, default=False)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+    approved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+
+class RebalancePlanItem(Base):
+    """One organization of a plan: pending until a move is started for it (or it is skipped)."""
+
+    __tablename__ = "rebalance_plan_items"
+
+    plan_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("rebalance_plans.id", ondelete="CASCADE"), primary_key=True
+    )
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    organization_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    source_cell: Mapped[str] = mapped_column(String(63))
+    target_cell: Mapped[str] = mapped_column(String(63))
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    window_s: Mapped[float] = mapped_column(Float, default=0.0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | started | skipped | superseded
+    move_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+
+class RebalanceDecision(Base):
+    """Append-only: every decision of the rebalancer (alert received, plan made, move started or
+    skipped and why), and every operator action on it."""
+
+    __tablename__ = "rebalance_decisions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+    kind: Mapped[str] = mapped_column(String(32))
+    cell: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)
+    organization_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    plan_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    alert_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    move_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    actor: Mapped[str] = mapped_column(Text, default="rebalancer")
+    message: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+
+
+class OrganizationPin(Base):
+    """An organization the rebalancer must never move (``migrator orgs pin ID``)."""
+
+    __tablename__ = "organization_pins"
+
+    organization_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    pinned_by: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    pinned_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+
+class RebalancerState(Base):
+    """The rebalancer's global switch (one row): paused by an operator or not."""
+
+    __tablename__ = "rebalancer_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False, default=1)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_by: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    changed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)

@@ -15,7 +15,7 @@ from sqlalchemy import func
 
 from migrator.blobs.copier import blob_units, delete_org_blobs
 from migrator.blobs.store import open_store, same_store
-from migrator.copy.rows import delete_range
+from migrator.copy.keys import delete_source_keys
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.store import MoveStore
@@ -46,17 +46,19 @@ def run_abort(settings, move_id: str, token: str, owner: str) -> str:
             store.set_fields(move.id, token, state=wf.RUNNING, step="unfreeze", flipped_at=func.now())
             store.event(move.id, "flip", "abort_refused", "the route had already flipped; completing the move")
             return "flipped"
-        tgt = ctx.target()
-        m = settings.moves
-        src_store, dst_store = open_store(settings, move.source_cell), open_store(settings, move.target_cell)
-        if not same_store(src_store, dst_store):
-            for table, blob in blob_units(ctx.dictionary):
-                delete_org_blobs(ctx.source(), dst_store, ctx.specs[table], blob, ctx.org)
         deleted = {}
-        for table in reversed(ctx.copy_order()):
-            deleted[table] = delete_range(tgt, ctx.specs[table], ctx.org, None, None,
-                                          disable_triggers=m.disable_target_triggers, token=token)
-            store.touch(move.id)
+        if move.plan:
+            # Preflight passed, so the target held none of these keys before this move: every target
+            # row with one of the source's keys is ours. (Matching by source keys, not by the target's
+            # sharding-key chains, also finds children whose parents never arrived.)
+            tgt, src = ctx.target(), ctx.source()
+            src_store, dst_store = open_store(settings, move.source_cell), open_store(settings, move.target_cell)
+            if not same_store(src_store, dst_store):
+                for table, blob in blob_units(ctx.dictionary):
+                    delete_org_blobs(src, dst_store, ctx.specs[table], blob, ctx.org)
+            for table in reversed(ctx.copy_order()):
+                deleted[table] = delete_source_keys(src, tgt, ctx.specs[table], ctx.org)
+                store.touch(move.id)
         for cell in (move.source_cell, move.target_cell):
             unfreeze_org(ctx.cell_conn(cell), ctx.org)
         route = ctx.topology.classify(ctx.org)

@@ -75,7 +75,7 @@ class MoveContext:
         return self.dictionary.copy_order(self.source_schema)
 
     def heartbeat(self) -> None:
-        self.store.heartbeat(self.move.id, self.token)
+        self.store.heartbeat(self.move.id, self.token, self.owner, self.settings.moves.lease_ttl_s)
 
     def event(self, step: str | None, event: str, message: str = "", detail: dict | None = None) -> None:
         self.store.event(self.move.id, step, event, message, detail)

@@ -38,7 +38,8 @@ def freeze(ctx) -> None:
 
 
 def open_transactions_before(conn, since) -> list[dict]:
-    """Sessions of this database whose transaction began before ``since`` (plus prepared ones)."""
+    """Sessions of this database whose transaction began before ``since``, and every prepared
+    transaction (its PREPARE time says nothing about when it began, so all of them are waited for)."""
     rows = conn.execute(
         """
         SELECT pid, coalesce(application_name, ''), xact_start, state
@@ -47,7 +48,7 @@ def open_transactions_before(conn, since) -> list[dict]:
            AND backend_type = 'client backend' AND xact_start IS NOT NULL AND xact_start < %(since)s
         UNION ALL
         SELECT NULL, 'prepared:' || gid, prepared, 'prepared'
-          FROM pg_prepared_xacts WHERE database = current_database() AND prepared < %(since)s
+          FROM pg_prepared_xacts WHERE database = current_database()
         """,
         {"since": since},
     ).fetchall()

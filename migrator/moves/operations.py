@@ -99,7 +99,9 @@ class Operations:
         move = self.store.get(move_id)
         if move.state not in (wf.RUNNING, wf.QUEUED):
             raise InvalidMoveState(f"move {move.id} is {move.state}; only a running move can be paused")
-        updated = self.store.set_fields(move.id, move.token, state=wf.PAUSED)
+        updated = self.store.pause(move.id, move.token)
+        if updated is None:
+            raise InvalidMoveState(f"move {move.id} changed while you asked; try again", "see `migrator status`")
         self.store.event(move.id, move.step, "paused", "paused by operator", actor=actor or default_actor())
         return updated
 

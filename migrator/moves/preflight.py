@@ -13,6 +13,7 @@ from psycopg import sql
 
 from migrator.blobs.store import open_store
 from migrator.config import Settings
+from migrator.copy.keys import colliding_keys
 from migrator.copy.spec import table_specs
 from migrator.errors import (
     CellUnavailable,
@@ -57,10 +58,11 @@ def validate_request(settings: Settings, topology, org: int, target: str):
 
 
 def _check_privilege(conn, cell: str) -> None:
-    ok = conn.execute(
-        "SELECT rolsuper OR has_parameter_privilege('session_replication_role', 'SET')"
-        " FROM pg_roles WHERE rolname = current_user").fetchone()
-    if not ok or not ok[0]:
+    ok = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    ok = bool(ok and ok[0])
+    if not ok and conn.info.server_version >= 150000:
+        ok = bool(conn.execute("SELECT has_parameter_privilege('session_replication_role', 'SET')").fetchone()[0])
+    if not ok:
         raise MigratorError(
             f"the database user of cell {cell!r} may not SET session_replication_role",
             "GRANT SET ON PARAMETER session_replication_role TO <user> (PostgreSQL 15+), or use a superuser; "
@@ -70,25 +72,11 @@ def _check_privilege(conn, cell: str) -> None:
 
 def find_collisions(src, tgt, spec, org: int, limit: int = MAX_COLLISIONS_SHOWN) -> list[tuple]:
     """Keys of the organization's rows that already exist in the target (streamed, never loaded)."""
-    keys = sql.Identifier(f"_migrator_keys_{spec.name}"[:63])
-    cols = spec.pk_cols(None)
-    with tgt.transaction():
-        tgt.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-            keys, cols, spec.ident))
-        with src.cursor() as scur, tgt.cursor() as tcur:
-            out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(spec.pk_select())
-            with scur.copy(out_sql, {"org": org}) as out, \
-                    tcur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(keys)) as inp:
-                for data in out:
-                    inp.write(data)
-        rows = tgt.execute(sql.SQL("SELECT {} FROM {} JOIN {} USING ({}) ORDER BY {} LIMIT {}").format(
-            sql.SQL(", ").join(sql.Identifier(spec.name, c) for c in spec.pk), keys, spec.ident, cols,
-            sql.SQL(", ").join(sql.Identifier(spec.name, c) for c in spec.pk), sql.Literal(limit))).fetchall()
-    return [tuple(r) for r in rows]
+    return colliding_keys(src, tgt, spec, org, limit)
 
 
 def run_preflight(settings: Settings, topology, dictionary, org: int, source: str, target: str,
-                  *, connect_cell) -> dict:
+                  *, connect_cell, heartbeat=lambda: None) -> dict:
     """All checks; returns the plan (tables and rows, blobs and bytes, estimated duration)."""
     from migrator.cells.introspect import introspect
     from migrator.dictionary.check import check_schema
@@ -123,9 +111,8 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     if not exists:
         raise UnknownOrganization(f"organization {org} has no row in {root!r} of cell {source!r}",
                                   "the route points at a cell that does not hold it; check `migrator orgs list`")
-    if settings.moves.disable_target_triggers:
-        _check_privilege(tgt, target)
-        _check_privilege(src, source)
+    _check_privilege(tgt, target)
+    _check_privilege(src, source)
     for cell in (source, target):
         open_store(settings, cell).check()
 
@@ -133,6 +120,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     rows_by_table: dict[str, int] = {}
     for name in dictionary.copy_order(live_src):
         spec = specs[name]
+        heartbeat()
         rows_by_table[name] = int(src.execute(spec.count_sql(), {"org": org}).fetchone()[0])
         if rows_by_table[name]:
             hits = find_collisions(src, tgt, spec, org)

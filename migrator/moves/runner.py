@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from migrator.config import Settings
 from migrator.db import first_line, is_transient
 from migrator.errors import InvalidMoveState, MigratorError, StaleToken
@@ -37,7 +39,7 @@ def _preflight(ctx: MoveContext) -> None:
 
     move = ctx.move
     plan = run_preflight(ctx.settings, ctx.topology, ctx.dictionary, ctx.org, move.source_cell, move.target_cell,
-                         connect_cell=ctx.cell_conn)
+                         connect_cell=ctx.cell_conn, heartbeat=ctx.heartbeat)
     ctx.store.set_fields(move.id, ctx.token, plan=plan, route_version=plan["route_version"])
 
 
@@ -111,14 +113,35 @@ def run_unit(settings: Settings, move_id: str, step: str, unit: str, token: str,
         ctx.close()
 
 
+def _release(ctx: MoveContext, step: str, unit: str | None) -> None:
+    """Hand the lease back so the retry of this task (a new execution) can take over at once."""
+    try:
+        if unit:
+            ctx.store.release_unit(ctx.move.id, step, unit, ctx.owner)
+        else:
+            ctx.store.release_step_lease(ctx.move.id, ctx.owner)
+    except Exception:  # noqa: BLE001 - the control database may be the thing that is down
+        log.warning("move %s: could not release the lease of %s; it expires after lease_ttl_s", ctx.move_id, step)
+
+
 def _on_error(ctx: MoveContext, step: str, exc: Exception, unit: str | None = None) -> Outcome:
     where = f"{step}/{unit}" if unit else step
+    if isinstance(exc, SoftTimeLimitExceeded):
+        _release(ctx, step, unit)
+        raise exc  # checkpointed: the task continues in a fresh execution
     if isinstance(exc, StaleToken | InvalidMoveState):
-        log.info("move %s %s: stopping: %s", ctx.move_id, where, exc)
-        return Outcome(skipped=str(exc))
-    if is_transient(exc) and step != wf.STEPS[0]:
+        current = _current_token(ctx)
+        if not (isinstance(exc, StaleToken) and current == ctx.token):
+            log.info("move %s %s: stopping: %s", ctx.move_id, where, exc)
+            return Outcome(skipped=str(exc))
+        # Our own attempt is current, yet something (the route's freeze) was changed out of band.
+    elif is_transient(exc) and step != wf.STEPS[0]:
         # Mid-move outages are retried (Celery backoff); preflight rejects at once instead.
-        ctx.event(step, "retry", f"{where}: transient error: {first_line(exc)}", {"unit": unit})
+        _release(ctx, step, unit)
+        try:
+            ctx.event(step, "retry", f"{where}: transient error: {first_line(exc)}", {"unit": unit})
+        except Exception:  # noqa: BLE001
+            pass
         raise exc  # the task retries with backoff; after the last retry it calls fail_move
     if isinstance(exc, MigratorError):
         fail_move(ctx.settings, ctx.move_id, ctx.token, step, exc.message + (f" ({exc.hint})" if exc.hint else ""),
@@ -130,6 +153,26 @@ def _on_error(ctx: MoveContext, step: str, exc: Exception, unit: str | None = No
     return Outcome(skipped=f"failed: {first_line(exc)}")
 
 
+def _current_token(ctx: MoveContext) -> str | None:
+    try:
+        return ctx.store.get(ctx.move.id).token
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _route_flipped(settings: Settings, move) -> bool:
+    """Whether the route already points at the target (the flip may have committed even if its
+    reply was lost). When the Topology Service does not answer, assume it may have."""
+    from migrator.topology.client import topology_client
+
+    if move.flipped_at is not None:
+        return True
+    try:
+        return topology_client(settings).classify(int(move.organization_id)).cell == move.target_cell
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def fail_move(settings: Settings, move_id: str, token: str, step: str, message: str, code: str) -> None:
     """Record a failure. Before the flip the freeze is lifted so the source is writable again."""
     store = MoveStore(settings.control_dsn)
@@ -139,7 +182,7 @@ def fail_move(settings: Settings, move_id: str, token: str, step: str, message: 
     if step == "preflight":
         store.fail(move_id, token, step, message, code, state=wf.REJECTED)
         return
-    if move.flipped_at is None and step in wf.BEFORE_FLIP | {"flip"}:
+    if step in wf.BEFORE_FLIP | {"flip"} and not _route_flipped(settings, move):
         lifted = lift_freeze(settings, move, token)
         store.merge_json(move_id, token, "report", {"freeze_lifted": True, "freeze_lift_problems": lifted})
     store.fail(move_id, token, step, message, code)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -132,9 +132,14 @@ class MoveStore:
     def release_step(self, move_id, token: str, owner: str) -> None:
         self._update(move_id, token, {"lease_owner": None, "lease_until": None}, Move.lease_owner == owner)
 
-    def heartbeat(self, move_id, token: str) -> None:
-        """Mark the move alive; StaleToken if this attempt was superseded or the move stopped."""
-        row = self._update(move_id, token, {"heartbeat_at": func.now()}, Move.state.in_([wf.RUNNING, wf.ABORTING]))
+    def heartbeat(self, move_id, token: str, owner: str | None = None, ttl_s: float | None = None) -> None:
+        """Mark the move alive (and extend ``owner``'s step lease); StaleToken if this attempt was
+        superseded, InvalidMoveState if the move stopped."""
+        values: dict[str, Any] = {"heartbeat_at": func.now()}
+        if owner is not None and ttl_s is not None:
+            values["lease_until"] = case(
+                (Move.lease_owner == owner, func.now() + dt.timedelta(seconds=ttl_s)), else_=Move.lease_until)
+        row = self._update(move_id, token, values, Move.state.in_([wf.RUNNING, wf.ABORTING]))
         if row is None:
             move = self.get(move_id)
             if move.token != token:
@@ -151,6 +156,9 @@ class MoveStore:
         else:
             values.update(step=nxt)
         return self._update(move_id, token, values, Move.step == from_step, Move.state == wf.RUNNING)
+
+    def pause(self, move_id, token: str) -> Move | None:
+        return self._update(move_id, token, {"state": wf.PAUSED}, Move.state.in_([wf.RUNNING, wf.QUEUED]))
 
     def set_fields(self, move_id, token: str, **values) -> Move | None:
         return self._update(move_id, token, values)
@@ -279,6 +287,20 @@ class MoveStore:
             MoveUnit.lease_owner == owner,
         )
         return row is not None
+
+    def release_unit(self, move_id, step: str, unit: str, owner: str) -> None:
+        """Give a unit's lease back (a failing execution lets its retry in at once)."""
+        with self.Session() as s:
+            s.execute(update(MoveUnit).where(MoveUnit.move_id == _uuid(move_id), MoveUnit.step == step,
+                                             MoveUnit.unit == unit, MoveUnit.lease_owner == owner)
+                      .values(lease_owner=None, lease_until=None))
+            s.commit()
+
+    def release_step_lease(self, move_id, owner: str) -> None:
+        with self.Session() as s:
+            s.execute(update(Move).where(Move.id == _uuid(move_id), Move.lease_owner == owner)
+                      .values(lease_owner=None, lease_until=None))
+            s.commit()
 
     def set_unit_result(self, move_id, step: str, unit: str, token: str, owner: str, result: dict) -> None:
         self._unit_update(move_id, step, unit, token, {"result": result}, MoveUnit.lease_owner == owner)

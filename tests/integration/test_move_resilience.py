@@ -16,7 +16,7 @@ from migrator.moves.store import MoveStore
 from migrator.moves.units import FAN_IN, PLANNERS, WORK
 from migrator.seed import seed_organizations
 from migrator.topology.client import topology_client
-from tests.support.checks import duplicate_keys, org_checksums
+from tests.support.checks import duplicate_keys, leftover_keys, org_checksums
 from tests.support.moves import copied_rows, migrator, wait_move
 
 pytestmark = pytest.mark.integration
@@ -105,6 +105,7 @@ def test_abort_mid_copy_leaves_source_writable_and_target_clean(provisioned, wor
     final = MoveStore(settings.control_dsn).get(move.id)
     assert final.state == "aborted"
     assert all(rows == 0 for rows, _ in org_checksums(settings, "cell-2", org).values())
+    assert leftover_keys(settings, "cell-1", "cell-2", org) == {}  # no orphan child rows either
     assert org_checksums(settings, "cell-1", org) == before
     route = topology_client(settings).classify(org)
     assert route.cell == "cell-1" and route.state == "active"

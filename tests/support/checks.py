@@ -24,6 +24,22 @@ def org_checksums(settings, cell: str, org: int) -> dict[str, tuple[int, str]]:
         return out
 
 
+def leftover_keys(settings, source: str, target: str, org: int) -> dict[str, list]:
+    """Per table: keys of the organization's source rows that exist in the target (after an abort: none)."""
+    from migrator.copy.keys import colliding_keys
+
+    dictionary = load_dictionary(settings.dictionary_file())
+    out = {}
+    with psycopg.connect(settings.cell(source).dsn, autocommit=True) as src, \
+            psycopg.connect(settings.cell(target).dsn, autocommit=True) as tgt:
+        specs = table_specs(dictionary, introspect(src))
+        for name, spec in specs.items():
+            hits = colliding_keys(src, tgt, spec, org)
+            if hits:
+                out[name] = hits
+    return out
+
+
 def duplicate_keys(settings, cell: str) -> dict[str, int]:
     """Tables with duplicated primary keys (must be empty: a PK makes this impossible, but we check)."""
     dictionary = load_dictionary(settings.dictionary_file())
