@@ -349,7 +349,7 @@ class BenchFleet:
         started = []
         for i in range(len(self.workers) + 1, len(self.workers) + n + 1):
             w = Proc([str(BIN / "celery"), "-A", app, "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
-                      "-n", f"bench{i}-{self.prefix}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                      "-n", f"bench{i}-{self.prefix}@%h", "--without-gossip", "--without-mingle"],
                      self.env(), self.workdir / f"worker-{i}.log").start()
             self.workers.append(w)
             started.append(w)

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 TRANSIENT_SQLSTATE_PREFIXES = ("08", "57P", "40001", "40P01", "53300")
 
 
+# Every connection the migrator opens says who it is (pg_stat_activity.application_name).
+APPLICATION_NAME = "cells-migrator"
+
+
 def is_transient(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
     if orig is not None and orig is not exc and isinstance(orig, BaseException):
@@ -63,6 +67,7 @@ def first_line(exc: BaseException) -> str:
 def connect(dsn: str, *, what: str = "database", autocommit: bool = False, **kwargs) -> psycopg.Connection:
     """Open a connection; a failure is a :class:`CellUnavailable` that names ``what``."""
     kwargs.setdefault("connect_timeout", 10)
+    kwargs.setdefault("application_name", APPLICATION_NAME)
     try:
         return psycopg.connect(dsn, autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:

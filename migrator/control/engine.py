@@ -27,7 +27,9 @@ def sqlalchemy_url(dsn: str) -> str:
 def make_engine(dsn: str, **kwargs) -> Engine:
     url = sqlalchemy_url(dsn)
     if url == "postgresql+psycopg://":
-        kwargs.setdefault("creator", lambda: psycopg.connect(dsn))
+        kwargs.setdefault("creator", lambda: psycopg.connect(dsn, application_name="cells-migrator-control"))
+    else:
+        kwargs.setdefault("connect_args", {"application_name": "cells-migrator-control"})
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 2)
     kwargs.setdefault("max_overflow", 4)

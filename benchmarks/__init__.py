@@ -1,0 +1,1 @@
+"""Reproducible performance measurements against raw PostgreSQL (see docs/performance.md)."""

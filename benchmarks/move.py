@@ -1,0 +1,353 @@
+"""Benchmark one organization's move against raw PostgreSQL on the same rows.
+
+    .venv/bin/python benchmarks/move.py [--rows 500000] [--blobs 1000] [--workers 1,2] [--json out.json]
+
+For each worker count W in ``--workers`` (a fresh set of cells each time, so every run starts equal):
+
+1. seed one organization of ``--rows`` rows and ``--blobs`` blobs into a source cell
+   (``migrator.seed``), then ``VACUUM ANALYZE`` it (a settled cell, as in production);
+2. **raw copy**: per organization table, in copy order, ``COPY (SELECT cols FROM t WHERE <org
+   predicate>) TO STDOUT (FORMAT BINARY)`` on the source piped into ``COPY t FROM STDIN (FORMAT
+   BINARY)`` on a scratch cell (an empty database with the target's schema, guard and indexes), one
+   transaction per table with ``session_replication_role = replica`` as the mover uses;
+3. **raw checksum**: the verifier's checksum query over the organization's rows of each table, once
+   on the source and once on the scratch copy, one connection, no framework;
+4. **the move**: ``W`` Celery worker processes (``--concurrency 1`` each) move the organization to a
+   fresh target; timings come from the move's events (step started/finished), its report (write
+   window), and a probe in the workers (benchmarks/_probe.py) that times the data work of each task,
+   so the remainder (Celery, control database, planning) is visible; worker memory is sampled from
+   /proc for the whole run.
+
+Prints a table and writes everything as JSON (``--json``). No figure is asserted here; the targets
+are printed next to the ratios. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from benchmarks._fleet import BenchFleet, MemorySampler, machine, wait_moves  # noqa: E402
+
+STEPS = ("preflight", "freeze", "drain", "copy_rows", "copy_blobs", "verify", "flip", "unfreeze")
+TARGETS = {"copy": 1.3, "verify": 1.3, "write_window": 1.5, "rss_mib": 300.0, "overhead_pct": 5.0}
+
+
+# ----------------------------------------------------------------------------- raw baselines
+def _specs(conn):
+    from migrator.cells.introspect import introspect
+    from migrator.config import get_settings
+    from migrator.copy.spec import table_specs
+    from migrator.dictionary import load_dictionary
+
+    dictionary = load_dictionary(get_settings().dictionary_file())
+    live = introspect(conn)
+    return dictionary.copy_order(live), table_specs(dictionary, live)
+
+
+def raw_copy(source_dsn: str, scratch_dsn: str, org: int) -> dict:
+    """Binary COPY of the organization's rows, table by table, source -> scratch. The physical limit."""
+    from migrator.copy.spec import stabilize_session
+
+    tables = {}
+    with psycopg.connect(source_dsn, autocommit=True) as src, psycopg.connect(scratch_dsn) as tgt:
+        stabilize_session(src)
+        order, specs = _specs(src)
+        t_all = time.perf_counter()
+        for name in order:
+            spec = specs[name]
+            t0 = time.perf_counter()
+            out_sql = sql.SQL("COPY (SELECT {cols} FROM {t} AS t WHERE {pred}) TO STDOUT (FORMAT BINARY)").format(
+                cols=spec.cols("t"), t=spec.ident, pred=spec.predicate)
+            in_sql = sql.SQL("COPY {t} ({cols}) FROM STDIN (FORMAT BINARY)").format(t=spec.ident, cols=spec.cols())
+            nbytes = 0
+            with tgt.transaction():
+                tgt.execute("SET LOCAL session_replication_role = replica")
+                with src.cursor() as sc, tgt.cursor() as tc:
+                    with sc.copy(out_sql, {"org": org}) as out, tc.copy(in_sql) as inp:
+                        for data in out:
+                            nbytes += len(data)
+                            inp.write(data)
+                    rows = tc.rowcount
+            tables[name] = {"rows": rows, "bytes": nbytes, "s": round(time.perf_counter() - t0, 4)}
+        total = time.perf_counter() - t_all
+    rows = sum(t["rows"] for t in tables.values())
+    nbytes = sum(t["bytes"] for t in tables.values())
+    return {"s": round(total, 3), "rows": rows, "bytes": nbytes, "rows_per_s": round(rows / total),
+            "mb_per_s": round(nbytes / total / 1e6, 1), "tables": tables}
+
+
+def _checksums(dsn: str, org: int) -> tuple[float, dict]:
+    from migrator.copy.spec import stabilize_session
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stabilize_session(conn)
+        order, specs = _specs(conn)
+        out = {}
+        t0 = time.perf_counter()
+        for name in order:
+            rows, checksum = conn.execute(specs[name].checksum_sql(), {"org": org}).fetchone()
+            out[name] = (int(rows), str(checksum))
+        return time.perf_counter() - t0, out
+
+
+def raw_checksum(source_dsn: str, scratch_dsn: str, org: int) -> dict:
+    """The verifier's checksum query over every table, once per side (sequential), then both sides at once."""
+    s_src, c_src = _checksums(source_dsn, org)
+    s_tgt, c_tgt = _checksums(scratch_dsn, org)
+    par: dict = {}
+
+    def side(key, dsn):
+        par[key] = _checksums(dsn, org)[0]
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=side, args=(k, d)) for k, d in (("src", source_dsn), ("tgt", scratch_dsn))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    both = time.perf_counter() - t0
+    if c_src != c_tgt:
+        raise RuntimeError(f"raw copy differs from the source: {c_src} != {c_tgt}")
+    return {"s": round(s_src + s_tgt, 3), "source_s": round(s_src, 3), "target_s": round(s_tgt, 3),
+            "both_sides_at_once_s": round(both, 3)}
+
+
+# ----------------------------------------------------------------------------- the move
+def _probe_lines(path: Path, move_id: str) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("move_id") == move_id:
+            out.append(rec)
+    return out
+
+
+def step_times(events, move) -> dict:
+    """Per step: first 'started' to 'finished' (seconds), and the gaps between steps."""
+    started: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    for e in events:
+        if e.step in STEPS:
+            ts = e.at.timestamp()
+            if e.event == "started":
+                started.setdefault(e.step, ts)
+            elif e.event == "finished":
+                finished[e.step] = ts
+    steps = {s: round(finished[s] - started[s], 3) for s in STEPS if s in started and s in finished}
+    gaps = sum(max(0.0, started[b] - finished[a]) for a, b in zip(STEPS, STEPS[1:], strict=False)
+               if a in finished and b in started)
+    return {"steps": steps, "between_steps_s": round(gaps, 3),
+            "total_s": round(move.completed_at.timestamp() - move.created_at.timestamp(), 3)
+            if move.completed_at else None,
+            "_started": started, "_finished": finished}
+
+
+def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file: Path, timeout: float) -> dict:
+    from migrator.moves.operations import Operations
+    from migrator.moves.store import MoveStore
+
+    settings = fleet.settings()
+    procs = fleet.start_workers(workers, concurrency=1, app="benchmarks._probe")
+    try:
+        with MemorySampler([p.pid for p in procs]) as mem:
+            t0 = time.time()
+            move = Operations(settings).request_move(org, target, actor="benchmark", reason="benchmarks/move.py")
+            (move,) = wait_moves(settings, [move.id], timeout=timeout)
+            wall = time.time() - t0
+    finally:
+        fleet.stop_workers()
+    if move.state != "completed":
+        raise RuntimeError(f"move {move.id} ended {move.state}: {move.error}")
+    store = MoveStore(settings.control_dsn)
+    events = store.events(move.id)
+    times = step_times(events, move)
+    report = move.report or {}
+    tasks = _probe_lines(probe_file, str(move.id))
+
+    def unit_tasks(step):
+        return [t for t in tasks if t["task"] == f"migrator.{step}_unit"]
+
+    copy_units, verify_units = unit_tasks("copy_rows"), unit_tasks("verify")
+    copy_s = times["steps"].get("copy_rows")
+    verify_s = times["steps"].get("verify")
+    rows = report.get("copy_rows", {}).get("rows", 0)
+    nbytes = report.get("copy_rows", {}).get("bytes", 0)
+
+    def overhead(step_wall, units, data_key):
+        """Step wall time x workers minus the data work inside its unit tasks: Celery dispatch, planning,
+        connections, leases, checkpoints, fan-in. Per task: that divided by the number of unit tasks."""
+        if not step_wall or not units:
+            return None
+        data = sum(u[data_key] for u in units)
+        busy = step_wall * workers
+        return {"data_work_s": round(data, 3), "checkpoints_s": round(sum(u["checkpoint_s"] for u in units), 3),
+                "unit_tasks": len(units), "overhead_s": round(busy - data, 3),
+                "overhead_pct": round(100 * (busy - data) / busy, 2),
+                "per_task_ms": round(1000 * (busy - data) / len(units), 1),
+                "in_task_overhead_ms": round(1000 * sum((u["end"] - u["start"]) - u[data_key] for u in units)
+                                             / len(units), 1)}
+
+    return {
+        "move_id": str(move.id), "target": target, "workers": workers, "concurrency": 1,
+        "wall_s": round(wall, 3), "total_s": times["total_s"], "steps_s": times["steps"],
+        "between_steps_s": times["between_steps_s"],
+        "write_window_s": report.get("write_window_s"),
+        "copy_rows": {"s": copy_s, "rows": rows, "bytes": nbytes, "units": report.get("copy_rows", {}).get("units"),
+                      "rows_per_s": round(rows / copy_s) if copy_s else None,
+                      "mb_per_s": round(nbytes / copy_s / 1e6, 1) if copy_s else None,
+                      "overhead": overhead(copy_s, copy_units, "copy_s")},
+        "verify": {"s": verify_s, "ok": report.get("verification", {}).get("ok"),
+                   "overhead": overhead(verify_s, [u for u in verify_units if u["checksum_s"]], "checksum_s")},
+        "memory": mem.result(),
+    }
+
+
+# ----------------------------------------------------------------------------- one configuration
+def run_config(workers: int, args, probe_file: Path) -> dict:
+    from migrator.seed import seed_organizations
+
+    moves = {}
+    if args.batch_rows:
+        moves["batch_rows"] = args.batch_rows
+    if args.chunk_rows:
+        moves["chunk_rows"] = args.chunk_rows
+    with BenchFleet(cells=3, moves=moves, keep=args.keep) as fleet:
+        print(f"[{workers} worker(s)] fleet {fleet.prefix} in {fleet.workdir}", file=sys.stderr, flush=True)
+        fleet.init()
+        settings = fleet.settings()
+        t0 = time.perf_counter()
+        (org,) = seed_organizations(settings, "cell-1", orgs=1, rows=args.rows, blobs=args.blobs, skew=False,
+                                    seed=42)
+        seed_s = time.perf_counter() - t0
+        with psycopg.connect(fleet.cell_dsns["cell-1"], autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        print(f"[{workers} worker(s)] seeded organization {org.organization_id}: {org.rows} rows, "
+              f"{org.blobs} blobs in {seed_s:.1f}s", file=sys.stderr, flush=True)
+        oid = org.organization_id
+        raw = {"copy": raw_copy(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)}
+        raw["checksum"] = raw_checksum(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)
+        print(f"[{workers} worker(s)] raw copy {raw['copy']['s']}s, raw checksum {raw['checksum']['s']}s",
+              file=sys.stderr, flush=True)
+        move = run_move(fleet, oid, "cell-3", workers, probe_file, timeout=args.timeout)
+        print(f"[{workers} worker(s)] move {move['total_s']}s, write window {move['write_window_s']}s",
+              file=sys.stderr, flush=True)
+        settings_used = fleet.settings().moves
+    rc, rk = raw["copy"]["s"], raw["checksum"]["s"]
+    ratios = {
+        "copy": round(move["copy_rows"]["s"] / rc, 3),
+        "verify": round(move["verify"]["s"] / rk, 3),
+        "verify_vs_both_sides_at_once": round(move["verify"]["s"] / raw["checksum"]["both_sides_at_once_s"], 3),
+        "write_window": round(move["write_window_s"] / (rc + rk), 3),
+    }
+    ov = move["copy_rows"]["overhead"] or {}
+    met = {
+        "copy": ratios["copy"] <= TARGETS["copy"],
+        "verify": ratios["verify"] <= TARGETS["verify"],
+        "write_window": ratios["write_window"] <= TARGETS["write_window"],
+        "rss": move["memory"]["peak_process_rss_mib"] < TARGETS["rss_mib"],
+        "overhead": ov.get("overhead_pct", 100) < TARGETS["overhead_pct"],
+    }
+    return {"workers": workers, "organization_id": oid, "rows": org.rows, "blobs": org.blobs,
+            "rows_by_table": org.rows_by_table, "seed_s": round(seed_s, 2),
+            "batch_rows": settings_used.batch_rows, "chunk_rows": settings_used.chunk_rows,
+            "raw": raw, "move": move, "ratios": ratios, "targets_met": met}
+
+
+# ----------------------------------------------------------------------------- output
+def table(result: dict) -> str:
+    runs = result["runs"]
+    cols = [f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}" for r in runs]
+
+    def row(label, values):
+        return f"{label:<38}" + "".join(f"{v:>16}" for v in values)
+
+    def f(v, unit="", nd=2):
+        if v is None:
+            return "-"
+        return f"{v:,.{nd}f}{unit}" if isinstance(v, float) else f"{v:,}{unit}"
+
+    lines = [row("", cols), row("rows / blobs", [f"{r['rows']:,} / {r['blobs']}" for r in runs]),
+             row("batch_rows / chunk_rows", [f"{r['batch_rows']:,} / {r['chunk_rows']:,}" for r in runs]),
+             row("raw copy (s)", [f(r["raw"]["copy"]["s"]) for r in runs]),
+             row("raw copy rows/s", [f(r["raw"]["copy"]["rows_per_s"]) for r in runs]),
+             row("raw checksum, src+tgt (s)", [f(r["raw"]["checksum"]["s"]) for r in runs]),
+             row("raw checksum, both at once (s)", [f(r["raw"]["checksum"]["both_sides_at_once_s"]) for r in runs]),
+             row("move total (s)", [f(r["move"]["total_s"]) for r in runs])]
+    for step in STEPS:
+        lines.append(row(f"  {step} (s)", [f(r["move"]["steps_s"].get(step)) for r in runs]))
+    lines += [
+        row("  between steps (s)", [f(r["move"]["between_steps_s"]) for r in runs]),
+        row("copy_rows rows/s", [f(r["move"]["copy_rows"]["rows_per_s"]) for r in runs]),
+        row("copy_rows MB/s (binary COPY bytes)", [f(r["move"]["copy_rows"]["mb_per_s"], nd=1) for r in runs]),
+        row("copy_rows units", [f(r["move"]["copy_rows"]["units"]) for r in runs]),
+        row("copy overhead (% of step x workers)",
+            [f((r["move"]["copy_rows"]["overhead"] or {}).get("overhead_pct"), "%") for r in runs]),
+        row("copy overhead per unit task (ms)",
+            [f((r["move"]["copy_rows"]["overhead"] or {}).get("per_task_ms"), nd=1) for r in runs]),
+        row("verify overhead (% of step x workers)",
+            [f((r["move"]["verify"]["overhead"] or {}).get("overhead_pct"), "%") for r in runs]),
+        row("write window (s)", [f(r["move"]["write_window_s"]) for r in runs]),
+        row("worker peak RSS, one process (MiB)", [f(r["move"]["memory"]["peak_process_rss_mib"], nd=0)
+                                                   for r in runs]),
+        row("worker peak RSS, whole tree (MiB)", [f(r["move"]["memory"]["peak_worker_tree_rss_mib"], nd=0)
+                                                  for r in runs]),
+        row(f"copy / raw copy (<= {TARGETS['copy']})", [f(r["ratios"]["copy"], nd=3) for r in runs]),
+        row(f"verify / raw checksum (<= {TARGETS['verify']})", [f(r["ratios"]["verify"], nd=3) for r in runs]),
+        row("verify / raw both-at-once", [f(r["ratios"]["verify_vs_both_sides_at_once"], nd=3) for r in runs]),
+        row(f"window / (raw copy+cksum) (<= {TARGETS['write_window']})",
+            [f(r["ratios"]["write_window"], nd=3) for r in runs]),
+        row("targets met", [" ".join(k for k, v in r["targets_met"].items() if v) or "-" for r in runs]),
+        row("targets missed", [" ".join(k for k, v in r["targets_met"].items() if not v) or "-" for r in runs]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=500_000, help="rows of the organization (default 500000)")
+    p.add_argument("--blobs", type=int, default=1000, help="blobs of the organization (default 1000)")
+    p.add_argument("--workers", default="1,2", help="worker counts to run, comma-separated (default 1,2)")
+    p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
+    p.add_argument("--batch-rows", type=int, help="override moves.batch_rows (default: the config default)")
+    p.add_argument("--chunk-rows", type=int, help="override moves.chunk_rows (default: the config default)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a move (default 1800)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
+    args = p.parse_args(argv)
+    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+
+    result = {"benchmark": "move", "command": " ".join(["benchmarks/move.py", *(argv or sys.argv[1:])]),
+              "machine": machine(), "params": {"rows": args.rows, "blobs": args.blobs, "workers": counts},
+              "targets": TARGETS, "runs": []}
+    probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    probe_file = probe_dir / f"cm-bench-probe-{os.getpid()}.jsonl"
+    os.environ["BENCH_PROBE_FILE"] = str(probe_file)
+    try:
+        for w in counts:
+            result["runs"].append(run_config(w, args, probe_file))
+    finally:
+        probe_file.unlink(missing_ok=True)
+    for r in result["runs"]:
+        r["move"].pop("_started", None)
+    print(table(result))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"\nwrote {args.json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Fault scenarios: each moves a seeded organization (rows in every sample table, blobs) under a real
+fault and checks the same invariants. ``FAULTS_LONG=1`` raises the trial counts (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrator.moves.dispatch import Dispatcher
+from migrator.moves.operations import Operations
+from migrator.moves.runner import run_step
+from migrator.moves.store import MoveStore
+from migrator.seed import seed_organizations
+from migrator.topology.client import topology_client
+from tests.faults.conftest import trials
+from tests.faults.invariants import check_completed, snapshot
+from tests.faults.report import ScenarioResult
+from tests.faults.writer import lost_writes
+from tests.support.moves import copied_rows, migrator, wait_move
+from tests.support.processes import ROOT, base_env
+
+pytestmark = pytest.mark.faults
+
+ROWS = 2500
+
+
+def _seed(ff, n: int, rows: int = ROWS, cell: str = "cell-1", seed: int = 1):
+    return [o.organization_id for o in seed_organizations(ff.settings, cell, orgs=n, rows=rows, blobs=5, skew=False,
+                                                           seed=seed)]
+
+
+def _finish(ff, result: ScenarioResult, move_id, org, source, target, before, bystanders, *, writers=False):
+    """Wait for the move; a failed one is resumed once. Then check the invariants."""
+    settings = ff.settings
+    move = wait_move(settings, move_id, timeout=240)
+    if move.state == "failed":
+        Operations(settings).resume(move_id, actor="fault-suite")
+        move = wait_move(settings, move_id, timeout=240)
+        if move.state == "completed":
+            result.failed_then_resumed += 1
+    result.trials += 1
+    violations = check_completed(settings, move_id, org, source, target, before=before, bystanders=bystanders,
+                                 writers=writers)
+    if move.state == "completed":
+        result.completed += 1
+    result.violations += [f"trial {result.trials}: {x}" for x in violations]
+    return move
+
+
+def _in_copy(move, store) -> bool:
+    return (move.step == "copy_rows" and copied_rows(store, move.id) > 0) or move.state not in ("queued", "running")
+
+
+def test_worker_sigkill_at_random_moments(faults):
+    n = trials(5, 50)
+    result = ScenarioResult("1. worker SIGKILL at a random moment")
+    orgs = _seed(faults, n + 1)
+    bystander = orgs[-1]
+    settings = faults.settings
+    rng = random.Random(4242)
+    worker = faults.worker()
+    for i, org in enumerate(orgs[:n]):
+        target = ("cell-2", "cell-3")[i % 2]
+        before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+        by = snapshot(settings, [(bystander, "cell-1")])
+        move = Operations(settings).request_move(org, target, actor="faults", reason=f"sigkill trial {i}")
+        time.sleep(rng.uniform(0.0, 2.5))
+        worker.kill(signal.SIGKILL)
+        worker = faults.worker()
+        _finish(faults, result, move.id, org, "cell-1", target, before, by)
+    result.save()
+    assert result.violations == []
+    assert result.completed == n
+
+
+def _redis_fault(faults, action: str):
+    result = ScenarioResult(f"2. Redis {action} mid-move")
+    org, bystander = _seed(faults, 2)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    faults.worker()
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"redis {action}")
+    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
+    if action == "restarted":
+        faults.redis.restart()
+    else:
+        import redis as redis_lib
+
+        redis_lib.Redis.from_url(faults.redis.url).flushall()
+    _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
+    events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
+    result.save()
+    assert result.violations == []
+    assert "reconciled" in events, "the reconciler should have rebuilt the lost queue"
+
+
+def test_redis_restarted_mid_move(faults):
+    _redis_fault(faults, "restarted")
+
+
+def test_redis_flushed_mid_move(faults):
+    _redis_fault(faults, "flushed")
+
+
+@pytest.mark.parametrize("which", ["source", "target", "control"])
+def test_connections_terminated_mid_batch(faults, which):
+    result = ScenarioResult(f"3. connections terminated ({which})")
+    org, bystander = _seed(faults, 2, rows=4000)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    faults.worker()
+    dsn = {"source": faults.fleet.cell_dsns["cell-1"], "target": faults.fleet.cell_dsns["cell-2"],
+           "control": faults.fleet.control_dsn}[which]
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"terminate {which}")
+    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
+    killed = 0
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for _ in range(5):
+            killed += admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE 'cells-migrator%%' AND pid <> pg_backend_pid()").fetchone()[0]
+            time.sleep(0.3)
+    _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
+    result.save()
+    assert result.violations == []
+    assert killed > 0, "no migrator connection was terminated: the fault did not happen"
+
+
+def test_duplicate_delivery_and_two_workers(faults):
+    result = ScenarioResult("4. duplicate delivery + two workers")
+    org, bystander = _seed(faults, 2, rows=4000)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    faults.worker()
+    faults.worker()
+    store = MoveStore(settings.control_dsn)
+    dispatcher = Dispatcher(settings)
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="duplicates")
+    sent = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        m = store.get(move.id)
+        if m.state not in ("queued", "running"):
+            break
+        dispatcher.step(m, m.step)  # the same step again, same token
+        for u in store.pending_units(m.id, m.step):
+            dispatcher.unit(m, m.step, u.unit)
+            dispatcher.unit(m, m.step, u.unit)
+            sent += 2
+        sent += 1
+        time.sleep(0.15)
+    _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
+    result.save()
+    assert result.violations == [] and sent > 5
+
+
+def test_two_operators_at_the_same_moment(faults):
+    result = ScenarioResult("5. two operators, same organization, same moment")
+    org, bystander = _seed(faults, 2, rows=1000)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    env = base_env(faults.fleet.config_path)
+    cmd = [str(Path(sys.executable).parent / "migrator"), "move", "--org", str(org), "--json"]
+    procs = [subprocess.Popen([*cmd, "--to", cell], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cell in ("cell-2", "cell-3")]
+    outs = [p.communicate(timeout=60) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    moves = MoveStore(settings.control_dsn).list(organization_id=org)
+    assert codes == [0, 1], outs
+    assert len(moves) == 1
+    loser = outs[[p.returncode for p in procs].index(1)][1]
+    assert "already has an active move" in loser
+    faults.worker()
+    _finish(faults, result, moves[0].id, org, "cell-1", moves[0].target_cell, before, by)
+    result.save()
+    assert result.violations == []
+
+
+def _writer(faults, org: int, seconds: float, out: Path, seed: int) -> subprocess.Popen:
+    env = base_env(faults.fleet.config_path)
+    return subprocess.Popen([sys.executable, "-m", "tests.faults.writer", "--org", str(org), "--seconds",
+                             str(seconds), "--out", str(out), "--seed", str(seed), "--rate", "80"], env=env, cwd=ROOT)
+
+
+def test_writers_before_during_and_after(faults, tmp_path):
+    n = trials(1, 5)
+    result = ScenarioResult("6. writers before, during and after the move")
+    orgs = _seed(faults, n + 1, rows=3000)
+    [other] = _seed(faults, 1, rows=1000, cell="cell-2", seed=9)
+    settings = faults.settings
+    faults.worker()
+    for i, org in enumerate(orgs[:n]):
+        bystander = orgs[-1]
+        logs = {org: tmp_path / f"w-{org}.jsonl", bystander: tmp_path / f"w-{bystander}-{i}.jsonl",
+                other: tmp_path / f"w-{other}-{i}.jsonl"}
+        writers = [_writer(faults, o, 12, path, seed=100 * i + j) for j, (o, path) in enumerate(logs.items())]
+        time.sleep(2)  # writes before the move
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"writers trial {i}")
+        move = _finish(faults, result, move.id, org, "cell-1", "cell-2", None, None, writers=True)
+        for w in writers:
+            w.wait(60)
+        for o, path in logs.items():
+            cell = topology_client(settings).classify(o).cell
+            lost, counts = lost_writes(settings, cell, str(path))
+            result.writes_acked += counts["acked"]
+            result.writes_rejected += counts["rejected"]
+            result.writes_lost += len(lost)
+            result.violations += [f"org {o}: {x}" for x in lost]
+            if o != org and counts["rejected"]:
+                result.violations.append(f"bystander org {o} had {counts['rejected']} writes rejected")
+            if counts["errors"]:
+                result.violations.append(f"org {o}: {counts['errors']} writes failed with other errors")
+        assert move.state == "completed"
+    result.save()
+    assert result.violations == [] and result.writes_lost == 0
+    assert result.writes_rejected > 0, "no write hit the freeze: the scenario did not exercise it"
+
+
+def test_stale_worker_cannot_advance_or_flip(faults):
+    result = ScenarioResult("8. stale worker (superseded token)")
+    org, bystander = _seed(faults, 2, rows=4000)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    ops = Operations(settings)
+    worker = faults.worker()
+    move = ops.request_move(org, "cell-2", actor="faults", reason="stale worker")
+    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
+    old = MoveStore(settings.control_dsn).get(move.id)
+    ops.pause(move.id)
+    worker.stop()
+    resumed = ops.resume(move.id)  # a new attempt: the old token is superseded
+    assert resumed.token != old.token
+    store = MoveStore(settings.control_dsn)
+    # The old attempt can neither advance a step, nor flip the route, nor run a step.
+    assert store.advance(move.id, old.token, resumed.step) is None
+    from migrator.errors import StaleToken, StaleVersion
+
+    with pytest.raises((StaleToken, StaleVersion)):
+        topology_client(settings).flip(org, "cell-1", "cell-2", expected_version=old.route_version or 1,
+                                       token=old.token, actor="stale", reason="stale")
+    outcome = run_step(settings, str(move.id), resumed.step, old.token, owner="stale-worker")
+    assert outcome.skipped
+    # A stale message on the real worker does nothing either.
+    faults.worker()
+    Dispatcher(settings).step(old, "flip", token=old.token)
+    _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
+    result.save()
+    assert result.violations == []
+
+
+def _cluster_bin(name: str) -> str:
+    import glob
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        pytest.skip(f"{name} not found (Debian postgresql server package)")
+    return found[-1]
+
+
+class OwnCluster:
+    """A PostgreSQL server of its own (for the target cell), so it can really be stopped and started."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.data = root / "data"
+
+    def _run(self, *args):
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120)
+
+    def init(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "-R", "postgres", str(self.root)], check=True)
+        self._run(_cluster_bin("initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres")
+        return self
+
+    def start(self):
+        self._run(_cluster_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o",
+                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}", "start")
+
+    def stop(self):
+        self._run(_cluster_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def dsn(self, db="postgres"):
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+
+def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
+    """Cell-2 runs on a PostgreSQL server of its own, stopped mid-copy and started again."""
+    import shutil
+
+    from migrator.config import clear_settings_cache
+    from migrator.control.engine import upgrade_control_db
+    from tests.support.fleet import make_fleet
+    from tests.support.processes import RedisServer, free_port, start_topology_server
+
+    if shutil.which("runuser") is None:
+        pytest.skip("runuser not available")
+    cluster = OwnCluster(tmp_path / "pg-target", free_port()).init()
+    cluster.start()
+    redis = RedisServer(tmp_path / "redis").start()
+    fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url, overrides={
+        "moves": {"batch_rows": 250, "chunk_rows": 1500, "blob_batch": 5, "lease_ttl_s": 3, "stale_after_s": 5,
+                  "reconcile_every_s": 1}})
+    import yaml
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+        c.execute("CREATE DATABASE cell2")
+    cfg = yaml.safe_load(fleet.config_path.read_text())
+    cfg["cells"]["cell-2"]["dsn"] = cluster.dsn("cell2")
+    fleet.config_path.write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
+    clear_settings_cache()
+    from tests.faults.conftest import FaultFleet
+
+    upgrade_control_db(fleet.control_dsn)
+    topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
+    ff = FaultFleet(fleet, redis, tmp_path)
+    result = ScenarioResult("7. target database stopped mid-copy, then started")
+    try:
+        fleet.init()
+        org, bystander = _seed(ff, 2, rows=5000)
+        settings = ff.settings
+        before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+        by = snapshot(settings, [(bystander, "cell-1")])
+        ff.worker()
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down")
+        wait_move(settings, move.id, timeout=60, predicate=_in_copy)
+        cluster.stop()
+        time.sleep(4)
+        cluster.start()
+        _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
+        result.save()
+        assert result.violations == []
+    finally:
+        for w in ff.workers:
+            w.kill()
+        topo.stop()
+        redis.stop()
+        clear_settings_cache()
+        fleet.drop()
+        try:
+            cluster.stop()
+        except subprocess.CalledProcessError:
+            pass
+
+
+def test_abort_under_fault_leaves_source_authoritative(faults):
+    """A move aborted while its worker is being killed: source unchanged and writable, target clean."""
+    from tests.faults.invariants import check_not_moved
+
+    result = ScenarioResult("1b. abort while a worker is killed")
+    org, bystander = _seed(faults, 2, rows=4000)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    worker = faults.worker()
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault")
+    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
+    worker.kill(signal.SIGKILL)
+    faults.worker()
+    assert migrator(faults.fleet, "abort", str(move.id)).returncode == 0
+    result.trials += 1
+    final = MoveStore(settings.control_dsn).get(move.id)
+    violations = check_not_moved(settings, org, "cell-1", "cell-2", before, by)
+    if final.state == "aborted" and not violations:
+        result.aborted_clean += 1
+    result.violations += violations
+    result.save()
+    assert final.state == "aborted" and violations == []
