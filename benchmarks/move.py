@@ -272,7 +272,7 @@ def table(result: dict) -> str:
     cols = [f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}" for r in runs]
 
     def row(label, values):
-        return f"{label:<38}" + "".join(f"{v:>16}" for v in values)
+        return f"{label:<40}" + "".join(f"{v:>18}" for v in values)
 
     def f(v, unit="", nd=2):
         if v is None:

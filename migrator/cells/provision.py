@@ -3,9 +3,14 @@
 For each cell ``init_cells``: checks its blob store, connects to its database, registers it in the
 Topology Service (which hands out a disjoint sequence range per cell), then in one transaction
 applies the sample application schema (unless the cell is ``adopt``-ed or already has the
-``organizations`` table), records the cell's identity in ``migrator.cell_info``, installs the
-freeze guard and moves every sequence of the cell into the cell's range, so rows keep their IDs
-when they move between cells. Everything is idempotent: a second run changes nothing.
+``organizations`` table), claims the schema ``migrator`` for the migrator's own objects, records the
+cell's identity in ``migrator.cell_info``, installs the freeze guard and moves every sequence of the
+cell into the cell's range, so rows keep their IDs when they move between cells.
+
+An ``adopt``-ed cell (one that already runs the application) keeps its schema *and* its sequences:
+they are only checked against the range (``--set-sequences`` sets them, recording their original
+bounds so that ``uninstall_cells`` can restore them). Everything is idempotent: a second run
+changes nothing. ``uninstall_cells`` removes all the migrator installed (migrator/cells/uninstall.py).
 """
 
 from __future__ import annotations
@@ -17,12 +22,22 @@ import psycopg
 from psycopg import sql
 
 from migrator.cells.guard import install_guard
-from migrator.cells.introspect import LiveSchema, introspect
+from migrator.cells.introspect import MIGRATOR_SCHEMA, LiveSchema, introspect
+from migrator.cells.sequences import (
+    OUTSIDE,
+    UNBOUNDED,
+    SequenceRangeError,
+    check_sequences,
+    set_sequence_ranges,
+)
 from migrator.db import cell_connection
 from migrator.dictionary.model import Dictionary, load_dictionary
 from migrator.errors import ConfigError, MigratorError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["SequenceRangeError", "apply_sample_schema", "cell_stats", "init_cells", "set_sequence_ranges",
+           "uninstall_cells"]
 
 SAMPLE_SCHEMA_PATH = Path(__file__).parent / "sample_schema.sql"
 SAMPLE_ROOT_TABLE = "organizations"
@@ -32,25 +47,14 @@ _INIT_LOCK = 0x6D67696E69740000  # "mginit": one init per cell database at a tim
 EXACT_COUNT_BELOW = 200_000
 
 
-class SequenceRangeError(MigratorError):
-    code = "sequence_range"
-
-
 _CELL_INFO_DDL = """
-CREATE SCHEMA IF NOT EXISTS migrator;
 CREATE TABLE IF NOT EXISTS migrator.cell_info (key text PRIMARY KEY, value text NOT NULL);
 """
 
-_SEQUENCES = """
-SELECT c.relname, pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax
-FROM pg_catalog.pg_sequence s
-JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s
-ORDER BY c.relname
-"""
-
-_TYPE_MAX = {"smallint": 2**15 - 1, "integer": 2**31 - 1, "bigint": 2**63 - 1}
+# The migrator's own objects in its schema (anything else there is not ours).
+OWN_TABLES = ("frozen_orgs", "cell_info", "sequence_bounds")
+NAMESPACE_COMMENT = ("cells-migrator: the migrator's own objects in this cell (freeze guard, cell identity); "
+                     "`migrator cells uninstall` removes them. See docs/adr/0007-what-the-migrator-installs.md")
 
 
 def _table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
@@ -66,7 +70,68 @@ def apply_sample_schema(conn: psycopg.Connection) -> bool:
     return True
 
 
-def _record_cell_info(conn: psycopg.Connection, name: str, lo: int, hi: int) -> None:
+def foreign_objects(conn: psycopg.Connection) -> list[str]:
+    """Objects in schema ``migrator`` that the migrator did not create (empty when it is ours or absent)."""
+    from migrator.cells.guard import CHECK_FUNCTION, FUNCTION_PREFIX, TRUNCATE_FUNCTION
+
+    rows = conn.execute(
+        """SELECT 'table ' || c.relname FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %(schema)s AND c.relkind NOT IN ('i', 'I', 't') AND NOT (c.relname = ANY(%(own)s))
+           UNION ALL
+           SELECT 'function ' || p.proname FROM pg_catalog.pg_proc p
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = %(schema)s AND NOT (p.proname = ANY(%(funcs)s) OR p.proname LIKE %(prefix)s)
+           UNION ALL
+           SELECT 'type ' || t.typname FROM pg_catalog.pg_type t
+             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+            WHERE n.nspname = %(schema)s AND t.typrelid = 0 AND t.typelem = 0
+           ORDER BY 1""",
+        {"schema": MIGRATOR_SCHEMA, "own": list(OWN_TABLES), "funcs": [CHECK_FUNCTION, TRUNCATE_FUNCTION],
+         "prefix": FUNCTION_PREFIX.replace("_", "\\_") + "%"},
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def namespace_state(conn: psycopg.Connection) -> str:
+    """``absent``, ``ours`` (marked, or holding only the migrator's objects) or ``foreign``."""
+    row = conn.execute("SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n "
+                       "WHERE n.nspname = %s", (MIGRATOR_SCHEMA,)).fetchone()
+    if row is None:
+        return "absent"
+    if row[0] == NAMESPACE_COMMENT or not foreign_objects(conn):
+        return "ours"
+    return "foreign"
+
+
+def claim_namespace(conn: psycopg.Connection, cell: str) -> bool:
+    """Create (or recognize) the migrator's schema in a cell; True if something changed.
+
+    A schema named ``migrator`` that holds objects the migrator did not create belongs to the
+    application: adoption stops there rather than mixing its objects with ours.
+    """
+    state = namespace_state(conn)
+    if state == "foreign":
+        listing = ", ".join(foreign_objects(conn)[:5])
+        raise MigratorError(
+            f"cell {cell!r} already has a schema {MIGRATOR_SCHEMA!r} holding objects the migrator did not create "
+            f"({listing})",
+            f"the migrator keeps everything it installs in schema {MIGRATOR_SCHEMA!r}; rename the application's "
+            "schema before adopting this cell (see docs/adr/0007-what-the-migrator-installs.md)",
+        )
+    changed = state == "absent"
+    if changed:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(MIGRATOR_SCHEMA)))
+    comment = conn.execute("SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n "
+                           "WHERE n.nspname = %s", (MIGRATOR_SCHEMA,)).fetchone()[0]
+    if comment != NAMESPACE_COMMENT:
+        conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(MIGRATOR_SCHEMA),
+                                                                  sql.Literal(NAMESPACE_COMMENT)))
+        changed = True
+    return changed
+
+
+def _record_cell_info(conn: psycopg.Connection, name: str, lo: int, hi: int, adopt: bool = False) -> None:
     conn.execute(_CELL_INFO_DDL)
     row = conn.execute("SELECT value FROM migrator.cell_info WHERE key = 'cell'").fetchone()
     if row is not None and row[0] != name:
@@ -76,49 +141,13 @@ def _record_cell_info(conn: psycopg.Connection, name: str, lo: int, hi: int) -> 
         )
     conn.execute(
         """INSERT INTO migrator.cell_info (key, value)
-           VALUES ('cell', %s), ('installed_at', now()::text), ('seq_min', %s), ('seq_max', %s)
+           VALUES ('cell', %s), ('installed_at', now()::text), ('seq_min', %s), ('seq_max', %s), ('mode', %s)
            ON CONFLICT (key) DO NOTHING""",
-        (name, str(lo), str(hi)),
+        (name, str(lo), str(hi), "adopted" if adopt else "provisioned"),
     )
 
 
-def set_sequence_ranges(conn: psycopg.Connection, lo: int, hi: int, schema: str = APP_SCHEMA) -> list[str]:
-    """Give every sequence of ``schema`` the range [lo, hi]; returns the sequences changed.
-
-    A sequence restarts at ``lo`` only when its next value is below ``lo``, so values already
-    handed out in this range are kept; a sequence already past ``hi`` is an error.
-    """
-    changed = []
-    for name, type_, start, increment, smin, smax in conn.execute(_SEQUENCES, (schema,)).fetchall():
-        ident = sql.Identifier(schema, name)
-        if increment <= 0:
-            log.warning("sequence %s.%s counts down; left alone", schema, name)
-            continue
-        if hi > _TYPE_MAX.get(type_, 2**63 - 1):
-            raise SequenceRangeError(
-                f"sequence {schema}.{name} is {type_}: it cannot hold the cell's range [{lo}, {hi}]",
-                f"make the column and the sequence bigint (ALTER SEQUENCE {name} AS bigint)",
-            )
-        last_value, is_called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(ident)).fetchone()
-        next_value = last_value + increment if is_called else last_value
-        if last_value > hi:
-            raise SequenceRangeError(
-                f"sequence {schema}.{name} is at {last_value}, beyond the cell's range [{lo}, {hi}]",
-                "this database holds IDs of another range: check that the cell's dsn points at the right database",
-            )
-        restart = next_value < lo
-        if (smin, smax, start) == (lo, hi, lo) and not restart:
-            continue
-        stmt = sql.SQL("ALTER SEQUENCE {} MINVALUE {} MAXVALUE {} START WITH {}").format(
-            ident, sql.Literal(lo), sql.Literal(hi), sql.Literal(lo))
-        if restart:
-            stmt = stmt + sql.SQL(" RESTART WITH {}").format(sql.Literal(lo))
-        conn.execute(stmt)
-        changed.append(name)
-    return changed
-
-
-def _init_one(settings, name: str, dictionary: Dictionary, topology) -> dict:
+def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequences: bool = False) -> dict:
     from migrator.blobs.store import open_store
 
     cfg = settings.cell(name)
@@ -130,20 +159,36 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology) -> dict:
         with conn.transaction():
             conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
             schema_applied = False if cfg.adopt else apply_sample_schema(conn)
-            _record_cell_info(conn, name, lo, hi)
+            namespace_changed = claim_namespace(conn, name)
+            _record_cell_info(conn, name, lo, hi, adopt=cfg.adopt)
             live = introspect(conn, APP_SCHEMA)
             guard = install_guard(conn, dictionary, live)
-            sequences = set_sequence_ranges(conn, lo, hi, APP_SCHEMA)
-            total_sequences = len(conn.execute(_SEQUENCES, (APP_SCHEMA,)).fetchall())
+            if cfg.adopt:
+                # An adopted cell's sequences are the application's: look, and change them only when asked.
+                states = check_sequences(conn, lo, hi, APP_SCHEMA, dictionary)
+                wanted = {s.name for s in states if s.status in (OUTSIDE, UNBOUNDED)}
+                sequences = set_sequence_ranges(conn, lo, hi, APP_SCHEMA, only=wanted, record=True) \
+                    if set_sequences and wanted else []
+                if sequences:
+                    states = check_sequences(conn, lo, hi, APP_SCHEMA, dictionary)
+            else:
+                sequences = set_sequence_ranges(conn, lo, hi, APP_SCHEMA)
+                states = check_sequences(conn, lo, hi, APP_SCHEMA)
+    outside = [s.as_dict() for s in states if s.status == OUTSIDE]
     result = {
         "cell": name,
         "state": info.state,
+        "adopt": cfg.adopt,
         "schema_applied": schema_applied,
+        "namespace_created": namespace_changed,
         "guard_installed": guard.did_change,
         "guard_tables": len(guard.tables),
         "guard_missing_tables": guard.missing,
         "sequences_set": len(sequences),
-        "sequences": total_sequences,
+        "sequences": len(states),
+        "sequences_outside": outside,
+        "sequences_unbounded": [s.as_dict() for s in states if s.status == UNBOUNDED],
+        "sequences_ok": not outside,
         "range": [lo, hi],
         "blob_store": store.name,
     }
@@ -151,8 +196,13 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology) -> dict:
     return result
 
 
-def init_cells(settings, names: list[str] | None = None) -> list[dict]:
-    """Provision the configured cells (or only ``names``); one result dict per cell, in order."""
+def init_cells(settings, names: list[str] | None = None, *, set_sequences: bool = False) -> list[dict]:
+    """Provision the configured cells (or only ``names``); one result dict per cell, in order.
+
+    An ``adopt``-ed cell keeps its schema and its sequences: ``sequences_outside`` lists those whose
+    next value is outside the cell's ID range, and ``set_sequences`` moves them (and the unbounded
+    ones) into it.
+    """
     from migrator.topology.client import topology_client
 
     selected = list(names) if names else list(settings.cells)
@@ -167,11 +217,29 @@ def init_cells(settings, names: list[str] | None = None) -> list[dict]:
     upgrade_control_db(settings.control_dsn)
     topology = topology_client(settings)
     try:
-        return [_init_one(settings, name, dictionary, topology) for name in selected]
+        return [_init_one(settings, name, dictionary, topology, set_sequences=set_sequences) for name in selected]
     finally:
         close = getattr(topology, "close", None)
         if close is not None:
             close()
+
+
+def uninstall_cells(settings, names: list[str] | None = None, *, force: bool = False) -> list[dict]:
+    """Remove everything the migrator installed in the cells (or only ``names``); see cells/uninstall.py."""
+    from migrator.cells.uninstall import uninstall_cell
+
+    selected = list(names) if names else list(settings.cells)
+    if not selected:
+        raise ConfigError("no cells are configured", "add cells under 'cells:' in the config")
+    for name in selected:
+        settings.cell(name)
+    dictionary = load_dictionary(settings.dictionary_file(), strict=False)
+    results = []
+    for name in selected:
+        with cell_connection(settings, name) as conn:
+            results.append({"cell": name, **uninstall_cell(conn, dictionary, cell=name, schema=APP_SCHEMA,
+                                                          force=force)})
+    return results
 
 
 # The table itself and, when it is partitioned, every partition under it.

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "migrator.cli.topology",
     "migrator.cli.seed",
     "migrator.cli.moves",
+    "migrator.cli.demo",
 )
 
 for _name in COMMAND_MODULES:

@@ -141,7 +141,7 @@ def spawn(name: str, args: list[str], *, env: dict[str, str], cwd: Path, log_pat
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent if die_with_parent else None)  # noqa: PLW1509
+                                preexec_fn=_die_with_parent if die_with_parent else None)
     return proc, ProcRef(name, proc.pid, start_time(proc.pid))
 
 

@@ -308,7 +308,11 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
 
     if shutil.which("runuser") is None:
         pytest.skip("runuser not available")
-    cluster = OwnCluster(tmp_path / "pg-target", free_port()).init()
+    import tempfile
+
+    # Outside pytest's root-only tmp tree: the postgres user must reach its data directory.
+    cluster_root = Path(tempfile.mkdtemp(prefix="cm-pg-target-"))
+    cluster = OwnCluster(cluster_root, free_port()).init()
     cluster.start()
     redis = RedisServer(tmp_path / "redis").start()
     fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url, overrides={
@@ -342,8 +346,10 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
         time.sleep(4)
         cluster.start()
         _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
+        events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
         result.save()
         assert result.violations == []
+        assert "retry" in events or result.failed_then_resumed, "the outage was never seen by the move"
     finally:
         for w in ff.workers:
             w.kill()
@@ -355,6 +361,7 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
             cluster.stop()
         except subprocess.CalledProcessError:
             pass
+        shutil.rmtree(cluster_root, ignore_errors=True)
 
 
 def test_abort_under_fault_leaves_source_authoritative(faults):

@@ -133,18 +133,20 @@ def fleets(draw, max_orgs=6, max_targets=3):
             moving=draw(st.integers(0, 6)) == 0))
     hot_bytes = sum(o.bytes for o in orgs) + draw(st.integers(0, 40))
 
-    def th():
-        high_b = draw(st.integers(0, 200)) if dims in ("bytes", "both") else None
-        low_b = None if high_b is None else draw(st.integers(0, high_b))
-        high_n = draw(st.integers(0, 12)) if dims in ("orgs", "both") else None
-        low_n = None if high_n is None else draw(st.integers(0, high_n))
+    def th(load_b, load_n, room_b, room_n, gap_b=200, gap_n=12):
+        """Marks around the cell's load: a little above it (targets) or around it (the hot cell)."""
+        high_b = max(0, load_b + draw(st.integers(*room_b))) if dims in ("bytes", "both") else None
+        low_b = None if high_b is None else draw(st.integers(max(0, high_b - gap_b), high_b))
+        high_n = max(0, load_n + draw(st.integers(*room_n))) if dims in ("orgs", "both") else None
+        low_n = None if high_n is None else draw(st.integers(max(0, high_n - gap_n), high_n))
         return Thresholds(high_bytes=high_b, low_bytes=low_b, high_orgs=high_n, low_orgs=low_n)
 
-    cells = [CellLoad("hot", hot_bytes, n + draw(st.integers(0, 3)), th())]
+    hot_orgs = n + draw(st.integers(0, 3))
+    cells = [CellLoad("hot", hot_bytes, hot_orgs, th(hot_bytes, hot_orgs, (-40, 10), (-3, 1), 30, 2))]
     for t in range(n_targets):
         b, k = draw(st.integers(0, 200)), draw(st.integers(0, 10))
-        cells.append(CellLoad(f"t{t}", b, k, th(), accepts=draw(st.integers(0, 5)) > 0))
-    max_window = draw(st.one_of(st.none(), st.floats(1, 100, allow_nan=False)))
+        cells.append(CellLoad(f"t{t}", b, k, th(b, k, (-20, 120), (-1, 5)), accepts=draw(st.integers(0, 5)) > 0))
+    max_window = draw(st.one_of(st.none(), st.none(), st.floats(1, 100, allow_nan=False)))
     return cells, orgs, max_window
 
 

