@@ -27,6 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -155,12 +158,42 @@ def step_times(events, move) -> dict:
             "_started": started, "_finished": finished}
 
 
-def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file: Path, timeout: float) -> dict:
+def _py_spy(procs, out_dir: str | None, tag: str) -> list:
+    """Optionally sample each worker (and its pool children) with py-spy into collapsed-stack files."""
+    if not out_dir:
+        return []
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("--py-spy needs the py-spy command (pip install py-spy)")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    spies = []
+    for i, p in enumerate(procs, 1):
+        out = Path(out_dir) / f"{tag}-worker{i}.txt"
+        spies.append(subprocess.Popen([exe, "record", "--subprocesses", "--idle", "--format", "raw", "--rate", "200",
+                                       "-o", str(out), "--pid", str(p.pid)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # let py-spy attach
+    return spies
+
+
+def _stop_spies(spies) -> None:
+    for s in spies:
+        s.send_signal(signal.SIGINT)
+    for s in spies:
+        try:
+            s.wait(30)
+        except subprocess.TimeoutExpired:
+            s.kill()
+
+
+def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file: Path, timeout: float,
+             py_spy: str | None = None) -> dict:
     from migrator.moves.operations import Operations
     from migrator.moves.store import MoveStore
 
     settings = fleet.settings()
     procs = fleet.start_workers(workers, concurrency=1, app="benchmarks._probe")
+    spies = _py_spy(procs, py_spy, f"move-{workers}w")
     try:
         with MemorySampler([p.pid for p in procs]) as mem:
             t0 = time.time()
@@ -168,6 +201,7 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
             (move,) = wait_moves(settings, [move.id], timeout=timeout)
             wall = time.time() - t0
     finally:
+        _stop_spies(spies)
         fleet.stop_workers()
     if move.state != "completed":
         raise RuntimeError(f"move {move.id} ended {move.state}: {move.error}")
@@ -241,7 +275,7 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
         raw["checksum"] = raw_checksum(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)
         print(f"[{workers} worker(s)] raw copy {raw['copy']['s']}s, raw checksum {raw['checksum']['s']}s",
               file=sys.stderr, flush=True)
-        move = run_move(fleet, oid, "cell-3", workers, probe_file, timeout=args.timeout)
+        move = run_move(fleet, oid, "cell-3", workers, probe_file, timeout=args.timeout, py_spy=args.py_spy)
         print(f"[{workers} worker(s)] move {move['total_s']}s, write window {move['write_window_s']}s",
               file=sys.stderr, flush=True)
         settings_used = fleet.settings().moves
@@ -326,6 +360,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-rows", type=int, help="override moves.chunk_rows (default: the config default)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a move (default 1800)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
+    p.add_argument("--py-spy", metavar="DIR", help="profile the workers with py-spy (collapsed stacks into DIR)")
     args = p.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
 

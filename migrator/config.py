@@ -162,6 +162,17 @@ class RebalanceConfig(_Strict):
         return self
 
 
+class ObservabilityConfig(_Strict):
+    # Port on which each worker's main process serves its pool's metrics (None: no endpoint).
+    # Several workers on one host: give each its own port (MIGRATOR_OBSERVABILITY__WORKER_METRICS_PORT).
+    worker_metrics_port: int | None = None
+    # Directory for prometheus-client's multiprocess files (default: a fresh one per worker).
+    multiproc_dir: str | None = None
+    log_format: Literal["text", "json"] = "text"
+    # Flower's basic auth, "user:password[,user2:password2]" (FLOWER_BASIC_AUTH wins if set).
+    flower_basic_auth: str | None = None
+
+
 class Settings(BaseSettings):
     """Everything the migrator needs to know, from the YAML file and the environment."""
 
@@ -178,6 +189,7 @@ class Settings(BaseSettings):
     celery: CeleryConfig = Field(default_factory=CeleryConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     rebalance: RebalanceConfig = Field(default_factory=RebalanceConfig)
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     # Where this settings object was read from (set by load_settings, not by the user).
     config_path: str | None = None
 

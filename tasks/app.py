@@ -13,11 +13,15 @@ from kombu import Exchange, Queue
 from migrator.config import get_settings
 from migrator.dsn import install_log_masking
 from migrator.moves.dispatch import TASK_QUEUES, all_queues, broker_transport_options, queue_name
+from tasks import observability as worker_observability
 
 settings = get_settings()
+# Before any task module (and so any metric) is imported.
+worker_observability.prepare(settings)
+worker_observability.connect(settings)
 
 app = Celery("cells-migrator", broker=settings.broker_url, backend=settings.celery.result_backend,
-             include=["tasks.steps", "tasks.maintenance"])
+             include=["tasks.steps", "tasks.maintenance", "tasks.rebalance"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -40,6 +44,13 @@ app.conf.update(
         "reconcile-moves": {"task": "migrator.reconcile", "schedule": settings.moves.reconcile_every_s,
                             "options": {"queue": queue_name(settings, "control"),
                                         "expires": settings.moves.reconcile_every_s}},
+        # The rebalancer: capacity readings into the cache, and pending plan items started as slots free.
+        "rebalance-readings": {"task": "migrator.rebalance_readings", "schedule": settings.rebalance.readings_every_s,
+                               "options": {"queue": queue_name(settings, "control"),
+                                           "expires": settings.rebalance.readings_every_s}},
+        "rebalance-tick": {"task": "migrator.rebalance_tick", "schedule": settings.rebalance.tick_every_s,
+                           "options": {"queue": queue_name(settings, "control"),
+                                       "expires": settings.rebalance.tick_every_s}},
     },
 )
 

@@ -18,6 +18,7 @@ from migrator.moves import workflow as wf
 from migrator.moves.dispatch import Dispatcher
 from migrator.moves.runner import Outcome, fail_move, run_step, run_unit
 from migrator.moves.store import MoveStore
+from migrator.observability.logs import log_context
 from tasks.app import app
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def _make_step_task(step: str):
     def step_task(self, move_id: str, organization_id: int, token: str):
         _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step})
         try:
-            outcome = run_step(get_settings(), move_id, step, token, owner=_owner(self))
+            with log_context(organization=organization_id):
+                outcome = run_step(get_settings(), move_id, step, token, owner=_owner(self))
         except SoftTimeLimitExceeded:
             raise self.retry(countdown=1) from None  # checkpointed; continue in a fresh task
         except Exception as exc:  # noqa: BLE001 - transient errors come here from the runner
@@ -86,7 +88,8 @@ def _make_unit_task(step: str):
     def unit_task(self, move_id: str, organization_id: int, unit: str, token: str):
         _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step, "unit": unit})
         try:
-            outcome = run_unit(get_settings(), move_id, step, unit, token, owner=_owner(self))
+            with log_context(organization=organization_id):
+                outcome = run_unit(get_settings(), move_id, step, unit, token, owner=_owner(self))
         except SoftTimeLimitExceeded:
             raise self.retry(countdown=1) from None
         except Exception as exc:  # noqa: BLE001

@@ -137,11 +137,14 @@ class LiveSchema:
         info = self.tables.get(name)
         if info is None:
             return f"{name}:absent"
-        cols = ",".join(f"{c.name} {c.type}" for c in sorted(info.columns, key=lambda c: c.name))
+        cols = ",".join(_column_text(c) for c in sorted(info.columns, key=lambda c: c.name))
         return f"{name}:pk({','.join(info.primary_key)}):{cols}"
 
     def fingerprint(self, tables: Iterable[str] | None = None) -> str:
-        """A stable hash of the tables' columns (name, type) and primary keys; column order ignored."""
+        """A stable hash of the tables' columns (name, type, generated, identity) and primary keys.
+
+        Column order is ignored.
+        """
         names = sorted(set(tables) if tables is not None else set(self.tables))
         digest = hashlib.sha256()
         for name in names:
@@ -180,10 +183,23 @@ class LiveSchema:
                 elif ca.generated != cb.generated:
                     where = mine if ca.generated else theirs
                     out.append((name, col, f"column {name}.{col}: generated in {where} only"))
+                elif ca.identity != cb.identity:
+                    out.append((name, col, f"column {name}.{col}: identity {ca.identity or 'none'} in {mine}, "
+                                           f"{cb.identity or 'none'} in {theirs}"))
             if a.primary_key != b.primary_key:
                 out.append((name, None, f"table {name}: primary key ({', '.join(a.primary_key)}) in {mine}, "
                                         f"({', '.join(b.primary_key)}) in {theirs}"))
         return out
+
+
+def _column_text(c: ColumnInfo) -> str:
+    """A column as the fingerprint sees it (the suffixes only when set, so plain columns hash as before)."""
+    text = f"{c.name} {c.type}"
+    if c.generated:
+        text += " generated"
+    if c.identity:
+        text += f" identity {c.identity}"
+    return text
 
 
 def _read(conn: psycopg.Connection, schema: str) -> LiveSchema:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from psycopg import sql
+from rich.markup import escape
 from rich.table import Table
 
 from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
@@ -42,34 +43,82 @@ def _human_bytes(n: int | None) -> str:
 @handle_errors
 def init_command(
     cell: list[str] | None = CELL_OPTION,
+    set_sequences: bool = typer.Option(
+        False, "--set-sequences",
+        help="Adopted cells: move sequences outside the cell's ID range (or unbounded) into it."),
     json_output: bool = JSON_OPTION,
     config: str | None = CONFIG_OPTION,
 ) -> None:
     """Provision cells: sample schema (unless adopt), freeze guard, Topology registration, sequence ranges.
 
+    A cell with `adopt: true` keeps its schema and its sequences: they are only checked against the
+    cell's ID range, and set with --set-sequences. Exits 1 when a sequence is outside its range.
     Safe to run again: a second run changes nothing.
     """
     from migrator.cells.provision import init_cells
 
-    results = init_cells(settings(config), names=cell or None)
+    results = init_cells(settings(config), names=cell or None, set_sequences=set_sequences)
+    outside = [(r["cell"], s) for r in results for s in r["sequences_outside"]]
+    if json_output:
+        print_json(results)
+    else:
+        table = Table("cell", "state", "sequence range", "schema", "guard", "sequences", "blob store")
+        for r in results:
+            lo, hi = r["range"]
+            seq = f"{r['sequences_set']} set of {r['sequences']}"
+            if r["sequences_outside"]:
+                seq += f", [red]{len(r['sequences_outside'])} outside[/]"
+            table.add_row(
+                r["cell"], r["state"], f"{lo}..{hi}",
+                "adopted" if r["adopt"] else ("applied" if r["schema_applied"] else "unchanged"),
+                f"{'installed' if r['guard_installed'] else 'unchanged'} ({r['guard_tables']} tables)",
+                seq, r["blob_store"],
+            )
+        console.print(table)
+        for r in results:
+            if r["guard_missing_tables"]:
+                missing = ", ".join(r["guard_missing_tables"])
+                err_console.print(f"[yellow]warning:[/] cell {r['cell']}: dictionary tables missing from the "
+                                  f"database: {missing} (run `migrator schema check`)")
+            for s in r["sequences_unbounded"]:
+                err_console.print(f"[yellow]warning:[/] cell {r['cell']}: sequence {s['name']}: {escape(s['note'])} "
+                                  "(--set-sequences bounds it)")
+        for name, s in outside:
+            tables = ", ".join(s["tables"]) or "no table"
+            err_console.print(f"[red]cell {name}: sequence {s['name']} ({tables}): {escape(s['note'])}[/]")
+    if outside:
+        err_console.print("[yellow]hint:[/] IDs drawn outside the cell's range can collide with another cell's "
+                          "rows when organizations move; run `migrator cells init --set-sequences` to move these "
+                          "sequences into the range (see docs/adopting-an-existing-fleet.md)")
+        raise typer.Exit(1)
+
+
+@cells_app.command("uninstall")
+@handle_errors
+def uninstall_command(
+    cell: list[str] | None = CELL_OPTION,
+    force: bool = typer.Option(False, "--force", help="Even while organizations are frozen in the cell."),
+    json_output: bool = JSON_OPTION,
+    config: str | None = CONFIG_OPTION,
+) -> None:
+    """Remove everything the migrator installed in the cells: guard triggers, schema `migrator`.
+
+    Sequences set by `cells init --set-sequences` get their original bounds back. The application's
+    tables and rows are never touched. Refused while an organization is frozen in the cell (a
+    move is running or awaits cleanup) unless --force. The cells stay registered in the Topology
+    Service.
+    """
+    from migrator.cells.provision import uninstall_cells
+
+    results = uninstall_cells(settings(config), names=cell or None, force=force)
     if json_output:
         print_json(results)
         return
-    table = Table("cell", "state", "sequence range", "schema", "guard", "sequences", "blob store")
+    table = Table("cell", "removed", "sequences restored")
     for r in results:
-        lo, hi = r["range"]
-        table.add_row(
-            r["cell"], r["state"], f"{lo}..{hi}",
-            "applied" if r["schema_applied"] else "unchanged",
-            f"{'installed' if r['guard_installed'] else 'unchanged'} ({r['guard_tables']} tables)",
-            f"{r['sequences_set']} set of {r['sequences']}",
-            r["blob_store"],
-        )
+        table.add_row(r["cell"], str(len(r["removed"])) + (" (nothing installed)" if not r["removed"] else ""),
+                      ", ".join(r["sequences_restored"]) or "-")
     console.print(table)
-    for r in results:
-        if r["guard_missing_tables"]:
-            err_console.print(f"[yellow]warning:[/] cell {r['cell']}: dictionary tables missing from the database: "
-                              + ", ".join(r["guard_missing_tables"]) + " (run `migrator schema check`)")
 
 
 @cells_app.command("list")
@@ -199,6 +248,43 @@ def orgs_list_command(
             values.append(str(r["rows"]))
         table.add_row(*values)
     console.print(table)
+
+
+@orgs_app.command("discover")
+@handle_errors
+def orgs_discover_command(
+    cell: str = typer.Option(..., "--cell", help="The cell whose organizations to discover."),
+    register_routes: bool = typer.Option(False, "--register", help="Route the organizations found only here "
+                                                                   "to this cell in the Topology Service."),
+    json_output: bool = JSON_OPTION,
+    config: str | None = CONFIG_OPTION,
+) -> None:
+    """Find the organizations living in a cell (the dictionary's root table) and register their routes.
+
+    An organization found in several cells, routed to a cell where it has no rows, or routed to this
+    cell without rows here is a conflict: reported, never registered. Exits 1 when there is any.
+    """
+    from migrator.cells.discover import REGISTERED_NOW, UNREGISTERED, discover_orgs
+
+    report = discover_orgs(settings(config), cell, register=register_routes)
+    if json_output:
+        print_json(report.as_dict())
+    else:
+        table = Table("organization", "status", "routed to", "also in", "note")
+        for f in report.findings:
+            style = "red" if f.conflict else ("green" if f.status == REGISTERED_NOW else "")
+            status = f"[{style}]{f.status}[/]" if style else f.status
+            table.add_row(str(f.organization_id), status, f.routed_to or "-", ", ".join(f.also_in) or "-",
+                          escape(f.reason))
+        console.print(table)
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items())) or "no organizations"
+        console.print(f"cell {cell} ({report.root_table}): {counts}")
+        if not register_routes and report.counts().get(UNREGISTERED):
+            console.print("run again with --register to route the unregistered ones to this cell")
+    if report.conflicts:
+        err_console.print(f"[red]{len(report.conflicts)} conflict(s)[/]: not registered; resolve each (see the "
+                          "note) and run discovery again (docs/adopting-an-existing-fleet.md)")
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

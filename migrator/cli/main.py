@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "migrator.cli.seed",
     "migrator.cli.moves",
     "migrator.cli.demo",
+    "migrator.cli.metrics",
 )
 
 for _name in COMMAND_MODULES:

@@ -1,12 +1,18 @@
 """copy_rows: the organization's rows, table by table, range by range, batch by batch.
 
-A batch is ``COPY (SELECT … ORDER BY pk LIMIT n) TO STDOUT (FORMAT BINARY)`` on the source streamed
-straight into ``COPY … FROM STDIN (FORMAT BINARY)`` on the target, in one target transaction:
-- when the target holds no row in the batch's key range (the first pass), into the table itself;
+A unit's key range is cut into batches of ``batch_rows`` of the organization's rows by one query on
+the source (every n-th key, in key order). A batch is the key range ``(a, b]``:
+``COPY (SELECT … WHERE <org predicate> AND (pk) > a AND (pk) <= b) TO STDOUT (FORMAT BINARY)`` on
+the source streamed straight into ``COPY … FROM STDIN (FORMAT BINARY)`` on the target, in one
+target transaction:
+- when the target holds no row in ``(a, b]`` (the first pass), into the table itself;
 - otherwise (a batch re-run after a crash, a re-copy) into a temporary staging table, then one
   set-based ``INSERT … ON CONFLICT (pk) DO UPDATE``; so re-running a batch changes nothing.
-After the target commits, the last key is checkpointed in the control database (fenced by the
-move's token and the unit's lease). No row passes through Python objects; memory stays flat.
+After the target commits, ``b`` is checkpointed in the control database (fenced by the move's token
+and the unit's lease): every row of the organization up to ``b`` is on the target. The batch query
+has no ``ORDER BY``/``LIMIT``, so PostgreSQL hashes the organization's parent keys once per batch
+instead of walking the sharding-key chain row by row. No row passes through Python objects; memory
+stays flat.
 """
 
 from __future__ import annotations
@@ -20,29 +26,43 @@ from migrator.copy.spec import TableSpec, json_key
 
 log = logging.getLogger(__name__)
 
+# Sorting a range's keys to cut it into batches or ranges: enough memory to sort a few million keys
+# without spilling to disk (the source session only, for that one statement's transaction).
+SPLIT_WORK_MEM = "64MB"
+
 
 @dataclass
 class BatchResult:
     rows: int
     bytes: int
-    last_key: list | None
+    last_key: list | None  # the batch's upper bound: every row of the organization up to it is copied
     path: str  # "direct" or "upsert"
 
 
+def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, every: int
+                 ) -> list[tuple[list, int]]:
+    """``(key, n)`` for every ``every``-th key of the organization's rows in (lo, hi] and for the last
+    one, ``n`` being the key's ordinal in the range. Empty if the range holds none of its rows."""
+    n = len(spec.pk)
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(SPLIT_WORK_MEM)))
+        rows = conn.execute(spec.split_points_sql(lo, hi, every), {"org": org}).fetchall()
+    return [(json_key(r[:n]), int(r[n])) for r in rows]
+
+
 def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
-    """Split the organization's rows of one table into key ranges of about ``chunk_rows`` rows."""
-    total = conn.execute(spec.count_sql(), {"org": org}).fetchone()[0]
-    bounds: list[list] = []
-    if total > chunk_rows:
-        bounds = [json_key(row) for row in conn.execute(spec.boundaries_sql(chunk_rows), {"org": org})]
-        if bounds and total % chunk_rows == 0:
-            bounds = bounds[:-1]  # the last boundary is the last key: the open range covers it
-    ranges, lo = [], None
-    for i, hi in enumerate([*bounds, None]):
-        rows = chunk_rows if hi is not None else total - chunk_rows * len(bounds)
+    """Split the organization's rows of one table into key ranges of about ``chunk_rows`` rows.
+
+    Every range but the last ends at a key (inclusive); the last is open. One scan of the table.
+    """
+    points = split_points(conn, spec, org, None, None, chunk_rows)
+    total = points[-1][1] if points else 0
+    bounds = [(key, n) for key, n in points if n % chunk_rows == 0 and n < total]
+    ranges, lo, done = [], None, 0
+    for i, (hi, n) in enumerate([*bounds, (None, total)]):
         ranges.append({"unit": f"{spec.name}:{i:04d}", "table_name": spec.name, "lo": lo, "hi": hi,
-                       "total": max(rows, 0)})
-        lo = hi
+                       "total": max(n - done, 0)})
+        lo, done = hi, n
     return ranges
 
 
@@ -57,7 +77,8 @@ def _ensure_stage(tgt, spec: TableSpec) -> None:
 
 
 def _upsert_sql(spec: TableSpec) -> sql.Composable:
-    non_pk = [c for c in spec.columns if c not in spec.pk]
+    update = getattr(spec, "update_columns", None)
+    non_pk = list(update) if update is not None else [c for c in spec.columns if c not in spec.pk]
     if non_pk:
         action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
             sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in non_pk))
@@ -96,60 +117,42 @@ def last_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) 
     return json_key(row) if row else None
 
 
-def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, hi: list | None, limit: int, *,
-               disable_triggers: bool = True, token: str | None = None,
-               check_hi: list | None = None) -> BatchResult:
-    """Copy up to ``limit`` rows after key ``after`` (and at most ``hi``). One target transaction.
-
-    ``check_hi`` bounds the "target already has rows here?" probe when ``hi`` is open.
-    """
-    select = spec.select_batch(after, hi, limit)
+def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: list, *,
+               disable_triggers: bool = True, token: str | None = None) -> BatchResult:
+    """Copy the organization's rows with keys in (after, upto]. One target transaction."""
+    if upto is None:
+        raise ValueError("copy_batch needs an upper key bound")
+    select = spec.select_range(after, upto)
     with tgt.transaction():
-        # One snapshot for probe and read-back: rows another session commits meanwhile stay invisible.
+        # One snapshot for the probe and the write: rows another session commits meanwhile stay invisible.
         tgt.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         if disable_triggers:
             # FK and user triggers off for this transaction: parents and children arrive in any order.
             tgt.execute("SET LOCAL session_replication_role = replica")
         if token:
             tgt.execute("SELECT set_config('migrator.move_token', %s, true)", (token,))
-        probe_hi = hi if hi is not None else check_hi
-        if not _target_has_rows(tgt, spec, after, probe_hi):
-            dest = sql.SQL("{} ({})").format(spec.ident, spec.cols())
-            rows, nbytes = _stream(src, tgt, select, org, dest)
+        if not _target_has_rows(tgt, spec, after, upto):
+            rows, nbytes = _stream(src, tgt, select, org, sql.SQL("{} ({})").format(spec.ident, spec.cols()))
             path = "direct"
-            last = tgt.execute(sql.SQL(
-                "SELECT {pk} FROM {table} AS t WHERE {cond} ORDER BY {desc} LIMIT 1"
-            ).format(pk=spec.pk_cols("t"), table=spec.ident, cond=spec.range_condition(after, probe_hi),
-                     desc=spec.pk_desc("t"))).fetchone() \
-                if rows else None  # the probe found the range empty: every row in it is one we just wrote
         else:
             _ensure_stage(tgt, spec)
-            dest = sql.SQL("{} ({})").format(_stage_name(spec), spec.cols())
-            rows, nbytes = _stream(src, tgt, select, org, dest)
+            rows, nbytes = _stream(src, tgt, select, org, sql.SQL("{} ({})").format(_stage_name(spec), spec.cols()))
             tgt.execute(_upsert_sql(spec))
             path = "upsert"
-            last = tgt.execute(sql.SQL("SELECT {pk} FROM {stage} ORDER BY {desc} LIMIT 1").format(
-                pk=spec.pk_cols(None), stage=_stage_name(spec), desc=spec.pk_desc(None))).fetchone() if rows else None
-    return BatchResult(rows=rows, bytes=nbytes, last_key=json_key(last) if last else None, path=path)
+    return BatchResult(rows=rows, bytes=nbytes, last_key=upto, path=path)
 
 
 def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list | None, position: list | None,
                batch_rows: int, checkpoint, disable_triggers: bool = True, token: str | None = None) -> int:
     """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch."""
     after = position if position is not None else lo
-    check_hi = hi if hi is not None else last_key(src, spec, org, after, None)
-    if check_hi is None:
-        return 0  # nothing (left) to copy in this range
     copied = 0
-    while True:
-        result = copy_batch(src, tgt, spec, org, after, hi, batch_rows, disable_triggers=disable_triggers,
-                            token=token, check_hi=check_hi)
-        if result.rows:
-            checkpoint(result.last_key, result.rows, result.bytes)
-            copied += result.rows
-            after = result.last_key
-        if result.rows < batch_rows:
-            return copied
+    for upto, _n in split_points(src, spec, org, after, hi, batch_rows):
+        result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token)
+        checkpoint(result.last_key, result.rows, result.bytes)
+        copied += result.rows
+        after = upto
+    return copied
 
 
 def delete_range(tgt, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, batch: int = 10_000,

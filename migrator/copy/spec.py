@@ -50,7 +50,17 @@ class TableSpec:
     pk: tuple[str, ...]
     pk_types: tuple[str, ...]
     predicate: sql.Composable  # rows of the organization, table aliased "t"
-    identity_always: bool = False
+    identity_always: bool = False  # some column is GENERATED ALWAYS AS IDENTITY (INSERT needs OVERRIDING)
+    identity_always_columns: tuple[str, ...] = ()  # those columns
+
+    @property
+    def update_columns(self) -> tuple[str, ...]:
+        """Columns an upsert's ``DO UPDATE SET`` may assign: not the key, never a GENERATED ALWAYS identity.
+
+        PostgreSQL refuses ``SET col = ...`` on an identity ALWAYS column ("can only be updated to
+        DEFAULT"); its value never changes for a key anyway.
+        """
+        return tuple(c for c in self.columns if c not in self.pk and c not in self.identity_always_columns)
 
     @property
     def ident(self) -> sql.Identifier:
@@ -99,6 +109,29 @@ class TableSpec:
             q = sql.SQL("{} LIMIT {}").format(q, sql.Literal(int(limit)))
         return q
 
+    def select_range(self, lo: list | None, hi: list | None) -> sql.Composable:
+        """The organization's rows in the key range (lo, hi], in no particular order.
+
+        No ``ORDER BY``/``LIMIT``: the planner is free to hash the organization's parent keys once
+        (a hash semi-join) instead of probing the sharding-key chain row by row in key order.
+        """
+        return sql.SQL("SELECT {cols} FROM {table} AS t WHERE {where}").format(
+            cols=self.cols("t"), table=self.ident, where=self.where(lo, hi))
+
+    def split_points_sql(self, lo: list | None, hi: list | None, every: int) -> sql.Composable:
+        """Keys splitting the organization's rows in (lo, hi] into runs of ``every`` rows.
+
+        Returns ``(pk columns…, n)`` for every ``every``-th key in key order plus the last key, ``n``
+        being its ordinal in the range (so the last row's ``n`` is the range's row count). One scan.
+        """
+        inner_pk = sql.SQL(", ").join(sql.Identifier(c) for c in self.pk)
+        return sql.SQL(
+            "SELECT {pk}, s._migrator_n FROM (SELECT {tpk}, row_number() OVER w AS _migrator_n,"
+            " lead(true) OVER w AS _migrator_more FROM {table} AS t WHERE {where} WINDOW w AS (ORDER BY {tpk})) s"
+            " WHERE mod(s._migrator_n, {every}) = 0 OR s._migrator_more IS NULL ORDER BY s._migrator_n"
+        ).format(pk=inner_pk, tpk=self.pk_cols("t"), table=self.ident, where=self.where(lo, hi),
+                 every=sql.Literal(int(every)))
+
     def count_sql(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
         return sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(self.ident, self.where(lo, hi))
 
@@ -146,5 +179,6 @@ def table_specs(dictionary, live) -> dict[str, TableSpec]:
             pk_types=tuple(types[c] for c in info.primary_key),
             predicate=dictionary.org_predicate(name, live, alias="t"),
             identity_always=any(c.identity == "always" for c in info.columns),
+            identity_always_columns=tuple(c.name for c in info.columns if c.identity == "always"),
         )
     return specs

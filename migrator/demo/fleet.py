@@ -166,11 +166,6 @@ def load_state(paths: DemoPaths) -> dict | None:
     return data
 
 
-def recorded_processes(paths: DemoPaths) -> list[ProcRef]:
-    state = load_state(paths)
-    return list(state["processes"].values()) if state else []
-
-
 # --- the fleet ---------------------------------------------------------------------------------
 
 
@@ -237,6 +232,9 @@ class Fleet:
         env["MIGRATOR_CONFIG"] = str(self.paths.config)
         env[MARKER_ENV] = str(self.paths.root)
         env["PYTHONUNBUFFERED"] = "1"
+        tasks_root = _tasks_import_root()
+        if tasks_root:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (tasks_root, env.get("PYTHONPATH")) if p)
         return env
 
     # -- state ----------------------------------------------------------------------------------
@@ -296,7 +294,7 @@ class Fleet:
         started = time.monotonic()
         info = _start_pgserver(self.paths, self.say)
         self.processes["postgres"] = ProcRef("postgres", info.pid, start_time(info.pid))
-        self.server_dsn = _socket_dsn(f"postgresql://postgres@/postgres?host={info.socket_dir}", "postgres")
+        self.server_dsn = f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
         self.save_state()
         with psycopg.connect(self.server_dsn, connect_timeout=10) as conn:
             self.versions["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
@@ -440,16 +438,8 @@ class Fleet:
 
     def stop(self) -> int:
         """Stop every process of the fleet (and anything else of this folder); returns how many ran."""
-        stopped = 0
-        for name in STOP_ORDER:
-            ref = self.processes.get(name)
-            if ref is None:
-                continue
-            sig = signal.SIGINT if name == "postgres" else signal.SIGTERM  # postgres: fast shutdown
-            stopped += stop_process(ref, sig=sig, timeout=20 if name == "worker" else 10)
-        stopped += stop_all(find_demo_processes(self.paths.root))
+        stopped = _stop_everything(self.paths, self.processes)
         self.processes.clear()
-        _forget_fleet(self.paths)
         return stopped
 
     def leave_running(self) -> None:
@@ -457,9 +447,24 @@ class Fleet:
         self.save_state()
 
 
+def _tasks_import_root() -> str | None:
+    """The folder to put on PYTHONPATH so ``celery -A tasks`` finds the Celery app, when needed.
+
+    An editable install made before ``tasks/__init__.py`` existed maps ``tasks`` to a namespace
+    package, which only works from the repository's root; the demo's processes run in its folder.
+    """
+    spec = importlib.util.find_spec("tasks")
+    if spec is None or spec.origin not in (None, "namespace"):
+        return None
+    for location in spec.submodule_search_locations or ():
+        if (Path(location) / "__init__.py").exists() and (Path(location) / "app.py").exists():
+            return str(Path(location).parent)
+    return None
+
+
 def _socket_dsn(server_dsn: str, dbname: str) -> str:
-    host = psycopg.conninfo.conninfo_to_dict(server_dsn)["host"]
-    return f"postgresql://postgres@/{dbname}?host={host}"
+    info = psycopg.conninfo.conninfo_to_dict(server_dsn)
+    return f"postgresql://postgres@/{dbname}?host={info['host']}&port={info['port']}"
 
 
 def _broker_answers(url: str | None, timeout: float = 3.0) -> bool:
@@ -471,6 +476,20 @@ def _broker_answers(url: str | None, timeout: float = 3.0) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "does not answer"
         return False
+
+
+def _stop_everything(paths: DemoPaths, processes: dict[str, ProcRef]) -> int:
+    """Stop the recorded processes in order (worker first, PostgreSQL last), then any other process
+    of this folder (pool children, orphans of a crash); forget the fleet. Returns how many ran."""
+    stopped = 0
+    for name in STOP_ORDER:
+        ref = processes.get(name)
+        if ref is not None:
+            sig = signal.SIGINT if name == "postgres" else signal.SIGTERM  # postgres: fast shutdown
+            stopped += stop_process(ref, sig=sig, timeout=20 if name == "worker" else 10)
+    stopped += stop_all(find_demo_processes(paths.root))
+    _forget_fleet(paths)
+    return stopped
 
 
 def _forget_fleet(paths: DemoPaths) -> None:
@@ -524,13 +543,10 @@ def _start_pgserver(paths: DemoPaths, say: Say):
 
 def clear_leftovers(paths: DemoPaths, say: Say) -> int:
     """Stop whatever an earlier demo in this folder left running, and drop its stale files."""
-    refs = [r for r in recorded_processes(paths) if r.alive()]
-    seen = {r.pid for r in refs}
-    refs += [r for r in find_demo_processes(paths.root) if r.pid not in seen]
-    count = stop_all(refs, timeout=10) if refs else 0
+    state = load_state(paths)
+    count = _stop_everything(paths, state["processes"] if state else {})
     if count:
         say(f"stopped {count} process(es) left running by an earlier demo in {paths.root}")
-    _forget_fleet(paths)
     for stale in paths.root.glob(paths.beat_schedule.name + "*"):
         stale.unlink(missing_ok=True)
     return count

@@ -76,17 +76,24 @@ def _route(route: dict | None) -> str:
 
 
 def print_report(data: dict, console: Console) -> None:
+    def line(text: str) -> None:
+        console.print(text, soft_wrap=True, highlight=False)
+
     verdict = "[bold green]VERIFIED[/]" if data["ok"] else "[bold red]NOT VERIFIED[/]"
     console.print()
-    console.print(f"[bold]move {data['move_id']}[/]: organization {data['organization_id']} "
+    line(f"[bold]move {data['move_id']}[/]: organization {data['organization_id']} "
                   f"{data['source']} -> {data['target']}: {data['state']}, {verdict}")
     if data.get("error"):
-        console.print(f"[red]error:[/] {data['error']}")
+        line(f"[red]error:[/] {data['error']}")
     if data["tables"]:
-        t = Table(title="verification: row count and in-database checksum of each table, on both sides")
-        for col, justify in (("table", "left"), ("rows (source)", "right"), ("rows (target)", "right"),
-                             ("checksum (source)", "right"), ("checksum (target)", "right"), ("match", "center")):
-            t.add_column(col, justify=justify, overflow="fold")
+        t = Table(title="verification: rows and in-database checksum per table, both sides")
+        # On a narrow terminal the checksums are shortened (with "…"); --json has them in full.
+        t.add_column("table", no_wrap=True, min_width=14)
+        t.add_column("rows\nsource", justify="right", no_wrap=True, min_width=6)
+        t.add_column("rows\ntarget", justify="right", no_wrap=True, min_width=6)
+        t.add_column("checksum\nsource", justify="right", overflow="ellipsis", min_width=8)
+        t.add_column("checksum\ntarget", justify="right", overflow="ellipsis", min_width=8)
+        t.add_column("ok", justify="center", no_wrap=True, min_width=3)
         for name, v in data["tables"].items():
             t.add_row(name, f"{v['source_rows']:,}", f"{v['target_rows']:,}", str(v["source_checksum"]),
                       str(v["target_checksum"]), "yes" if v["match"] else "[red]NO")
@@ -94,22 +101,22 @@ def print_report(data: dict, console: Console) -> None:
                   "[bold]yes" if data["verified"] else "[bold red]NO")
         console.print(t)
     blobs = data["blobs"]
-    console.print(f"blobs: {blobs['planned'] or 0:,} referenced ({blobs['bytes'] or 0:,} bytes), "
+    line(f"blobs: {blobs['planned'] or 0:,} referenced ({blobs['bytes'] or 0:,} bytes), "
                   f"{blobs['verified'] or 0:,} verified by sha256 in {data['target']}'s store")
     if data.get("recopied_ranges"):
-        console.print(f"ranges re-copied after a mismatch: {', '.join(data['recopied_ranges'])}")
+        line(f"ranges re-copied after a mismatch: {', '.join(data['recopied_ranges'])}")
     window = data.get("write_window_s")
     duration = data.get("duration_s")
-    console.print(f"write window (frozen -> writable on {data['target']}): "
+    line(f"write window (frozen -> writable on {data['target']}): "
                   + (f"{window:.2f} s" if window is not None else "(not measured)")
                   + (f"; whole move {duration:.2f} s" if duration is not None else ""))
-    console.print(f"route before: organization {data['organization_id']} -> {_route(data['route_before'])}")
-    console.print(f"route after:  organization {data['organization_id']} -> {_route(data['route_after'])}")
+    line(f"route before: organization {data['organization_id']} -> {_route(data['route_before'])}")
+    line(f"route after:  organization {data['organization_id']} -> {_route(data['route_after'])}")
     if data["route_history"]:
         h = Table(title="route history (Topology Service)")
         for col in ("at", "action", "from", "to", "version", "actor"):
-            h.add_column(col)
+            h.add_column(col, no_wrap=col != "actor", overflow="ellipsis")
         for e in data["route_history"]:
-            h.add_row(str(e.get("at", ""))[:23], e.get("action", ""), e.get("from_cell") or "", e.get("to_cell") or "",
-                      str(e.get("version", "")), e.get("actor") or "")
+            h.add_row(str(e.get("at", ""))[11:23], e.get("action", ""), e.get("from_cell") or "",
+                      e.get("to_cell") or "", str(e.get("version", "")), e.get("actor") or "")
         console.print(h)

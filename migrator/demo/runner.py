@@ -92,12 +92,17 @@ def _shielded() -> None:
             signal.signal(sig, previous)
 
 
-def _use_demo_environment(paths: DemoPaths) -> None:
-    """This process and its children read the demo's config and nothing from the caller's MIGRATOR_*."""
+def _use_demo_environment(paths: DemoPaths, *, embedded: bool) -> None:
+    """This process and its children read the demo's config and nothing from the caller's MIGRATOR_*.
+
+    Embedded, the libpq variables (PGHOST, PGPORT, ...) go too: they would steer the embedded server
+    and its clients (the demo's DSNs name host and port; nothing falls back to a default server).
+    """
     from migrator.config import clear_settings_cache
 
-    for key in [k for k in os.environ if k.upper().startswith("MIGRATOR_")]:
-        del os.environ[key]
+    for key in list(os.environ):
+        if key.upper().startswith("MIGRATOR_") or (embedded and key.startswith("PG")):
+            del os.environ[key]
     os.environ["MIGRATOR_CONFIG"] = str(paths.config)
     os.environ[MARKER_ENV] = str(paths.root)  # inherited by the embedded PostgreSQL too
     clear_settings_cache()
@@ -239,7 +244,7 @@ def run_demo(opts: DemoOptions) -> int:
                             "point MIGRATOR_CONFIG (or --config) at your own config, or drop --use-config")
     else:
         require_embedded_packages()
-    _use_demo_environment(paths)
+    _use_demo_environment(paths, embedded=not opts.use_config)
 
     with demo_lock(paths), _signals_interrupt():
         fleet: Fleet | None = None

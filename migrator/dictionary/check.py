@@ -20,9 +20,12 @@ BROKEN_CHAIN = "broken_chain"
 NO_PRIMARY_KEY = "no_primary_key"
 UNRESOLVED_KEY = "unresolved_key"
 REFERENCES_ORG_DATA = "references_org_data"
+ROOT_KEY_TYPE = "root_key_type"
 
-PROBLEM_KINDS = (UNCLASSIFIED, MISSING_TABLE, MISSING_COLUMN, BROKEN_CHAIN, NO_PRIMARY_KEY, UNRESOLVED_KEY,
-                 REFERENCES_ORG_DATA)
+PROBLEM_KINDS = (UNCLASSIFIED, MISSING_TABLE, MISSING_COLUMN, BROKEN_CHAIN, NO_PRIMARY_KEY, ROOT_KEY_TYPE,
+                 UNRESOLVED_KEY, REFERENCES_ORG_DATA)
+# Organization ids are 64-bit integers in the Topology Service, the freeze guard and move records.
+INTEGER_TYPES = ("smallint", "integer", "bigint")
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,17 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
         ))
 
     if dictionary.root_table in live.tables:
-        pk = live.tables[dictionary.root_table].primary_key
+        root = live.tables[dictionary.root_table]
+        pk = root.primary_key
+        key = root.column(pk[0]) if len(pk) == 1 else None
+        if key is not None and key.type not in INTEGER_TYPES:
+            add(Problem(
+                ROOT_KEY_TYPE, dictionary.root_table, key.name,
+                f"root table {dictionary.root_table}'s primary key {key.name} is {key.type}: organization ids "
+                "must be integers (smallint, integer or bigint)",
+                "the Topology Service routes organizations by a 64-bit integer id; name a root table whose "
+                f"primary key is an integer in {source}",
+            ))
         if len(pk) > 1:
             add(Problem(
                 NO_PRIMARY_KEY, dictionary.root_table, None,

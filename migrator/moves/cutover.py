@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from sqlalchemy import func
 
+from migrator.observability import metrics
+
 
 def flip(ctx) -> None:
     move = ctx.store.get(ctx.move.id)
@@ -32,4 +34,6 @@ def unfreeze(ctx) -> None:
     move = ctx.store.get(ctx.move.id)
     if move.frozen_at and move.unfrozen_at:
         window = (move.unfrozen_at - move.frozen_at).total_seconds()
+        if "write_window_s" not in (move.report or {}):
+            metrics.write_window.observe(window)
         ctx.store.merge_json(move.id, ctx.token, "report", {"write_window_s": round(window, 3)})

@@ -29,6 +29,11 @@ TASK_QUEUES: dict[str, str] = {
     "migrator.abort": CONTROL,
     "migrator.cleanup": CONTROL,
     "migrator.reconcile": CONTROL,
+    # The rebalancer (migrator/rebalance/, tasks/rebalance.py).
+    "migrator.rebalance_readings": CONTROL,
+    "migrator.rebalance_alert": CONTROL,
+    "migrator.rebalance_apply": CONTROL,
+    "migrator.rebalance_tick": CONTROL,
 }
 
 

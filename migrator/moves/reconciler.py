@@ -13,6 +13,7 @@ from migrator.config import Settings
 from migrator.moves import workflow as wf
 from migrator.moves.dispatch import Dispatcher
 from migrator.moves.store import MoveStore
+from migrator.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def reconcile(settings: Settings, dispatcher: Dispatcher) -> list[dict]:
             dispatcher.step(move, move.step)
             what = move.step
         store.touch(move.id)
+        metrics.reconciler_reenqueues.inc()
         store.event(move.id, move.step, "reconciled", f"no progress for {settings.moves.stale_after_s:g}s; "
                     f"re-enqueued {what}", actor="reconciler")
         log.warning("reconciler: move %s (%s) re-enqueued %s", move.id, move.state, what)

@@ -8,6 +8,7 @@ named in ``workflow.STEP_MODULES``; this file only sequences it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -21,6 +22,8 @@ from migrator.moves.context import MoveContext
 from migrator.moves.cutover import flip, unfreeze
 from migrator.moves.freeze import drain, freeze
 from migrator.moves.store import MoveStore
+from migrator.observability import metrics
+from migrator.observability.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ def _advance(ctx: MoveContext, step: str) -> Outcome:
     ctx.event(step, "finished")
     if moved.state == wf.COMPLETED:
         ctx.event(None, "completed", "move completed and verified")
+        metrics.moves_finished.labels(wf.COMPLETED).inc()
         return Outcome(completed=True)
     return Outcome(next_step=moved.step)
 
@@ -67,6 +71,39 @@ def _finish_fan_out(ctx: MoveContext, step: str) -> Outcome:
 
 
 def run_step(settings: Settings, move_id: str, step: str, token: str, owner: str) -> Outcome:
+    """Run one step of a move (or dispatch its units). See the module docstring."""
+    return _measured(step, "step", move_id, None, lambda: _run_step(settings, move_id, step, token, owner))
+
+
+def run_unit(settings: Settings, move_id: str, step: str, unit: str, token: str, owner: str) -> Outcome:
+    """Run one unit of a fan-out step."""
+    return _measured(step, "unit", move_id, unit, lambda: _run_unit(settings, move_id, step, unit, token, owner))
+
+
+def _measured(step: str, kind: str, move_id: str, unit: str | None, body) -> Outcome:
+    started = time.monotonic()
+    outcome_label = "error"
+    try:
+        with log_context(move_id=str(move_id), step=step, unit=unit):
+            outcome = body()
+            outcome_label = "completed" if outcome.completed else ("skipped" if outcome.skipped else "ok")
+            if outcome.skipped and outcome.skipped.startswith("failed"):
+                outcome_label = "failed"
+            log.info("%s %s%s: %s in %.3fs%s", kind, step, f"/{unit}" if unit else "", outcome_label,
+                     time.monotonic() - started, f" ({outcome.skipped})" if outcome.skipped else "")
+        return outcome
+    except SoftTimeLimitExceeded:
+        outcome_label = "time_limit"
+        raise
+    except Exception:
+        outcome_label = "retry"
+        raise
+    finally:
+        metrics.step_duration.labels(step, kind).observe(time.monotonic() - started)
+        metrics.steps_finished.labels(step, outcome_label).inc()
+
+
+def _run_step(settings: Settings, move_id: str, step: str, token: str, owner: str) -> Outcome:
     store = MoveStore(settings.control_dsn)
     if step == wf.STEPS[0]:
         store.start(move_id, token)
@@ -92,7 +129,7 @@ def run_step(settings: Settings, move_id: str, step: str, token: str, owner: str
         ctx.close()
 
 
-def run_unit(settings: Settings, move_id: str, step: str, unit: str, token: str, owner: str) -> Outcome:
+def _run_unit(settings: Settings, move_id: str, step: str, unit: str, token: str, owner: str) -> Outcome:
     store = MoveStore(settings.control_dsn)
     row = store.claim_unit(move_id, step, unit, token, owner, settings.moves.lease_ttl_s)
     if row is None:
@@ -181,7 +218,11 @@ def fail_move(settings: Settings, move_id: str, token: str, step: str, message: 
         return
     if step == "preflight":
         store.fail(move_id, token, step, message, code, state=wf.REJECTED)
+        metrics.moves_finished.labels(wf.REJECTED).inc()
         return
+    metrics.moves_finished.labels(wf.FAILED).inc()
+    if code == "checksum_mismatch":
+        metrics.verification_failures.inc()
     if step in wf.BEFORE_FLIP | {"flip"} and not _route_flipped(settings, move):
         lifted = lift_freeze(settings, move, token)
         store.merge_json(move_id, token, "report", {"freeze_lifted": True, "freeze_lift_problems": lifted})

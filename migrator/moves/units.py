@@ -15,6 +15,7 @@ from migrator.blobs.copier import blob_units, copy_blob_range, find_blob, iter_r
 from migrator.blobs.store import open_store, same_store
 from migrator.copy.rows import copy_range, delete_range, plan_ranges
 from migrator.errors import ChecksumMismatch
+from migrator.observability import metrics
 from migrator.verify.checksums import describe_range, range_checksum
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def copy_rows_unit(ctx, unit) -> dict:
     def checkpoint(last_key, rows, nbytes):
         ctx.store.checkpoint_unit(ctx.move.id, "copy_rows", unit.unit, ctx.token, ctx.owner, position=last_key,
                                   done_delta=rows, bytes_delta=nbytes, ttl_s=m.lease_ttl_s)
+        metrics.rows_copied.labels(unit.table_name).inc(rows)
+        metrics.bytes_copied.inc(nbytes)
 
     copied = copy_range(ctx.source(), ctx.target(), spec, ctx.org, lo=unit.lo, hi=unit.hi, position=unit.position,
                         batch_rows=m.batch_rows, checkpoint=checkpoint,
@@ -76,6 +79,8 @@ def copy_blobs_unit(ctx, unit) -> dict:
     def checkpoint(last_key, count, nbytes):
         ctx.store.checkpoint_unit(ctx.move.id, "copy_blobs", unit.unit, ctx.token, ctx.owner, position=last_key,
                                   done_delta=count, bytes_delta=nbytes, ttl_s=m.lease_ttl_s)
+        metrics.blobs_copied.labels("checked").inc(count)
+        metrics.blob_bytes_copied.inc(nbytes)
 
     copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
                     batch=m.blob_batch, checkpoint=checkpoint)
@@ -109,6 +114,7 @@ def verify_unit(ctx, unit) -> dict:
     recopied = False
     if source != target:
         where = describe_range(unit.table_name, unit.lo, unit.hi)
+        metrics.verification_mismatches.labels(unit.table_name).inc()
         ctx.event("verify", "mismatch", f"{where}: source {source.rows} rows / {source.checksum}, "
                   f"target {target.rows} rows / {target.checksum}; copying the range again",
                   {"unit": unit.unit, "source": source.as_dict(), "target": target.as_dict()})

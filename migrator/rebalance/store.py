@@ -245,7 +245,8 @@ class RebalanceStore:
 
     def pending_items(self, plan_ids: Iterable | None = None) -> list[tuple[RebalancePlan, RebalancePlanItem]]:
         """Pending items of plans being applied, oldest plan first."""
-        q = (select(RebalancePlan, RebalancePlanItem).join(RebalancePlanItem, RebalancePlanItem.plan_id == RebalancePlan.id)
+        q = (select(RebalancePlan, RebalancePlanItem)
+             .join(RebalancePlanItem, RebalancePlanItem.plan_id == RebalancePlan.id)
              .where(RebalancePlan.status == "applying", RebalancePlanItem.state == "pending")
              .order_by(RebalancePlan.created_at, RebalancePlanItem.ordinal))
         if plan_ids is not None:

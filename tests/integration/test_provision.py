@@ -134,7 +134,13 @@ def test_adopted_cells_keep_their_schema(local_fleet):
     [r] = local_fleet.init(["cell-3"])
     assert not r["schema_applied"]
     assert r["guard_tables"] == 1 and "notes" in r["guard_missing_tables"]
-    assert r["sequences"] == 1 and r["sequences_set"] == 1  # identity columns' sequences too
+    # adopted: the sequences are the application's; checked (identity columns' too), not changed
+    assert r["sequences"] == 1 and r["sequences_set"] == 0
+    # the first cell registered: its range starts at 1, but nothing keeps the sequence below its end
+    assert r["sequences_ok"] and not r["sequences_outside"]
+    assert [s["name"] for s in r["sequences_unbounded"]] == ["organizations_id_seq"]
+    [r] = init_cells(local_fleet.settings(), ["cell-3"], set_sequences=True)
+    assert r["sequences_set"] == 1 and r["sequences_ok"]
     lo, hi = r["range"]
     with psycopg.connect(local_fleet.cell_dsns["cell-3"], autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('public.notes')").fetchone()[0] is None

@@ -1,0 +1,23 @@
+"""``migrator metrics serve``: the control-database exporter for Prometheus."""
+
+from __future__ import annotations
+
+import typer
+
+from migrator.cli.common import CONFIG_OPTION, handle_errors, settings
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Prometheus metrics read from the control database.", no_args_is_help=True)
+
+    @group.command("serve")
+    @handle_errors
+    def serve_cmd(port: int = typer.Option(9700, "--port", help="Port of the /metrics endpoint."),
+                  addr: str = typer.Option("0.0.0.0", "--addr", help="Address to listen on."),  # noqa: S104
+                  config: str = CONFIG_OPTION):
+        """Serve moves by state, per-move step and frozen seconds, and cell capacity gauges."""
+        from migrator.observability.exporter import serve
+
+        serve(settings(config), port, addr)
+
+    app.add_typer(group, name="metrics")

@@ -1,0 +1,30 @@
+"""Prometheus metrics the workers record (docs/adr/0008-metrics.md).
+
+Worker pool processes write them in prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``
+set by ``tasks/app.py`` before this module is imported); the worker's main process serves the sum
+on ``metrics.worker_port``. Gauges derived from the control database (moves by state, frozen
+seconds, cell capacity) are served by ``migrator metrics serve`` instead, so that several worker
+processes never double-count them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+STEP_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+step_duration = Histogram("migrator_step_duration_seconds", "Time one execution of a move step (or unit) took",
+                          ["step", "kind"], buckets=STEP_BUCKETS)
+steps_finished = Counter("migrator_steps_total", "Step and unit executions by outcome", ["step", "outcome"])
+rows_copied = Counter("migrator_rows_copied_total", "Rows copied into target cells", ["table"])
+bytes_copied = Counter("migrator_bytes_copied_total", "Bytes of row data (binary COPY) copied into target cells")
+blobs_copied = Counter("migrator_blobs_copied_total", "Blobs checked by copy_blobs, by outcome", ["outcome"])
+blob_bytes_copied = Counter("migrator_blob_bytes_copied_total", "Bytes of blobs written to target stores")
+write_window = Histogram("migrator_write_window_seconds", "Freeze-to-unfreeze time of completed moves",
+                         buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
+moves_finished = Counter("migrator_moves_finished_total", "Moves that reached an end state", ["state"])
+verification_mismatches = Counter("migrator_verification_mismatches_total",
+                                  "Key ranges whose checksums differed between source and target", ["table"])
+verification_failures = Counter("migrator_verification_failures_total",
+                                "Moves failed because a range still differed after a re-copy")
+reconciler_reenqueues = Counter("migrator_reconciler_reenqueues_total", "Moves re-enqueued by the reconciler")

