@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "migrator.cli.moves",
     "migrator.cli.demo",
     "migrator.cli.metrics",
+    "migrator.cli.api",
+    "migrator.cli.rebalance",
 )
 
 for _name in COMMAND_MODULES:

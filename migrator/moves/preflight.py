@@ -101,7 +101,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
                                   f"run `migrator schema check --cell {cell}` and classify or fix each table")
     tables = dictionary.org_tables()
     if live_src.fingerprint(tables) != live_tgt.fingerprint(tables):
-        diff = "; ".join(live_src.diff(live_tgt, tables)[:10])
+        diff = "; ".join(live_src.diff(live_tgt, tables, names=(source, target))[:10])
         raise SchemaMismatch(f"cells {source!r} and {target!r} have different schemas: {diff}",
                              "migrate both cells to the same schema version first")
     root = dictionary.root_table

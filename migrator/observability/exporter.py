@@ -35,7 +35,7 @@ class ControlDatabaseCollector(Collector):
                     "extract(epoch FROM now() - coalesce(step_started_at, updated_at)), "
                     "extract(epoch FROM now() - frozen_at) "
                     "FROM moves WHERE state IN ('running', 'paused', 'failed')")).all()
-                capacity = _capacity(conn)
+                capacity = _capacity(conn, self.settings)
         except Exception as exc:  # noqa: BLE001 - a scrape must still answer
             log.warning("metrics: control database unavailable: %s", exc)
             up.add_metric([], 0)
@@ -61,25 +61,41 @@ class ControlDatabaseCollector(Collector):
         yield from capacity
 
 
-def _capacity(conn) -> list:
-    """Per-cell capacity gauges from the latest readings (when the rebalancer's table exists)."""
-    exists = conn.execute(text("SELECT to_regclass('capacity_readings') IS NOT NULL")).scalar()
-    if not exists:
+CAPACITY_COLUMNS = {
+    "bytes": "Bytes of the organizations routed to the cell (rows and blobs): what thresholds apply to",
+    "database_bytes": "Size of the cell's database",
+    "blob_bytes": "Bytes in the cell's blob store referenced by its organizations",
+    "organizations": "Organizations routed to the cell",
+    "reclaimable_bytes": "Bytes of source copies awaiting cleanup",
+    "moves_in": "Active moves into the cell",
+    "moves_out": "Active moves out of the cell",
+}
+
+
+def _capacity(conn, settings) -> list:
+    """Per-cell gauges from the latest capacity readings (cell_readings, refreshed by celery beat),
+    and each cell's thresholds from the config, so alert rules can compare the two."""
+    if not conn.execute(text("SELECT to_regclass('cell_readings') IS NOT NULL")).scalar():
         return []
-    cols = {r[0] for r in conn.execute(text(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'capacity_readings'"))}
-    wanted = [c for c in ("database_bytes", "blob_bytes", "organization_count") if c in cols]
-    if "cell" not in cols or not wanted:
-        return []
-    order = "taken_at" if "taken_at" in cols else ("created_at" if "created_at" in cols else None)
-    query = "SELECT DISTINCT ON (cell) cell, " + ", ".join(wanted) + " FROM capacity_readings"  # noqa: S608
-    query += f" ORDER BY cell, {order} DESC" if order else ""
-    families = {c: GaugeMetricFamily(f"migrator_cell_{c}", f"Latest capacity reading: {c}", labels=["cell"])
-                for c in wanted}
-    for row in conn.execute(text(query)).all():
-        for i, c in enumerate(wanted, start=1):
+    cols = list(CAPACITY_COLUMNS)
+    families = {c: GaugeMetricFamily(f"migrator_cell_{c}", doc, labels=["cell"]) for c, doc in CAPACITY_COLUMNS.items()}
+    age = GaugeMetricFamily("migrator_cell_reading_age_seconds", "Age of the latest capacity reading", labels=["cell"])
+    rows = conn.execute(text("SELECT cell, extract(epoch FROM now() - measured_at), " + ", ".join(cols)  # noqa: S608
+                             + " FROM cell_readings")).all()
+    for row in rows:
+        age.add_metric([row[0]], float(row[1] or 0))
+        for i, c in enumerate(cols, start=2):
             families[c].add_metric([row[0]], float(row[i] or 0))
-    return list(families.values())
+    marks = {name: GaugeMetricFamily(f"migrator_cell_{name}", f"Configured {name.replace('_', ' ')} of the cell",
+                                     labels=["cell"])
+             for name in ("high_water_bytes", "low_water_bytes", "high_water_orgs", "low_water_orgs")}
+    for cell in settings.cells:
+        t = settings.rebalance.thresholds(cell)
+        for name, family in marks.items():
+            value = getattr(t, name)
+            if value is not None:
+                family.add_metric([cell], float(value))
+    return [*families.values(), age, *marks.values()]
 
 
 def serve(settings, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics endpoint listens wide
