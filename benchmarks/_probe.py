@@ -3,8 +3,8 @@
 ``celery -A benchmarks._probe worker`` runs exactly the tasks of ``celery -A tasks worker``. In
 each pool process it wraps, without changing what they do:
 
-* the data work of a unit: ``copy_range`` (copy_rows) and ``range_checksum`` (verify), as called
-  from ``migrator.moves.units``;
+* the data work of a unit: ``copy_range`` (copy_rows) and ``range_checksum(s)`` (verify), as
+  called from ``migrator.moves.units``;
 * the checkpoints written to the control database in between (``MoveStore.checkpoint_unit``),
 
 and appends one JSON line per task to ``$BENCH_PROBE_FILE``: task name, unit, wall-clock start and
@@ -50,7 +50,7 @@ def install() -> None:
     from migrator.moves import units
     from migrator.moves.store import MoveStore
 
-    for attr, name in (("copy_range", "copy"), ("range_checksum", "checksum")):
+    for attr, name in (("copy_range", "copy"), ("range_checksum", "checksum"), ("range_checksums", "checksum")):
         fn = getattr(units, attr, None)
         if fn is not None and not getattr(fn, "__bench_probe__", False):
             setattr(units, attr, _timed(fn, name))
@@ -58,12 +58,69 @@ def install() -> None:
         MoveStore.checkpoint_unit = _timed(MoveStore.checkpoint_unit, "checkpoint")
 
 
+def install_what_if_reuse() -> None:
+    """What-if (``BENCH_WHATIF=reuse``, never the default): what per-task overhead would be if a worker
+    process kept its cell connections and the introspected schema and dictionary across tasks.
+
+    ``MoveContext.cell_conn`` hands out one connection per (cell, autocommit) per process, replaced
+    when broken or not idle; ``close()`` leaves them open; the schema and dictionary are read once.
+    Measures a proposal for migrator/moves/context.py; the shipped code opens fresh connections.
+    """
+    import contextlib
+
+    import psycopg
+
+    from migrator.moves import context
+
+    if getattr(context.MoveContext, "__bench_whatif__", False):
+        return
+    conns: dict = {}
+    cache: dict = {}
+    orig_cell_conn = context.MoveContext.cell_conn
+
+    def cell_conn(self, cell, *, autocommit=True):
+        key = (self.settings.cell(cell).dsn, autocommit)
+        conn = conns.get(key)
+        if conn is None or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            conn = orig_cell_conn(self, cell, autocommit=autocommit)
+            self._conns.remove(conn)  # the process keeps it
+            conns[key] = conn
+        return conn
+
+    def cached(name, key_fn, orig):
+        def get(self):
+            key = (name, key_fn(self))
+            if key not in cache:
+                cache[key] = orig.func(self)
+            return cache[key]
+
+        prop = functools.cached_property(get)
+        prop.attrname = name
+        return prop
+
+    ctx = context.MoveContext
+    ctx.cell_conn = cell_conn
+    ctx.dictionary = cached("dictionary", lambda self: str(self.settings.dictionary_file()), ctx.dictionary)
+    ctx.source_schema = cached("source_schema", lambda self: self.move.source_cell, ctx.source_schema)
+    ctx.target_schema = cached("target_schema", lambda self: self.move.target_cell, ctx.target_schema)
+    ctx.__bench_whatif__ = True
+
+
+def _install_all() -> None:
+    install()
+    if "reuse" in os.environ.get("BENCH_WHATIF", "").split(","):
+        install_what_if_reuse()
+
+
 @worker_process_init.connect
 def _init(**_):
-    install()
+    _install_all()
 
 
-install()  # also in the main process (solo pool, or tasks run there)
+_install_all()  # also in the main process (solo pool, or tasks run there)
 
 
 @task_prerun.connect

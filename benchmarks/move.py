@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, MemorySampler, machine, wait_moves  # noqa: E402
+from benchmarks._fleet import BenchFleet, MemorySampler, checkpoint, machine, wait_moves  # noqa: E402
 
 STEPS = ("preflight", "freeze", "drain", "copy_rows", "copy_blobs", "verify", "flip", "unfreeze")
 TARGETS = {"copy": 1.3, "verify": 1.3, "write_window": 1.5, "rss_mib": 300.0, "overhead_pct": 5.0}
@@ -220,19 +220,35 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
     rows = report.get("copy_rows", {}).get("rows", 0)
     nbytes = report.get("copy_rows", {}).get("bytes", 0)
 
-    def overhead(step_wall, units, data_key):
-        """Step wall time x workers minus the data work inside its unit tasks: Celery dispatch, planning,
-        connections, leases, checkpoints, fan-in. Per task: that divided by the number of unit tasks."""
+    def overhead(step, step_wall, units, data_key):
+        """Where a fan-out step's time goes (worker-seconds = step wall time x workers):
+
+        data: the data work inside its unit tasks (COPY or checksum queries; checkpoints excluded);
+        plan: the step task itself (planning the units, enqueueing them);
+        in_task: the rest of the unit tasks (claim, context, connections, checkpoints, finish, fan-in,
+        enqueue next), i.e. per-task framework cost;
+        idle: worker-seconds in no task of this step: Celery delivery between tasks, and with several
+        workers also waiting for the last unit (imbalance).
+        Celery per-task overhead = in_task + idle (for one worker, idle is all delivery latency).
+        """
         if not step_wall or not units:
             return None
-        data = sum(u[data_key] for u in units)
+        plan_tasks = [t for t in tasks if t["task"] == f"migrator.{step}"]
+        data = sum(u[data_key] - u["checkpoint_s"] for u in units)
+        unit_wall = sum(u["end"] - u["start"] for u in units)
+        plan = sum(t["end"] - t["start"] for t in plan_tasks)
         busy = step_wall * workers
-        return {"data_work_s": round(data, 3), "checkpoints_s": round(sum(u["checkpoint_s"] for u in units), 3),
-                "unit_tasks": len(units), "overhead_s": round(busy - data, 3),
-                "overhead_pct": round(100 * (busy - data) / busy, 2),
-                "per_task_ms": round(1000 * (busy - data) / len(units), 1),
-                "in_task_overhead_ms": round(1000 * sum((u["end"] - u["start"]) - u[data_key] for u in units)
-                                             / len(units), 1)}
+        in_task = unit_wall - data
+        idle = max(0.0, busy - unit_wall - plan)
+        n = len(units)
+        return {"unit_tasks": n, "worker_s": round(busy, 3), "data_s": round(data, 3), "plan_s": round(plan, 3),
+                "in_task_s": round(in_task, 3), "idle_s": round(idle, 3),
+                "checkpoints_s": round(sum(u["checkpoint_s"] for u in units), 3),
+                "in_task_ms_per_task": round(1000 * in_task / n, 1),
+                "idle_ms_per_task": round(1000 * idle / n, 1),
+                "per_task_overhead_ms": round(1000 * (in_task + idle) / n, 1),
+                "per_task_overhead_pct": round(100 * (in_task + idle) / busy, 2),
+                "not_data_pct": round(100 * (busy - data) / busy, 2)}
 
     return {
         "move_id": str(move.id), "target": target, "workers": workers, "concurrency": 1,
@@ -242,9 +258,9 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
         "copy_rows": {"s": copy_s, "rows": rows, "bytes": nbytes, "units": report.get("copy_rows", {}).get("units"),
                       "rows_per_s": round(rows / copy_s) if copy_s else None,
                       "mb_per_s": round(nbytes / copy_s / 1e6, 1) if copy_s else None,
-                      "overhead": overhead(copy_s, copy_units, "copy_s")},
+                      "overhead": overhead("copy_rows", copy_s, copy_units, "copy_s")},
         "verify": {"s": verify_s, "ok": report.get("verification", {}).get("ok"),
-                   "overhead": overhead(verify_s, [u for u in verify_units if u["checksum_s"]], "checksum_s")},
+                   "overhead": overhead("verify", verify_s, verify_units, "checksum_s")},
         "memory": mem.result(),
     }
 
@@ -271,8 +287,11 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
         print(f"[{workers} worker(s)] seeded organization {org.organization_id}: {org.rows} rows, "
               f"{org.blobs} blobs in {seed_s:.1f}s", file=sys.stderr, flush=True)
         oid = org.organization_id
+        checkpoint()
         raw = {"copy": raw_copy(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)}
+        checkpoint()
         raw["checksum"] = raw_checksum(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)
+        checkpoint()
         print(f"[{workers} worker(s)] raw copy {raw['copy']['s']}s, raw checksum {raw['checksum']['s']}s",
               file=sys.stderr, flush=True)
         move = run_move(fleet, oid, "cell-3", workers, probe_file, timeout=args.timeout, py_spy=args.py_spy)
@@ -292,7 +311,7 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
         "verify": ratios["verify"] <= TARGETS["verify"],
         "write_window": ratios["write_window"] <= TARGETS["write_window"],
         "rss": move["memory"]["peak_process_rss_mib"] < TARGETS["rss_mib"],
-        "overhead": ov.get("overhead_pct", 100) < TARGETS["overhead_pct"],
+        "overhead": ov.get("per_task_overhead_pct", 100) < TARGETS["overhead_pct"],
     }
     return {"workers": workers, "organization_id": oid, "rows": org.rows, "blobs": org.blobs,
             "rows_by_table": org.rows_by_table, "seed_s": round(seed_s, 2),
@@ -327,12 +346,15 @@ def table(result: dict) -> str:
         row("copy_rows rows/s", [f(r["move"]["copy_rows"]["rows_per_s"]) for r in runs]),
         row("copy_rows MB/s (binary COPY bytes)", [f(r["move"]["copy_rows"]["mb_per_s"], nd=1) for r in runs]),
         row("copy_rows units", [f(r["move"]["copy_rows"]["units"]) for r in runs]),
-        row("copy overhead (% of step x workers)",
-            [f((r["move"]["copy_rows"]["overhead"] or {}).get("overhead_pct"), "%") for r in runs]),
-        row("copy overhead per unit task (ms)",
-            [f((r["move"]["copy_rows"]["overhead"] or {}).get("per_task_ms"), nd=1) for r in runs]),
-        row("verify overhead (% of step x workers)",
-            [f((r["move"]["verify"]["overhead"] or {}).get("overhead_pct"), "%") for r in runs]),
+        row("copy: planning (s)", [f((r["move"]["copy_rows"]["overhead"] or {}).get("plan_s")) for r in runs]),
+        row("copy: Celery per-task overhead (ms)",
+            [f((r["move"]["copy_rows"]["overhead"] or {}).get("per_task_overhead_ms"), nd=1) for r in runs]),
+        row("copy: per-task overhead, % of step",
+            [f((r["move"]["copy_rows"]["overhead"] or {}).get("per_task_overhead_pct"), "%") for r in runs]),
+        row("verify: Celery per-task overhead (ms)",
+            [f((r["move"]["verify"]["overhead"] or {}).get("per_task_overhead_ms"), nd=1) for r in runs]),
+        row("verify: per-task overhead, % of step",
+            [f((r["move"]["verify"]["overhead"] or {}).get("per_task_overhead_pct"), "%") for r in runs]),
         row("write window (s)", [f(r["move"]["write_window_s"]) for r in runs]),
         row("worker peak RSS, one process (MiB)", [f(r["move"]["memory"]["peak_process_rss_mib"], nd=0)
                                                    for r in runs]),
@@ -360,6 +382,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-rows", type=int, help="override moves.chunk_rows (default: the config default)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a move (default 1800)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
+    p.add_argument("--what-if", choices=["reuse"], help="measure a proposal instead of the shipped code: "
+                   "reuse = workers keep cell connections and the schema across tasks (see benchmarks/_probe.py)")
     p.add_argument("--py-spy", metavar="DIR", help="profile the workers with py-spy (collapsed stacks into DIR)")
     args = p.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
@@ -367,6 +391,9 @@ def main(argv=None) -> int:
     result = {"benchmark": "move", "command": " ".join(["benchmarks/move.py", *(argv or sys.argv[1:])]),
               "machine": machine(), "params": {"rows": args.rows, "blobs": args.blobs, "workers": counts},
               "targets": TARGETS, "runs": []}
+    if args.what_if:
+        os.environ["BENCH_WHATIF"] = args.what_if
+        result["what_if"] = args.what_if
     probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     probe_file = probe_dir / f"cm-bench-probe-{os.getpid()}.jsonl"
     os.environ["BENCH_PROBE_FILE"] = str(probe_file)

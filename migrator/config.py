@@ -13,7 +13,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,7 +62,10 @@ class TopologyConfig(_Strict):
 
 
 class MoveConfig(_Strict):
-    batch_rows: int = 20_000
+    # Rows per COPY batch (one target transaction, one checkpoint) and per parallel key range (one
+    # unit task). Equal by default: a range is copied as one batch, so its split needs no sorting
+    # scan, and a crash re-copies at most one range (~1-2 s of work). See docs/performance.md.
+    batch_rows: int = 200_000
     chunk_rows: int = 200_000
     blob_batch: int = 200
     drain_timeout_s: float = 60.0
@@ -103,7 +106,7 @@ class ApiConfig(_Strict):
     # sends it too). Keep it out of the file: token: ${MIGRATOR_API_TOKEN}. None: the API refuses to start.
     token: str | None = Field(default=None, min_length=16)
     # Extra tokens also accepted, for a rotation without downtime (docs/runbooks/api-token-leaked.md).
-    previous_tokens: list[str] = Field(default_factory=list)
+    previous_tokens: list[Annotated[str, Field(min_length=16)]] = Field(default_factory=list)
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)
 
@@ -162,6 +165,20 @@ class RebalanceConfig(_Strict):
         return self
 
 
+class OnlineConfig(_Strict):
+    """The online strategy's catch-up (docs/adr/0009-online-moves.md): freeze only when the captured
+    delta left is at most ``max_delta_keys`` keys and its estimated apply time at most ``max_delta_s``."""
+
+    max_delta_keys: int = Field(default=2000, ge=0)
+    max_delta_s: float = Field(default=0.5, ge=0)
+    # Apply rate assumed before the first round has measured one.
+    assumed_keys_per_s: float = Field(default=5000.0, gt=0)
+    # Pause between catch-up rounds once the delta is small (lets it accumulate).
+    poll_s: float = Field(default=0.1, ge=0)
+    # How often celery beat removes captures whose move ended (a crashed or deleted move).
+    collect_every_s: float = Field(default=60.0, gt=0)
+
+
 class ObservabilityConfig(_Strict):
     # Port on which each worker's main process serves its pool's metrics (None: no endpoint).
     # Several workers on one host: give each its own port (MIGRATOR_OBSERVABILITY__WORKER_METRICS_PORT).
@@ -190,6 +207,7 @@ class Settings(BaseSettings):
     api: ApiConfig = Field(default_factory=ApiConfig)
     rebalance: RebalanceConfig = Field(default_factory=RebalanceConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
     # Where this settings object was read from (set by load_settings, not by the user).
     config_path: str | None = None
 

@@ -41,6 +41,9 @@ app.conf.update(
                         "routing_key": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
     worker_hijack_root_logger=True,
     beat_schedule={
+        "collect-abandoned-captures": {"task": "migrator.collect_captures", "schedule": settings.online.collect_every_s,
+                                       "options": {"queue": queue_name(settings, "control"),
+                                                   "expires": settings.online.collect_every_s}},
         "reconcile-moves": {"task": "migrator.reconcile", "schedule": settings.moves.reconcile_every_s,
                             "options": {"queue": queue_name(settings, "control"),
                                         "expires": settings.moves.reconcile_every_s}},

@@ -45,6 +45,16 @@ def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, 
         raise
 
 
+@app.task(name="migrator.collect_captures")
+def collect_captures_task():
+    """Remove change captures (and their logs) whose online move ended without removing them."""
+    from migrator.moves.online import collect_abandoned
+    from migrator.moves.store import MoveStore
+
+    settings = get_settings()
+    return collect_abandoned(settings, MoveStore(settings.control_dsn))
+
+
 @app.task(name="migrator.reconcile")
 def reconcile_task():
     settings = get_settings()

@@ -99,5 +99,5 @@ def _make_unit_task(step: str):
     return unit_task
 
 
-STEP_TASKS = {step: _make_step_task(step) for step in wf.STEPS}
+STEP_TASKS = {step: _make_step_task(step) for step in wf.ALL_STEPS}
 UNIT_TASKS = {step: _make_unit_task(step) for step in sorted(wf.FAN_OUT)}

@@ -118,7 +118,8 @@ def create_app(settings: Settings | None = None, *, require_configured_token: bo
         title="cells-migrator",
         version=__version__,
         description="Move organizations between cells; capacity readings; the rebalancer and its "
-                    "Alertmanager webhook. Every endpoint but /healthz needs `Authorization: Bearer <api.token>`.",
+                    "Alertmanager webhook. Every /v1 endpoint needs `Authorization: Bearer <api.token>`; "
+                    "/healthz, /openapi.json and /docs do not.",
     )
     app.state.settings = settings
     app.state.services = services

@@ -1,4 +1,5 @@
-"""Cell databases: what they contain (introspect), the freeze guard (guard) and provisioning (provision)."""
+"""Cell databases: what they contain (introspect), the freeze guard (guard), provisioning and adoption
+(provision, sequences), the organizations living in them (discover) and removing the migrator (uninstall)."""
 
 from __future__ import annotations
 

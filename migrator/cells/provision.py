@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from migrator.cells.capture import install_capture
 from migrator.cells.guard import install_guard
 from migrator.cells.introspect import MIGRATOR_SCHEMA, LiveSchema, introspect
 from migrator.cells.sequences import (
@@ -51,8 +52,11 @@ _CELL_INFO_DDL = """
 CREATE TABLE IF NOT EXISTS migrator.cell_info (key text PRIMARY KEY, value text NOT NULL);
 """
 
-# The migrator's own objects in its schema (anything else there is not ours).
-OWN_TABLES = ("frozen_orgs", "cell_info", "sequence_bounds")
+# The migrator's own relations in its schema (the freeze guard, the cell's identity, recorded sequence
+# bounds, the online strategy's change capture). In a schema marked with NAMESPACE_COMMENT everything is
+# the migrator's; these names only matter to recognize a schema created before the mark existed.
+OWN_TABLES = ("frozen_orgs", "cell_info", "sequence_bounds", "captures", "change_log", "change_log_id_seq")
+OWN_FUNCTION_PREFIXES = ("guard_", "capture_")
 NAMESPACE_COMMENT = ("cells-migrator: the migrator's own objects in this cell (freeze guard, cell identity); "
                      "`migrator cells uninstall` removes them. See docs/adr/0007-what-the-migrator-installs.md")
 
@@ -72,7 +76,7 @@ def apply_sample_schema(conn: psycopg.Connection) -> bool:
 
 def foreign_objects(conn: psycopg.Connection) -> list[str]:
     """Objects in schema ``migrator`` that the migrator did not create (empty when it is ours or absent)."""
-    from migrator.cells.guard import CHECK_FUNCTION, FUNCTION_PREFIX, TRUNCATE_FUNCTION
+    from migrator.cells.guard import CHECK_FUNCTION, TRUNCATE_FUNCTION
 
     rows = conn.execute(
         """SELECT 'table ' || c.relname FROM pg_catalog.pg_class c
@@ -81,14 +85,15 @@ def foreign_objects(conn: psycopg.Connection) -> list[str]:
            UNION ALL
            SELECT 'function ' || p.proname FROM pg_catalog.pg_proc p
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-            WHERE n.nspname = %(schema)s AND NOT (p.proname = ANY(%(funcs)s) OR p.proname LIKE %(prefix)s)
+            WHERE n.nspname = %(schema)s
+              AND NOT (p.proname = ANY(%(funcs)s) OR p.proname LIKE ANY(%(prefixes)s))
            UNION ALL
            SELECT 'type ' || t.typname FROM pg_catalog.pg_type t
              JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
             WHERE n.nspname = %(schema)s AND t.typrelid = 0 AND t.typelem = 0
            ORDER BY 1""",
         {"schema": MIGRATOR_SCHEMA, "own": list(OWN_TABLES), "funcs": [CHECK_FUNCTION, TRUNCATE_FUNCTION],
-         "prefix": FUNCTION_PREFIX.replace("_", "\\_") + "%"},
+         "prefixes": [p.replace("_", "\\_") + "%" for p in OWN_FUNCTION_PREFIXES]},
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -163,6 +168,7 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequ
             _record_cell_info(conn, name, lo, hi, adopt=cfg.adopt)
             live = introspect(conn, APP_SCHEMA)
             guard = install_guard(conn, dictionary, live)
+            capture_tables = install_capture(conn, dictionary, live)
             if cfg.adopt:
                 # An adopted cell's sequences are the application's: look, and change them only when asked.
                 states = check_sequences(conn, lo, hi, APP_SCHEMA, dictionary)
@@ -184,6 +190,7 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequ
         "guard_installed": guard.did_change,
         "guard_tables": len(guard.tables),
         "guard_missing_tables": guard.missing,
+        "capture_tables": len(capture_tables),
         "sequences_set": len(sequences),
         "sequences": len(states),
         "sequences_outside": outside,

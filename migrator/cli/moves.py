@@ -67,14 +67,15 @@ def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: b
     columns = (TextColumn("{task.description}", justify="left"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=False, disable=quiet) as bar:
-        step_task = bar.add_task("step", total=len(wf.STEPS))
+        steps = wf.steps_for(move.strategy)
+        step_task = bar.add_task("step", total=len(steps))
         table_tasks: dict[str, int] = {}
         blob_task = None
         while True:
             move = store.get(move_id)
             p = progress(store, move)
-            idx = len(wf.STEPS) if move.state in (wf.COMPLETED, wf.CLEANED) else (
-                wf.step_index(move.step) if move.step in wf.STEPS else 0)
+            idx = len(steps) if move.state in (wf.COMPLETED, wf.CLEANED) else (
+                steps.index(move.step) if move.step in steps else 0)
             bar.update(step_task, completed=idx, description=f"step [cyan]{move.step}[/] ({move.state})")
             for name, t in p["tables"].items():
                 if name not in table_tasks:
@@ -111,14 +112,17 @@ def register(app: typer.Typer) -> None:
         reason: str = typer.Option("", "--reason", help="Why (kept in the move's history)."),
         wait: bool = typer.Option(False, "--wait", help="Show live progress; exit 0 only if the move completed."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Run preflight only and print the plan."),
-        strategy: str = typer.Option("frozen", "--strategy", help="Move strategy: frozen (freeze, then copy)."),
+        strategy: str = typer.Option(
+            "frozen", "--strategy",
+            help="frozen: freeze, then copy; online: copy while writable, freeze only for the last delta."),
         as_json: bool = JSON_OPTION,
         config: str = CONFIG_OPTION,
     ):
         """Move an organization to another cell (records the move and enqueues it)."""
         ops = _ops(config)
-        if strategy != "frozen":
-            raise typer.BadParameter(f"unknown strategy {strategy!r}; available: frozen", param_hint="--strategy")
+        if strategy not in wf.STRATEGIES:
+            raise typer.BadParameter(f"unknown strategy {strategy!r}; available: {', '.join(wf.STRATEGIES)}",
+                                     param_hint="--strategy")
         if dry_run:
             plan = ops.dry_run(org, to)
             print_json(plan) if as_json else _print_plan(plan)

@@ -17,6 +17,7 @@ stays flat.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -39,6 +40,15 @@ class BatchResult:
     path: str  # "direct" or "upsert"
 
 
+def estimate_rows(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> float:
+    """The planner's estimate of the organization's rows in (lo, hi] (an EXPLAIN, no scan)."""
+    q = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} AS t WHERE {}").format(spec.ident, spec.where(lo, hi))
+    plan = conn.execute(q, {"org": org}).fetchone()[0]
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
 def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, every: int
                  ) -> list[tuple[list, int]]:
     """``(key, n)`` for every ``every``-th key of the organization's rows in (lo, hi] and for the last
@@ -51,12 +61,18 @@ def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | No
 
 
 def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
-    """Split the organization's rows of one table into key ranges of about ``chunk_rows`` rows.
+    """Split the organization's rows of one table into key ranges of at most ``chunk_rows`` rows.
 
-    Every range but the last ends at a key (inclusive); the last is open. One scan of the table.
+    Every range but the last ends at a key (inclusive); the last is open. Exact: a table the planner
+    expects to be small is counted (one scan) and split only if the count says so; a large one is
+    split and counted by the same scan.
     """
-    points = split_points(conn, spec, org, None, None, chunk_rows)
-    total = points[-1][1] if points else 0
+    if estimate_rows(conn, spec, org, None, None) > chunk_rows / 2:
+        points = split_points(conn, spec, org, None, None, chunk_rows)
+        total = points[-1][1] if points else 0
+    else:
+        total = int(conn.execute(spec.count_sql(), {"org": org}).fetchone()[0])
+        points = split_points(conn, spec, org, None, None, chunk_rows) if total > chunk_rows else []
     bounds = [(key, n) for key, n in points if n % chunk_rows == 0 and n < total]
     ranges, lo, done = [], None, 0
     for i, (hi, n) in enumerate([*bounds, (None, total)]):
@@ -64,6 +80,23 @@ def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
                        "total": max(n - done, 0)})
         lo, done = hi, n
     return ranges
+
+
+def batch_bounds(src, spec: TableSpec, org: int, after: list | None, hi: list | None, batch_rows: int) -> list[list]:
+    """Inclusive upper keys of the batches that copy the organization's rows in (after, hi].
+
+    A range is cut into runs of ``batch_rows`` rows (one sorting scan on the source) only when the
+    planner expects more than that; otherwise it is one batch, up to ``hi`` or, for the open last
+    range, up to the organization's greatest key (one index probe). A misestimate only changes how
+    many rows one checkpoint covers: never more than the range, which ``plan_ranges`` bounded.
+    """
+    upto = hi if hi is not None else last_key(src, spec, org, after, None)
+    if upto is None:
+        return []  # the open range holds none of the organization's rows (beyond ``after``)
+    if estimate_rows(src, spec, org, after, upto) <= batch_rows:
+        return [upto]
+    keys = [key for key, _n in split_points(src, spec, org, after, upto, batch_rows)]
+    return keys or [upto]
 
 
 def _stage_name(spec: TableSpec) -> sql.Identifier:
@@ -147,7 +180,7 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
     """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch."""
     after = position if position is not None else lo
     copied = 0
-    for upto, _n in split_points(src, spec, org, after, hi, batch_rows):
+    for upto in batch_bounds(src, spec, org, after, hi, batch_rows):
         result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token)
         checkpoint(result.last_key, result.rows, result.bytes)
         copied += result.rows

@@ -20,6 +20,7 @@ STABLE_SESSION = (
     "SET IntervalStyle = 'postgres'",
     "SET extra_float_digits = 3",
     "SET bytea_output = 'hex'",
+    "SET lc_monetary = 'C'",
 )
 
 
@@ -36,6 +37,8 @@ def json_key(values) -> list | None:
     for v in values:
         if v is None or isinstance(v, bool | int | str):
             out.append(v)
+        elif isinstance(v, bytes | bytearray | memoryview):
+            out.append("\\x" + bytes(v).hex())  # bytea's hex input form: CAST('\x…' AS bytea) reads it back
         elif isinstance(v, uuid.UUID | decimal.Decimal | dt.date | dt.datetime | dt.time | dt.timedelta):
             out.append(str(v))
         else:

@@ -161,7 +161,7 @@ def load_state(paths: DemoPaths) -> dict | None:
         return None
     try:
         data["processes"] = {k: ProcRef.from_dict(v) for k, v in (data.get("processes") or {}).items()}
-    except (KeyError, TypeError, ValueError):
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
     return data
 
@@ -440,6 +440,8 @@ class Fleet:
         """Stop every process of the fleet (and anything else of this folder); returns how many ran."""
         stopped = _stop_everything(self.paths, self.processes)
         self.processes.clear()
+        if self.mode == USE_CONFIG:
+            _drop_demo_databases(self.paths, self.say)
         return stopped
 
     def leave_running(self) -> None:
@@ -492,6 +494,29 @@ def _stop_everything(paths: DemoPaths, processes: dict[str, ProcRef]) -> int:
     return stopped
 
 
+def _drop_demo_databases(paths: DemoPaths, say: Say) -> None:
+    """use-config mode: the demo's databases go with its fleet (only names it made: ``cm_demo_*``)."""
+    from migrator.config import load_settings
+
+    try:
+        settings = load_settings(paths.config)
+    except MigratorError:
+        return
+    dsns = [settings.control_dsn, *(cell.dsn for cell in settings.cells.values())]
+    names = [n for n in (psycopg.conninfo.conninfo_to_dict(d).get("dbname") for d in dsns)
+             if n and n.startswith("cm_demo_")]
+    if not names:
+        return
+    try:
+        admin = psycopg.conninfo.make_conninfo(settings.control_dsn, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            for name in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        say(f"dropped the demo databases {', '.join(names)}")
+    except psycopg.Error as exc:
+        say(f"could not drop the demo databases {', '.join(names)}: {str(exc).strip().splitlines()[0]}")
+
+
 def _forget_fleet(paths: DemoPaths) -> None:
     """No fleet runs here any more: drop the state file and the sockets it left."""
     paths.state.unlink(missing_ok=True)
@@ -541,12 +566,14 @@ def _start_pgserver(paths: DemoPaths, say: Say):
     raise AssertionError("unreachable")
 
 
-def clear_leftovers(paths: DemoPaths, say: Say) -> int:
+def clear_leftovers(paths: DemoPaths, say: Say, *, what: str = "left running by an earlier demo") -> int:
     """Stop whatever an earlier demo in this folder left running, and drop its stale files."""
     state = load_state(paths)
     count = _stop_everything(paths, state["processes"] if state else {})
     if count:
-        say(f"stopped {count} process(es) left running by an earlier demo in {paths.root}")
+        say(f"stopped {count} process(es) {what} in {paths.root}")
+    if state and state.get("mode") == USE_CONFIG:
+        _drop_demo_databases(paths, say)
     for stale in paths.root.glob(paths.beat_schedule.name + "*"):
         stale.unlink(missing_ok=True)
     return count
@@ -554,7 +581,7 @@ def clear_leftovers(paths: DemoPaths, say: Say) -> int:
 
 def stop_kept(paths: DemoPaths, say: Say) -> int:
     """``migrator demo --stop``: stop the fleet recorded in the folder (and any orphan of it)."""
-    return clear_leftovers(paths, say)
+    return clear_leftovers(paths, say, what="of the demo fleet")
 
 
 def prepare(paths: DemoPaths, *, mode: str, keep: bool, concurrency: int, say: Say,

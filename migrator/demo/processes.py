@@ -3,7 +3,8 @@
 A process is named by its pid *and* its start time (``/proc/PID/stat``), so a pid recorded by a demo
 that crashed long ago and since reused by an unrelated process is never mistaken for ours. Every
 process the demo starts carries ``CELLS_MIGRATOR_DEMO=<demo dir>`` in its environment, which is how
-orphans of a crashed demo are found again (:func:`find_demo_processes`). Linux only (``/proc``).
+orphans of a crashed demo are found again (:func:`find_demo_processes`). Both need Linux's ``/proc``;
+elsewhere a pid is only checked to exist, and orphans are not searched for.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 # Not MIGRATOR_*: every MIGRATOR_ variable is read as a setting.
 MARKER_ENV = "CELLS_MIGRATOR_DEMO"
 _PR_SET_PDEATHSIG = 1
+_HAVE_PROC = Path("/proc/self/stat").exists()
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,23 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rindex(")") + 2:].split()
 
 
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot), or None if it is gone or a zombie."""
+    """When ``pid`` started (clock ticks since boot), or None if it is gone or a zombie.
+
+    Without /proc (not Linux) only "is there such a pid" can be told: 0 if there is.
+    """
+    if not _HAVE_PROC:
+        return 0 if _exists(pid) else None
     fields = _stat_fields(pid)
     if fields is None or fields[0] in ("Z", "X"):
         return None
@@ -61,6 +78,10 @@ def start_time(pid: int) -> int | None:
 
 
 def process_group(pid: int) -> int | None:
+    if not _HAVE_PROC:
+        with contextlib.suppress(OSError):
+            return os.getpgid(pid)
+        return None
     fields = _stat_fields(pid)
     return int(fields[2]) if fields else None
 
@@ -91,6 +112,8 @@ def environ_value(pid: int, name: str) -> str | None:
 
 
 def all_pids() -> list[int]:
+    if not _HAVE_PROC:
+        return []
     return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
 
 
@@ -185,10 +208,9 @@ def stop_process(ref: ProcRef, *, sig: int = signal.SIGTERM, timeout: float = 10
     # What the leader leaves behind in its group (pool children, a beat process).
     if pgid and pgid == ref.pid:
         left = [ProcRef("member", p, start_time(p)) for p in _group_members(pgid)]
-        if left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-            _wait_gone(left, 5.0)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        _wait_gone(left, 5.0)
     return True
 
 

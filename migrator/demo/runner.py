@@ -34,7 +34,7 @@ from migrator.demo.fleet import (
     require_embedded_packages,
     stop_kept,
 )
-from migrator.demo.processes import MARKER_ENV
+from migrator.demo.processes import MARKER_ENV, find_demo_processes
 from migrator.demo.report import build_report, print_report
 
 SOURCE, TARGET = "cell-1", "cell-2"
@@ -68,12 +68,15 @@ class _Say:
 
 @contextlib.contextmanager
 def _signals_interrupt() -> None:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C does: the fleet is stopped on the way out."""
+    """SIGINT, SIGTERM and SIGHUP end the demo like Ctrl-C: the fleet is stopped on the way out.
+
+    SIGINT too, because a shell starts background jobs with SIGINT ignored (``kill -INT`` must work).
+    """
 
     def handler(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -117,10 +120,10 @@ class _Watchdog(threading.Thread):
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
         self.reason: str | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._halt.wait(0.5):
             dead = [n for n in ("worker", "topology") if n in self.fleet.processes
                     and not self.fleet.processes[n].alive()]
             if dead:
@@ -132,7 +135,7 @@ class _Watchdog(threading.Thread):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def _print_cells(results: list[dict], say: _Say) -> None:
@@ -283,8 +286,10 @@ def run_demo(opts: DemoOptions) -> int:
                     else:
                         started = time.monotonic()
                         count = fleet.stop()
+                        left = find_demo_processes(paths.root)
                         say(f"fleet stopped: {count} process(es) in {time.monotonic() - started:.1f} s, "
-                            "none left running")
+                            + (f"but still running: {', '.join(str(r.pid) for r in left)}" if left
+                               else "none left running"))
         if report is not None and not report["ok"]:
             say(f"the move did not verify: state {report['state']}" + (f", {report['error']}" if report["error"]
                                                                         else ""))
@@ -295,6 +300,8 @@ def stop_demo(directory: Path) -> int:
     """``migrator demo --stop``: stop a fleet left running with ``--keep``."""
     say = _Say(Console())
     paths = DemoPaths(directory)
+    for key in [k for k in os.environ if k.upper().startswith("MIGRATOR_")]:
+        del os.environ[key]  # the folder's own config describes its fleet
     if not paths.root.exists():
         say(f"no demo in {paths.root}")
         return 0

@@ -16,6 +16,7 @@ from sqlalchemy import func
 from migrator.blobs.copier import blob_units, delete_org_blobs
 from migrator.blobs.store import open_store, same_store
 from migrator.copy.keys import delete_source_keys
+from migrator.moves import online
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.store import MoveStore
@@ -59,6 +60,7 @@ def run_abort(settings, move_id: str, token: str, owner: str) -> str:
             for table in reversed(ctx.copy_order()):
                 deleted[table] = delete_source_keys(src, tgt, ctx.specs[table], ctx.org)
                 store.touch(move.id)
+        online.stop(settings, move)
         for cell in (move.source_cell, move.target_cell):
             unfreeze_org(ctx.cell_conn(cell), ctx.org)
         route = ctx.topology.classify(ctx.org)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import func
 
+from migrator.moves import online
 from migrator.observability import metrics
 
 
@@ -27,6 +28,7 @@ def unfreeze(ctx) -> None:
     from migrator.cells.guard import unfreeze_org
 
     move = ctx.store.get(ctx.move.id)
+    online.stop(ctx.settings, move)  # the online strategy's change capture ends with the move
     unfreeze_org(ctx.target(), ctx.org)
     ctx.topology.unfreeze(ctx.org, ctx.token, actor=f"move {move.id}", reason="move completed")
     if move.unfrozen_at is None:

@@ -16,6 +16,9 @@ CONTROL, ROWS, BLOBS = "control", "rows", "blobs"
 
 TASK_QUEUES: dict[str, str] = {
     "migrator.preflight": CONTROL,
+    "migrator.capture": CONTROL,
+    "migrator.catch_up": CONTROL,
+    "migrator.final_delta": CONTROL,
     "migrator.freeze": CONTROL,
     "migrator.drain": CONTROL,
     "migrator.copy_rows": CONTROL,
@@ -29,6 +32,7 @@ TASK_QUEUES: dict[str, str] = {
     "migrator.abort": CONTROL,
     "migrator.cleanup": CONTROL,
     "migrator.reconcile": CONTROL,
+    "migrator.collect_captures": CONTROL,
     # The rebalancer (migrator/rebalance/, tasks/rebalance.py).
     "migrator.rebalance_readings": CONTROL,
     "migrator.rebalance_alert": CONTROL,

@@ -112,12 +112,17 @@ class Operations:
                                    "start a new move with `migrator move`")
         step = move.step
         lifted = (move.report or {}).get("freeze_lifted") and move.flipped_at is None
-        if lifted and wf.step_index(step) > wf.step_index("freeze"):
-            # The organization was writable since the failure: freeze again and copy again (upsert).
-            step = "freeze"
+        steps = wf.steps_for(move.strategy)
+        online = move.strategy == "online"
+        # Where a move whose freeze was lifted (after a failure) starts again: the frozen strategy
+        # freezes again and copies again (upsert); the online one's capture never stopped, so it
+        # catches up from its log.
+        restart = "catch_up" if online else "freeze"
+        if lifted and steps.index(step) > steps.index(restart):
+            step = restart
         updated = self._takeover(move, wf.RUNNING, step=step)
         if lifted:
-            self.store.reset_units(move.id, ["copy_rows", "copy_blobs", "verify"])
+            self.store.reset_units(move.id, ["verify"] if online else ["copy_rows", "copy_blobs", "verify"])
             self.store.merge_json(move.id, updated.token, "report", {"freeze_lifted": False})
         self.store.event(move.id, step, "resumed", f"attempt {updated.attempt} from step {step}",
                          actor=actor or default_actor())

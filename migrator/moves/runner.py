@@ -16,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from migrator.config import Settings
 from migrator.db import first_line, is_transient
 from migrator.errors import InvalidMoveState, MigratorError, StaleToken
+from migrator.moves import online
 from migrator.moves import units as unit_work
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
@@ -46,7 +47,16 @@ def _preflight(ctx: MoveContext) -> None:
     ctx.store.set_fields(move.id, ctx.token, plan=plan, route_version=plan["route_version"])
 
 
-STEP_WORK = {"preflight": _preflight, "freeze": freeze, "drain": drain, "flip": flip, "unfreeze": unfreeze}
+STEP_WORK = {
+    "preflight": _preflight,
+    "capture": online.capture,
+    "catch_up": online.catch_up,
+    "freeze": freeze,
+    "drain": drain,
+    "final_delta": online.final_delta,
+    "flip": flip,
+    "unfreeze": unfreeze,
+}
 
 
 def _context(settings: Settings, store: MoveStore, move, token: str, owner: str) -> MoveContext:

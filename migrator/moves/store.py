@@ -148,7 +148,8 @@ class MoveStore:
 
     def advance(self, move_id, token: str, from_step: str) -> Move | None:
         """Compare-and-set the step forward. Only one caller wins; None for the others."""
-        nxt = wf.NEXT_STEP[from_step]
+        strategy = self.get(move_id).strategy
+        nxt = wf.next_step(strategy, from_step)
         values: dict[str, Any] = {"lease_owner": None, "lease_until": None, "step_started_at": None,
                                   "heartbeat_at": func.now()}
         if nxt is None:

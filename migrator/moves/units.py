@@ -16,7 +16,7 @@ from migrator.blobs.store import open_store, same_store
 from migrator.copy.rows import copy_range, delete_range, plan_ranges
 from migrator.errors import ChecksumMismatch
 from migrator.observability import metrics
-from migrator.verify.checksums import describe_range, range_checksum
+from migrator.verify.checksums import describe_range, range_checksum, range_checksums
 
 log = logging.getLogger(__name__)
 BLOB_PREFIX = "blobs:"
@@ -109,8 +109,7 @@ def verify_unit(ctx, unit) -> dict:
         return _verify_blobs(ctx, unit)
     spec = ctx.specs[unit.table_name]
     src, tgt = ctx.source(), ctx.target()
-    source = range_checksum(src, spec, ctx.org, unit.lo, unit.hi)
-    target = range_checksum(tgt, spec, ctx.org, unit.lo, unit.hi)
+    source, target = range_checksums(src, tgt, spec, ctx.org, unit.lo, unit.hi)  # both sides at once
     recopied = False
     if source != target:
         where = describe_range(unit.table_name, unit.lo, unit.hi)

@@ -33,13 +33,14 @@ def progress(store: MoveStore, move) -> dict:
     if move.state in (wf.COMPLETED, wf.CLEANED):
         fraction = 1.0
     else:
-        idx = wf.step_index(move.step) if move.step in wf.STEPS else 0
+        steps = wf.steps_for(move.strategy)
+        idx = steps.index(move.step) if move.step in steps else 0
         within = 0.0
         if move.step == "copy_rows" and rows_total:
             within = rows_done / rows_total
         elif move.step == "verify" and verify_units:
             within = verified / verify_units
-        fraction = (idx + within) / len(wf.STEPS)
+        fraction = (idx + within) / len(steps)
     return {
         "fraction": round(fraction, 4),
         "tables": tables,

@@ -8,6 +8,7 @@ Where each step's work lives: ``STEP_MODULES`` (read this to find the code of a 
 
 from __future__ import annotations
 
+# The frozen strategy: freeze first, then copy everything while the organization is read-only.
 STEPS: tuple[str, ...] = (
     "preflight",
     "freeze",
@@ -19,15 +20,46 @@ STEPS: tuple[str, ...] = (
     "unfreeze",
 )
 
-NEXT_STEP: dict[str, str | None] = {
-    step: (STEPS[i + 1] if i + 1 < len(STEPS) else None) for i, step in enumerate(STEPS)
-}
+# The online strategy (docs/adr/0009-online-moves.md): capture changes, copy while writable, catch
+# up until the delta is small, and only then freeze for the final delta, verification and flip.
+ONLINE_STEPS: tuple[str, ...] = (
+    "preflight",
+    "capture",
+    "copy_rows",
+    "copy_blobs",
+    "catch_up",
+    "freeze",
+    "drain",
+    "final_delta",
+    "verify",
+    "flip",
+    "unfreeze",
+)
+
+STRATEGIES: dict[str, tuple[str, ...]] = {"frozen": STEPS, "online": ONLINE_STEPS}
+ALL_STEPS: tuple[str, ...] = tuple(dict.fromkeys(ONLINE_STEPS + STEPS))
+
+
+def steps_for(strategy: str) -> tuple[str, ...]:
+    return STRATEGIES[strategy]
+
+
+def next_step(strategy: str, step: str) -> str | None:
+    steps = steps_for(strategy)
+    i = steps.index(step)
+    return steps[i + 1] if i + 1 < len(steps) else None
+
+
+NEXT_STEP: dict[str, str | None] = {step: next_step("frozen", step) for step in STEPS}
 
 FAN_OUT: frozenset[str] = frozenset({"copy_rows", "copy_blobs", "verify"})
 
 # Where the work of each step lives.
 STEP_MODULES: dict[str, str] = {
     "preflight": "migrator.moves.preflight",
+    "capture": "migrator.moves.online",
+    "catch_up": "migrator.moves.online",
+    "final_delta": "migrator.moves.online",
     "freeze": "migrator.moves.freeze",
     "drain": "migrator.moves.freeze",
     "copy_rows": "migrator.copy.rows",
@@ -49,11 +81,11 @@ TERMINAL_STATES: tuple[str, ...] = (COMPLETED, ABORTED, REJECTED, CLEANED)
 
 # Until the flip the source is authoritative and the move can be aborted; after it, the way back
 # is a move in the other direction.
-BEFORE_FLIP: frozenset[str] = frozenset(STEPS[: STEPS.index("flip")])
+BEFORE_FLIP: frozenset[str] = frozenset(ONLINE_STEPS[: ONLINE_STEPS.index("flip")])
 
 
-def step_index(step: str) -> int:
-    return STEPS.index(step)
+def step_index(step: str, strategy: str = "frozen") -> int:
+    return steps_for(strategy).index(step)
 
 
 def is_before_flip(step: str, flipped: bool) -> bool:

@@ -231,38 +231,45 @@ class Rebalancer:
         cell = alert.cell
         common = {"cell": cell, "alert_id": alert_id}
         try:
-            state = self.store.state()
-            if state.paused:
-                self.store.decide("alert_skipped", f"rebalancer is paused (by {state.changed_by or '?'}"
-                                  + (f": {state.reason}" if state.reason else "") + "): no plan made", **common)
-                return {"alert_id": alert_id, "result": "paused"}
-            refreshed = self.ensure_fresh()
-            row, plan = self.make_plan(cell, trigger="alert", alert_id=alert_id)
-            result = {"alert_id": alert_id, "plan_id": str(row.id), "status": row.status, "refreshed": refreshed,
-                      "summary": plan.summary}
-            if row.status == "applying":
-                others = [p for p in self.store.plans(cell=cell, statuses=("awaiting_approval", "applying"))
-                          if p.id != row.id]
-                for other in others:
-                    self._supersede(other, row.id, ACTOR)
-                result["applied"] = self.advance([row.id])
-            elif row.status == "awaiting_approval":
-                self.store.decide("plan_waiting", f"plan {row.id} waits for approval: "
-                                  f"migrator rebalance apply {row.id}", plan_id=row.id, **common)
-            return result
-        finally:
-            self.store.set_alert_state(alert_id, "handled")
+            result = self._handle(alert_id, cell, common)
+        except BaseException:
+            self.store.set_alert_state(alert_id, "received")  # a retry (or the tick) handles it again
+            raise
+        self.store.set_alert_state(alert_id, "handled")
+        return result
+
+    def _handle(self, alert_id: int, cell: str, common: dict) -> dict:
+        state = self.store.state()
+        if state.paused:
+            self.store.decide("alert_skipped", f"rebalancer is paused (by {state.changed_by or '?'}"
+                              + (f": {state.reason}" if state.reason else "") + "): no plan made", **common)
+            return {"alert_id": alert_id, "result": "paused"}
+        refreshed = self.ensure_fresh()
+        row, plan = self.make_plan(cell, trigger="alert", alert_id=alert_id)
+        result = {"alert_id": alert_id, "plan_id": str(row.id), "status": row.status, "refreshed": refreshed,
+                  "summary": plan.summary}
+        if row.status == "applying":
+            others = [p for p in self.store.plans(cell=cell, statuses=("awaiting_approval", "applying"))
+                      if p.id != row.id]
+            for other in others:
+                self._supersede(other, row.id, ACTOR)
+            result["applied"] = self.advance([row.id])
+        elif row.status == "awaiting_approval":
+            self.store.decide("plan_waiting", f"plan {row.id} waits for approval: "
+                              f"migrator rebalance apply {row.id}", plan_id=row.id, **common)
+        return result
 
     # ------------------------------------------------------------------ periodic
-    def tick(self, enqueue_alert=None, stale_alert_s: float = 120.0) -> dict:
-        """Beat: start pending items whose slot is free; re-enqueue alerts whose task was lost."""
+    def tick(self, enqueue_alert=None, received_s: float = 300.0, handling_s: float | None = None) -> dict:
+        """Beat: start pending items whose slot is free; re-enqueue alerts whose task was lost
+        (never claimed after ``received_s``, or claimed longer ago than the task time limit)."""
         requeued = []
         if enqueue_alert is not None:
-            for a in self.store.stale_alerts(stale_alert_s):
+            handling_s = handling_s or float(self.settings.celery.task_time_limit_s) + 60.0
+            for a in self.store.stale_alerts(received_s, handling_s):
                 enqueue_alert(a.id, a.cell)
                 requeued.append(a.id)
-                log.warning("rebalancer: alert %s (%s) had no progress for %gs: re-enqueued", a.id, a.cell,
-                            stale_alert_s)
+                log.warning("rebalancer: alert %s (%s) made no progress: re-enqueued", a.id, a.cell)
         return {"requeued_alerts": requeued, **self.advance()}
 
     # ------------------------------------------------------------------ switches

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from migrator.control.engine import control_engine, session_factory
@@ -161,13 +161,14 @@ class RebalanceStore:
                       .values(state=state, updated_at=func.now()))
             s.commit()
 
-    def stale_alerts(self, older_than_s: float) -> list[RebalanceAlert]:
-        """Alerts received (or being handled) whose task seems lost: re-enqueued by the tick."""
-        cutoff = func.now() - dt.timedelta(seconds=older_than_s)
+    def stale_alerts(self, received_s: float, handling_s: float) -> list[RebalanceAlert]:
+        """Alerts whose task seems lost (received long ago and never claimed, or claimed by a worker
+        that died long ago): handed back (state received) for the tick to re-enqueue."""
+        now, at = func.now(), RebalanceAlert.updated_at
+        lost = or_(and_(RebalanceAlert.state == "received", at < now - dt.timedelta(seconds=received_s)),
+                   and_(RebalanceAlert.state == "handling", at < now - dt.timedelta(seconds=handling_s)))
         with self.Session() as s:
-            rows = list(s.scalars(update(RebalanceAlert)
-                                  .where(RebalanceAlert.state.in_(["received", "handling"]),
-                                         RebalanceAlert.updated_at < cutoff)
+            rows = list(s.scalars(update(RebalanceAlert).where(lost)
                                   .values(state="received", updated_at=func.now()).returning(RebalanceAlert)))
             s.commit()
             return rows

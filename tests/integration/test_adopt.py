@@ -96,17 +96,24 @@ def test_adopt_checks_sequences_changes_nothing_twice_and_uninstall_restores_eve
         conn.execute("DELETE FROM tenants WHERE tenant_id = %s", (tenant,))
 
     # Again: nothing changes anywhere.
+    installed = {cell: storefront.schema_snapshot(dsn) for cell, dsn in f.cell_dsns.items()}
+    assert all(installed[cell] != before[cell] for cell in f.cell_dsns)  # (so the final comparison means something)
     again = {r["cell"]: r for r in run_json("cells", "init")}
     for r in again.values():
         assert not r["guard_installed"] and not r["namespace_created"] and r["sequences_set"] == 0
     assert run_cli("schema", "check").exit_code == 0
+    assert {cell: storefront.schema_snapshot(dsn) for cell, dsn in f.cell_dsns.items()} == installed
 
-    # The application sees the migrator only as a schema of its own and two triggers per table.
+    # The application sees the migrator only as a schema of its own and triggers on its organization tables,
+    # each calling a function of that schema.
     with psycopg.connect(f.cell_dsns["cell-1"]) as conn:
         schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname !~ '^(pg_|information)'")}
         assert schemas == {"public", "migrator"}
-        triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgparentid = 0").fetchone()
-        assert triggers[0] == 2 * len(storefront.ORG_TABLES)
+        triggers = conn.execute(
+            "SELECT c.relname, p.pronamespace::regnamespace::text FROM pg_trigger t JOIN pg_class c ON c.oid = tgrelid "
+            "JOIN pg_proc p ON p.oid = t.tgfoid WHERE NOT t.tgisinternal AND t.tgparentid = 0").fetchall()
+        assert {table for table, _ in triggers} == set(storefront.ORG_TABLES)
+        assert {fn_schema for _, fn_schema in triggers} == {"migrator"}
 
     # Uninstall is refused while an organization is frozen (a move would lose its guard).
     with psycopg.connect(f.cell_dsns["cell-1"], autocommit=True) as conn:
@@ -115,9 +122,17 @@ def test_adopt_checks_sequences_changes_nothing_twice_and_uninstall_restores_eve
         assert result.exit_code == 1 and "frozen" in result.output
         unfreeze_org(conn, 1)
 
+    # ... and while an object of the application depends on the migrator's schema (it would go with it).
+    with psycopg.connect(f.cell_dsns["cell-2"], autocommit=True) as conn:
+        conn.execute("CREATE VIEW public.frozen_view AS SELECT organization_id FROM migrator.frozen_orgs")
+        result = run_cli("cells", "uninstall", "--cell", "cell-2")
+        assert result.exit_code == 1 and "view frozen_view" in result.output, result.output
+        assert conn.execute("SELECT to_regclass('migrator.frozen_orgs')").fetchone()[0] is not None
+        conn.execute("DROP VIEW public.frozen_view")
+
     removed = {r["cell"]: r for r in run_json("cells", "uninstall")}
     assert set(removed["cell-3"]["sequences_restored"]) == set(outside)
-    assert all("schema migrator" in r["removed"] for r in removed.values())
+    assert all(any(r.startswith("schema migrator") for r in done["removed"]) for done in removed.values())
     after = {cell: storefront.schema_snapshot(dsn) for cell, dsn in f.cell_dsns.items()}
     for cell in f.cell_dsns:
         assert after[cell]["catalog"] == before[cell]["catalog"], cell
@@ -208,3 +223,19 @@ def test_preflight_names_a_missing_table_and_a_missing_column_and_refuses(adopte
                                                 for p in report["cell-3"]["problems"]}
     with psycopg.connect(f.cell_dsns["cell-1"]) as conn:  # nothing was frozen or changed
         assert conn.execute("SELECT count(*) FROM migrator.frozen_orgs").fetchone()[0] == 0
+
+
+def test_a_schema_named_migrator_of_the_application_is_never_taken_over(scratch_db):
+    from migrator.cells.provision import claim_namespace, namespace_state
+    from migrator.cells.uninstall import uninstall_cell
+    from migrator.errors import MigratorError
+
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA migrator")
+        assert namespace_state(conn) == "ours"  # empty: nothing of anyone's
+        conn.execute("CREATE TABLE migrator.jobs (id int)")
+        assert namespace_state(conn) == "foreign"
+        with pytest.raises(MigratorError, match="table jobs"):
+            claim_namespace(conn, "cell-9")
+        assert uninstall_cell(conn, cell="cell-9")["removed"] == []
+        assert conn.execute("SELECT to_regclass('migrator.jobs')").fetchone()[0] is not None

@@ -23,6 +23,9 @@ from tests.support.processes import BIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
+# A smaller demo where the size does not matter (the README's default size runs in the first test).
+SMALL = ("--orgs", "2", "--rows", "1000", "--blobs", "3")
+
 
 def demo_env() -> dict[str, str]:
     """No MIGRATOR_* and no libpq/Redis defaults of this machine; guards that lead nowhere instead."""
@@ -124,7 +127,7 @@ def test_crashed_demo_and_stale_files_do_not_block_the_next(tmp_path):
         # 1. A demo that crashes (SIGKILL) while its fleet is serving.
         log = root.parent / "crashed.log"
         with open(log, "w") as fh:
-            crashed = subprocess.Popen([str(BIN / "migrator"), "demo", "--dir", str(root)], env=demo_env(),
+            crashed = subprocess.Popen([str(BIN / "migrator"), "demo", "--dir", str(root), *SMALL], env=demo_env(),
                                        cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 120
         while "Ctrl-C stops it" not in log.read_text():
@@ -146,7 +149,7 @@ def test_crashed_demo_and_stale_files_do_not_block_the_next(tmp_path):
         (root / "state.json").write_text(json.dumps(state))
 
         # 2. The next demo stops the orphans, ignores the stale files, and completes.
-        result = run_demo(root, "--exit")
+        result = run_demo(root, "--exit", *SMALL)
         out = result.stdout + result.stderr
         assert result.returncode == 0, out
         assert "left running by an earlier demo" in out
@@ -159,7 +162,7 @@ def test_crashed_demo_and_stale_files_do_not_block_the_next(tmp_path):
         (pgdata / "postmaster.pid").write_text(
             f"{bystander.pid}\n{pgdata}\n1700000000\n5432\n{pgdata}\n\n  0 0\nready   \n")
         (pgdata / ".s.PGSQL.5432.lock").write_text(f"{bystander.pid}\n{pgdata}\n1700000000\n5432\n{pgdata}\n")
-        result = run_demo(root, "--exit", "--json", "--orgs", "2", "--rows", "1000", "--blobs", "3")
+        result = run_demo(root, "--exit", "--json", *SMALL)
         assert result.returncode == 0, result.stdout + result.stderr
         report = json.loads(result.stdout)
         assert report["ok"] and report["verified"] and report["state"] == "completed"
@@ -178,3 +181,20 @@ def test_crashed_demo_and_stale_files_do_not_block_the_next(tmp_path):
         from migrator.demo.processes import find_demo_processes, stop_all
 
         stop_all(find_demo_processes(root))
+
+
+def test_missing_embedded_package_is_one_clear_message(tmp_path, monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from migrator.cli.main import app
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **kw: None if name == "pgserver" else real_find_spec(name, *a, **kw))
+    result = CliRunner().invoke(app, ["demo", "--exit", "--dir", str(tmp_path / "demo")])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "needs the Python package 'pgserver'" in out and "pip install pgserver" in out, out
+    assert not (tmp_path / "demo").exists()  # nothing started, nothing written

@@ -147,7 +147,11 @@ def fleets(draw, max_orgs=6, max_targets=3):
         b, k = draw(st.integers(0, 200)), draw(st.integers(0, 10))
         cells.append(CellLoad(f"t{t}", b, k, th(b, k, (-20, 120), (-1, 5)), accepts=draw(st.integers(0, 5)) > 0))
     max_window = draw(st.one_of(st.none(), st.none(), st.floats(1, 100, allow_nan=False)))
-    return cells, orgs, max_window
+    # Moves under way (organizations not among the candidates), between any two cells.
+    names = [c.name for c in cells]
+    flight = [InFlight(1000 + k, *draw(st.lists(st.sampled_from(names), min_size=2, max_size=2, unique=True)),
+                       draw(st.integers(0, 40))) for k in range(draw(st.integers(0, 2)))]
+    return cells, orgs, max_window, flight
 
 
 def _eligible(org, max_window):
@@ -172,10 +176,10 @@ def _fits(cells_by, loads, name, add_b, add_n):
         (t.high_orgs is None or loads[name][1] + add_n <= t.high_orgs)
 
 
-def brute_force_min_bytes(cells, orgs, max_window, max_moves):
+def brute_force_min_bytes(cells, orgs, max_window, max_moves, flight=()):
     """The fewest bytes of any assignment reaching low water, or None (all (T+1)^n assignments)."""
     by = {c.name: c for c in cells}
-    loads = projected(cells, [])
+    loads = projected(cells, flight)
     cands = [o for o in orgs if _eligible(o, max_window)]
     targets = [c.name for c in cells if c.name != "hot"]
     best = None
@@ -192,16 +196,16 @@ def brute_force_min_bytes(cells, orgs, max_window, max_moves):
     return best
 
 
-PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY_SETTINGS
 @given(fleets(), st.integers(1, 6))
 def test_properties_against_brute_force(fleet, max_moves):
-    cells, orgs, max_window = fleet
+    cells, orgs, max_window, flight = fleet
     by = {c.name: c for c in cells}
-    plan = plan_cell("hot", cells, orgs, max_moves=max_moves, max_window_s=max_window)
-    loads = projected(cells, [])
+    plan = plan_cell("hot", cells, orgs, max_moves=max_moves, max_window_s=max_window, in_flight=flight)
+    loads = projected(cells, flight)
 
     # Never picks a pinned, cooling-down or moving organization, nor one over the window limit; each once.
     picked = {i.organization_id for i in plan.items}
@@ -215,7 +219,7 @@ def test_properties_against_brute_force(fleet, max_moves):
         mine = [i for i in plan.items if i.target == t]
         assert _fits(by, loads, t, sum(i.bytes for i in mine), len(mine))
     # Reaches low water whenever any plan could, with the fewest bytes.
-    best = brute_force_min_bytes(cells, orgs, max_window, max_moves)
+    best = brute_force_min_bytes(cells, orgs, max_window, max_moves, flight)
     moved_b = sum(i.bytes for i in plan.items)
     reached = _reaches(loads["hot"], by["hot"].thresholds, moved_b, len(plan.items))
     assert plan.reaches_low_water == (best is not None)
@@ -230,11 +234,12 @@ def test_properties_against_brute_force(fleet, max_moves):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fleets(max_orgs=40, max_targets=5), st.integers(1, 40))
 def test_always_terminates_and_stays_safe_on_bigger_fleets(fleet, max_moves):
-    cells, orgs, max_window = fleet
+    cells, orgs, max_window, flight = fleet
     by = {c.name: c for c in cells}
-    loads = projected(cells, [])
+    loads = projected(cells, flight)
     started = time.monotonic()
-    plan = plan_cell("hot", cells, orgs, max_moves=max_moves, max_window_s=max_window, node_budget=20_000)
+    plan = plan_cell("hot", cells, orgs, max_moves=max_moves, max_window_s=max_window, node_budget=20_000,
+                     in_flight=flight)
     assert time.monotonic() - started < 10
     for t in {i.target for i in plan.items}:
         mine = [i for i in plan.items if i.target == t]

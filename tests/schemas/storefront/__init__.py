@@ -21,7 +21,7 @@ SCHEMA_SQL = HERE / "schema.sql"
 DATA_SQL = HERE / "data.sql"
 DICTIONARY = HERE / "dictionary.yaml"
 
-ORG_TABLES = ("tenants", "accounts", "stores", "customers", "orders", "line_items", "notes", "attachments",
+ORG_TABLES = ("tenants", "accounts", "api_keys", "stores", "customers", "orders", "line_items", "notes", "attachments",
               "activity")
 
 
@@ -71,12 +71,12 @@ _CATALOG = """
 SELECT 'namespace', n.nspname, coalesce(obj_description(n.oid, 'pg_namespace'), '')
   FROM pg_namespace n WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
 UNION ALL
-SELECT 'relation', n.nspname || '.' || c.relname, c.relkind || ' ' || coalesce(array_to_string(c.relacl, ','), '')
+SELECT 'relation', n.nspname || '.' || c.relname, c.relkind::text || ' ' || coalesce(array_to_string(c.relacl, ','), '')
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
 UNION ALL
 SELECT 'column', n.nspname || '.' || c.relname || '.' || a.attname,
-       format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull || ' ' || a.attidentity || ' ' || a.attgenerated
+       format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull || ' ' || a.attidentity::text || ' ' || a.attgenerated::text
        || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -86,11 +86,11 @@ SELECT 'constraint', n.nspname || '.' || c.relname || '.' || con.conname, pg_get
   FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
 UNION ALL
-SELECT 'trigger', c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid) || ' ' || t.tgenabled
+SELECT 'trigger', c.relname || '.' || t.tgname, pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal
 UNION ALL
 SELECT 'function', n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
-       md5(p.prosrc) || ' ' || p.prosecdef || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
+       md5(p.prosrc) || ' ' || p.prosecdef::text || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
 UNION ALL
@@ -115,5 +115,7 @@ def schema_snapshot(dsn: str) -> dict[str, object]:
         out = subprocess.run([pg_dump, "--schema-only", "--no-owner", "--dbname", dsn], capture_output=True,
                              text=True, timeout=60)
         if out.returncode == 0:  # an older pg_dump than the server refuses: the catalog listing remains
-            snapshot["pg_dump"] = out.stdout
+            # \restrict / \unrestrict lines carry a random key per dump (pg_dump since 2025's minor releases)
+            snapshot["pg_dump"] = "\n".join(line for line in out.stdout.splitlines()
+                                            if not line.startswith(("\\restrict", "\\unrestrict")))
     return snapshot

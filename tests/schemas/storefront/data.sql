@@ -47,6 +47,12 @@ SELECT md5('account:' || t.tenant_id || ':' || g)::uuid,
        CASE g % 3 WHEN 0 THEN NULL WHEN 1 THEN interval '1 hour 30 minutes' ELSE interval '2 days -3 seconds' END
 FROM tenants t, generate_series(1, 5) AS g;
 
+INSERT INTO api_keys (key_digest, account_id, label, scopes, expires_at)
+SELECT sha256(convert_to('api-key:' || a.account_id || ':' || g, 'UTF8')), a.account_id,
+       CASE WHEN g = 1 THEN 'CI' END, ARRAY['read', CASE WHEN g = 2 THEN 'write' END],
+       CASE WHEN g = 2 THEN timestamptz '2030-01-01 00:00:00+00' END
+FROM accounts a, generate_series(1, 2) AS g;
+
 INSERT INTO stores (store_handle, tenant_id, name, currency, opened_on, tax_rate, logo)
 SELECT 't' || t.tenant_id || '-store-' || g,
        t.tenant_id,

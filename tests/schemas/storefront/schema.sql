@@ -8,6 +8,7 @@
 -- Shape (-> is the sharding key, leading to the tenant):
 --   tenants                          root; key tenant_id, GENERATED ALWAYS identity
 --     accounts.tenant_id             users of a tenant; uuid key; a generated column
+--       api_keys.account_id          bytea key (the digest of the key); sharding key through a uuid
 --     stores.tenant_id               text key (the store's handle)
 --       customers.store_handle       two hops
 --         orders.customer_id         three hops; identity ALWAYS key; enums, arrays, interval, inet
@@ -67,6 +68,15 @@ CREATE TABLE accounts (
     session_timeout interval,
     UNIQUE (tenant_id, email)
 );
+
+CREATE TABLE api_keys (
+    key_digest      bytea PRIMARY KEY,
+    account_id      uuid NOT NULL REFERENCES accounts ON DELETE CASCADE,
+    label           text,
+    scopes          text[],
+    expires_at      timestamptz
+);
+CREATE INDEX api_keys_account_id ON api_keys (account_id);
 
 CREATE TABLE stores (
     store_handle    text PRIMARY KEY,

@@ -1,0 +1,172 @@
+"""Change capture for online moves (docs/adr/0009-online-moves.md).
+
+An AFTER ROW trigger on every organization table logs the primary key of each row an INSERT,
+UPDATE or DELETE touches (old and new key) into ``migrator.change_log``, but only for organizations
+listed in ``migrator.captures``: with no capture running, the trigger returns after one cheap
+``EXISTS``. The log holds keys only; a catch-up round re-reads those keys' current rows from the
+source, so replaying a key twice, or in any order, gives the same result. The log lives in the
+migrator's own schema, is written in the writer's transaction (a rolled-back write logs nothing)
+and is deleted with its capture.
+
+A row whose organization cannot be resolved any more (a child deleted by ON DELETE CASCADE after
+its parent) is logged with a NULL capture: every running capture of the cell considers such keys.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from migrator.cells.introspect import LiveSchema
+from migrator.dictionary import Dictionary
+
+SCHEMA = "migrator"
+TRIGGER = "migrator_change_capture"
+LOG_FUNCTION = "capture_log"
+_LOCK_KEY = 7242001
+
+_BASE_DDL = """
+CREATE SCHEMA IF NOT EXISTS migrator;
+CREATE TABLE IF NOT EXISTS migrator.captures (
+    organization_id bigint PRIMARY KEY,
+    capture_id text NOT NULL UNIQUE,
+    move_id text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS migrator.change_log (
+    id bigserial PRIMARY KEY,
+    capture_id text,
+    table_name text NOT NULL,
+    pk jsonb NOT NULL,
+    logged_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS change_log_capture ON migrator.change_log (capture_id, id);
+GRANT USAGE ON SCHEMA migrator TO PUBLIC;
+GRANT SELECT ON migrator.captures TO PUBLIC;
+CREATE OR REPLACE FUNCTION migrator.capture_log(org bigint, tbl text, key jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, migrator AS $fn$
+DECLARE
+    cap text;
+BEGIN
+    IF org IS NULL THEN
+        INSERT INTO migrator.change_log (capture_id, table_name, pk) VALUES (NULL, tbl, key);
+        RETURN;
+    END IF;
+    SELECT c.capture_id INTO cap FROM migrator.captures c WHERE c.organization_id = org;
+    IF cap IS NOT NULL THEN
+        INSERT INTO migrator.change_log (capture_id, table_name, pk) VALUES (cap, tbl, key);
+    END IF;
+END
+$fn$;
+"""
+
+
+def function_name(table: str) -> str:
+    return f"capture_{table}"[:63]
+
+
+def _key_json(live: LiveSchema, table: str, rowvar: str) -> sql.Composable:
+    cols = live.tables[table].primary_key
+    return sql.SQL("jsonb_build_array({})").format(
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(rowvar), sql.Identifier(c)) for c in cols))
+
+
+def function_body(dictionary: Dictionary, live: LiveSchema, table: str) -> sql.Composable:
+    return sql.SQL("""
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM migrator.captures) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM migrator.capture_log({old_org}, TG_TABLE_NAME::text, {old_key});
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND {new_key} IS DISTINCT FROM {old_key}) THEN
+        PERFORM migrator.capture_log({new_org}, TG_TABLE_NAME::text, {new_key});
+    END IF;
+    RETURN NULL;
+END
+""").format(old_org=dictionary.org_of_row_sql(table, live, "OLD"),
+            new_org=dictionary.org_of_row_sql(table, live, "NEW"),
+            old_key=_key_json(live, table, "OLD"), new_key=_key_json(live, table, "NEW"))
+
+
+def install_capture(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSchema) -> list[str]:
+    """Create (or replace) the change-capture triggers on every organization table. Idempotent."""
+    installed = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(_BASE_DDL)
+        for table in dictionary.org_tables():
+            if table not in live.tables:
+                continue
+            fn = sql.Identifier(SCHEMA, function_name(table))
+            body = function_body(dictionary, live, table).as_string(conn)
+            conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+                fn, sql.Literal(body)))
+            target = sql.Identifier(live.schema, table)
+            exists = conn.execute("SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = %s::regclass",
+                                  (TRIGGER, target.as_string(conn))).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW "
+                                     "EXECUTE FUNCTION {}()").format(sql.Identifier(TRIGGER), target, fn))
+            installed.append(table)
+    return installed
+
+
+def uninstall_capture(conn: psycopg.Connection, dictionary: Dictionary, schema: str = "public") -> None:
+    with conn.transaction():
+        for table in dictionary.org_tables():
+            exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, table).as_string(conn),)).fetchone()
+            if exists and exists[0]:
+                conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                    sql.Identifier(TRIGGER), sql.Identifier(schema, table)))
+            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(SCHEMA, function_name(table))))
+        conn.execute("DROP TABLE IF EXISTS migrator.change_log, migrator.captures")
+        conn.execute("DROP FUNCTION IF EXISTS migrator.capture_log(bigint, text, jsonb)")
+
+
+def start_capture(conn: psycopg.Connection, org: int, capture_id: str, move_id: str) -> None:
+    """Start logging the organization's changes (idempotent for the same capture)."""
+    with conn.transaction():
+        row = conn.execute("SELECT capture_id FROM migrator.captures WHERE organization_id = %s", (org,)).fetchone()
+        if row and row[0] != capture_id:
+            raise psycopg.errors.UniqueViolation(
+                f"organization {org} is already captured by {row[0]}")
+        if not row:
+            conn.execute("INSERT INTO migrator.captures (organization_id, capture_id, move_id) VALUES (%s, %s, %s)",
+                         (org, capture_id, move_id))
+
+
+def stop_capture(conn: psycopg.Connection, capture_id: str) -> int:
+    """Stop a capture and delete its log (and unattributed entries no other capture still needs)."""
+    with conn.transaction():
+        conn.execute("DELETE FROM migrator.captures WHERE capture_id = %s", (capture_id,))
+        deleted = conn.execute("DELETE FROM migrator.change_log WHERE capture_id = %s", (capture_id,)).rowcount
+        others = conn.execute("SELECT min(id) FROM migrator.change_log WHERE capture_id IS NOT NULL").fetchone()[0]
+        if not conn.execute("SELECT EXISTS (SELECT 1 FROM migrator.captures)").fetchone()[0]:
+            deleted += conn.execute("DELETE FROM migrator.change_log WHERE capture_id IS NULL").rowcount
+        elif others is not None:
+            deleted += conn.execute("DELETE FROM migrator.change_log WHERE capture_id IS NULL AND id < %s",
+                                    (others,)).rowcount
+    return deleted
+
+
+def captures(conn: psycopg.Connection) -> list[dict]:
+    if not conn.execute("SELECT to_regclass('migrator.captures') IS NOT NULL").fetchone()[0]:
+        return []
+    rows = conn.execute("SELECT organization_id, capture_id, move_id, started_at FROM migrator.captures").fetchall()
+    return [{"organization_id": r[0], "capture_id": r[1], "move_id": r[2], "started_at": r[3]} for r in rows]
+
+
+def log_head(conn: psycopg.Connection, capture_id: str) -> int:
+    """The newest log entry this capture must consider (its own and unattributed ones)."""
+    return int(conn.execute(
+        "SELECT coalesce(max(id), 0) FROM migrator.change_log WHERE capture_id = %s OR capture_id IS NULL",
+        (capture_id,)).fetchone()[0])
+
+
+def pending_keys(conn: psycopg.Connection, capture_id: str, after: int, upto: int) -> int:
+    return int(conn.execute(
+        "SELECT count(*) FROM (SELECT DISTINCT table_name, pk FROM migrator.change_log "
+        "WHERE (capture_id = %s OR capture_id IS NULL) AND id > %s AND id <= %s) d",
+        (capture_id, after, upto)).fetchone()[0])

@@ -1,0 +1,216 @@
+"""deploy/Procfile brings up a whole system with honcho, a move completes on it, and stopping honcho
+leaves no process behind.
+
+Against a test fleet (fresh databases, a private redis-server): the env file is deploy/.env.example
+with the ports and the config changed. Every process honcho starts inherits a marker variable, so
+the processes left after the stop are found in /proc whatever their parent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.fleet import make_fleet
+from tests.support.moves import migrator
+from tests.support.processes import BIN, ROOT, RedisServer, base_env, free_port, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+PROCFILE = ROOT / "deploy" / "Procfile"
+ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
+TOKEN = "procfile-test-token-0123456789"
+FLOWER_AUTH = ("ops", "procfile-pw")
+EXPECTED = {"topology", "api", "worker_control", "worker_rows", "worker_blobs", "beat", "flower", "exporter"}
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _sample(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if (head == name or head.startswith(name + "{")) and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def _env_file(path: Path, overrides: dict[str, str]) -> dict[str, str]:
+    """deploy/.env.example with ``overrides``: every key the example sets must still be set."""
+    keys = []
+    lines = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        key = line.split("=", 1)[0] if "=" in line and not line.startswith("#") else None
+        if key in overrides:
+            line = f"{key}={overrides[key]}"
+        if key:
+            keys.append(key)
+        lines.append(line)
+    missing = set(overrides) - set(keys)
+    lines += [f"{k}={overrides[k]}" for k in sorted(missing)]
+    path.write_text("\n".join(lines) + "\n")
+    return dict(overrides)
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries ``marker`` (all descendants of honcho)."""
+    needle = f"CM_DEPLOY_TEST_MARK={marker}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return pids
+
+
+def _stat_state(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "gone"
+
+
+def test_procfile_lists_the_processes():
+    names = {line.split(":", 1)[0] for line in PROCFILE.read_text().splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert names == EXPECTED
+
+
+def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
+    started = time.monotonic()
+    redis = RedisServer(tmp_path / "redis").start()
+    fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url)
+    marker = uuid.uuid4().hex
+    honcho = None
+    log_path = tmp_path / "honcho.log"
+    try:
+        ports = {name: free_port() for name in ("api", "flower", "exporter", "control", "rows", "blobs")}
+        _env_file(tmp_path / "deploy.env", {
+            "MIGRATOR_CONFIG": str(fleet.config_path),
+            "MIGRATOR_API__TOKEN": TOKEN,
+            "MIGRATOR_API__LISTEN_PORT": str(ports["api"]),
+            "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+            "FLOWER_PORT": str(ports["flower"]),
+            "EXPORTER_PORT": str(ports["exporter"]),
+            "WORKER_CONTROL_METRICS_PORT": str(ports["control"]),
+            "WORKER_ROWS_METRICS_PORT": str(ports["rows"]),
+            "WORKER_BLOBS_METRICS_PORT": str(ports["blobs"]),
+            "WORKER_ROWS_CONCURRENCY": "2",
+            "BEAT_SCHEDULE": str(tmp_path / "celerybeat-schedule"),
+        })
+        env = base_env(fleet.config_path)
+        env["CM_DEPLOY_TEST_MARK"] = marker
+        with open(log_path, "wb") as log:
+            honcho = subprocess.Popen([str(BIN / "honcho"), "start", "-f", str(PROCFILE), "-e",
+                                       str(tmp_path / "deploy.env"), "--no-colour"],
+                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up(url, ok=(200,), headers=None):
+            def check():
+                if honcho.poll() is not None:
+                    raise RuntimeError(f"honcho exited {honcho.returncode}:\n{log_path.read_text()[-4000:]}")
+                return _get(url, headers)[0] in ok
+            return check
+
+        host, port = fleet.topology_listen.rsplit(":", 1)
+        wait_for(up(f"http://127.0.0.1:{ports['api']}/healthz"), timeout=40, what="the API's /healthz")
+        for queue in ("control", "rows", "blobs"):
+            wait_for(up(f"http://127.0.0.1:{ports[queue]}/metrics"), timeout=40, what=f"worker_{queue} metrics")
+        wait_for(up(f"http://127.0.0.1:{ports['exporter']}/metrics"), timeout=20, what="the exporter")
+        wait_for(up(f"http://127.0.0.1:{ports['flower']}/api/workers", ok=(401,)), timeout=30, what="flower")
+        wait_for(lambda: "beat: Starting" in log_path.read_text(), timeout=20, what="celery beat")
+
+        # The operator's commands, as in docs/deploy.md.
+        result = migrator(fleet, "cells", "init", timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        result = migrator(fleet, "seed", "--cell", "cell-1", "--orgs", "1", "--rows", "1500", "--blobs", "6",
+                          "--no-skew", "--seed", "3", "--json", timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        [org] = json.loads(result.stdout)["organizations"]
+        result = migrator(fleet, "move", "--org", str(org["organization_id"]), "--to", "cell-2", "--wait", "--json",
+                          "--reason", "deploy/Procfile test", timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr + log_path.read_text()[-4000:]
+        move = json.loads(result.stdout)
+        assert move["state"] == "completed"
+
+        # Each queue was served by its own worker: row units on rows, blob units on blobs.
+        metrics = {q: _get(f"http://127.0.0.1:{ports[q]}/metrics")[1] for q in ("control", "rows", "blobs")}
+        assert _sample(metrics["rows"], "migrator_rows_copied_total") == org["rows"]
+        assert _sample(metrics["control"], "migrator_rows_copied_total") == 0
+        assert _sample(metrics["blobs"], "migrator_blob_bytes_copied_total") > 0
+        assert _sample(metrics["control"], "migrator_steps_total", step="flip", outcome="done") >= 1 or \
+            _sample(metrics["control"], "migrator_step_duration_seconds_count", step="flip") >= 1
+        exporter = _get(f"http://127.0.0.1:{ports['exporter']}/metrics")[1]
+        assert _sample(exporter, "migrator_moves", state="completed") == 1
+        status, body = _get(f"http://127.0.0.1:{ports['api']}/v1/moves/{move['id']}",
+                            {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and json.loads(body)["state"] == "completed"
+        auth = "Basic " + base64.b64encode(":".join(FLOWER_AUTH).encode()).decode()
+        def flower_tasks():
+            status, body = _get(f"http://127.0.0.1:{ports['flower']}/api/tasks", {"Authorization": auth})
+            assert status == 200, body
+            tasks = {t.get("name"): str(t.get("worker")).split("@")[0] for t in json.loads(body).values()}
+            return tasks if "migrator.unfreeze" in tasks else None
+
+        ran_on = wait_for(flower_tasks, timeout=10, what="the move's tasks in Flower")
+        assert ran_on.get("migrator.flip") == "control", ran_on
+        assert ran_on.get("migrator.copy_rows_unit") == "rows", ran_on
+        assert ran_on.get("migrator.copy_blobs_unit") == "blobs", ran_on
+        assert honcho.poll() is None, "a process of the Procfile exited:\n" + log_path.read_text()[-4000:]
+        running = _marked_pids(marker)
+
+        # Stop: honcho terminates every process group it started.
+        honcho.send_signal(signal.SIGTERM)
+        honcho.wait(30)
+        wait_for(lambda: not [p for p in _marked_pids(marker) if _stat_state(p) not in ("Z", "gone")], timeout=15,
+                 what="every process started by honcho to exit")
+        assert len(running) >= len(EXPECTED)
+        assert time.monotonic() - started < 60, f"took {time.monotonic() - started:.1f} s"
+    finally:
+        if honcho is not None and honcho.poll() is None:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+        for pid in _marked_pids(marker):  # only processes this test started (they carry its marker)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        redis.stop()
+        fleet.drop()
+
+
+def test_env_example_and_config_are_consistent():
+    """The example env file points at the example config, which loads."""
+    env = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+               if line and not line.startswith("#") and "=" in line)
+    assert env["MIGRATOR_CONFIG"] == "deploy/migrator.example.yaml"
+    assert len(env["MIGRATOR_API__TOKEN"]) >= 16
+    ports = [env[k] for k in env if k.endswith("_PORT")]
+    assert len(ports) == len(set(ports)), ports
+    from migrator.config import load_settings
+
+    settings = load_settings(ROOT / env["MIGRATOR_CONFIG"])
+    assert settings.api.listen_port not in {int(p) for p in ports}
+    assert yaml.safe_load((ROOT / env["MIGRATOR_CONFIG"]).read_text())["celery"]["queue_prefix"] == ""
