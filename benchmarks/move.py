@@ -126,6 +126,41 @@ def raw_checksum(source_dsn: str, scratch_dsn: str, org: int) -> dict:
             "both_sides_at_once_s": round(both, 3)}
 
 
+def _mean(values) -> float:
+    values = list(values)
+    return round(sum(values) / len(values), 3)
+
+
+def raw_baselines(source_dsn: str, scratch_dsn: str, org: int) -> dict:
+    """Raw copy then raw checksum, each after a CHECKPOINT (no phase pays for the previous one's writes)."""
+    checkpoint()
+    copy = raw_copy(source_dsn, scratch_dsn, org)
+    checkpoint()
+    cksum = raw_checksum(source_dsn, scratch_dsn, org)
+    checkpoint()
+    return {"copy": copy, "checksum": cksum}
+
+
+def _org_tables(conn) -> list[str]:
+    from migrator.config import get_settings
+    from migrator.dictionary import load_dictionary
+
+    return load_dictionary(get_settings().dictionary_file()).org_tables()
+
+
+def quiet_autovacuum(dsn: str) -> None:
+    """No autovacuum on the organization tables of a scratch or target cell: a background vacuum of the
+    rows one phase wrote must not land in the next phase's timing (the source is vacuumed once)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in _org_tables(conn):
+            conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = off)").format(sql.Identifier(table)))
+
+
+def truncate_org_tables(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(t) for t in _org_tables(conn))))
+
+
 # ----------------------------------------------------------------------------- the move
 def _probe_lines(path: Path, move_id: str) -> list[dict]:
     if not path.exists():
@@ -262,6 +297,10 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
         "verify": {"s": verify_s, "ok": report.get("verification", {}).get("ok"),
                    "overhead": overhead("verify", verify_s, verify_units, "checksum_s")},
         "memory": mem.result(),
+        "unit_tasks": [{"task": t["task"].split(".")[-1], "unit": t["unit"], "pid": t["pid"],
+                        "start": round(t["start"] - t0, 3), "wall_s": round(t["end"] - t["start"], 4),
+                        "data_s": round(t["copy_s"] + t["checksum_s"] - t["checkpoint_s"], 4)}
+                       for t in sorted(tasks, key=lambda t: t["start"])],
     }
 
 
@@ -287,16 +326,24 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
         print(f"[{workers} worker(s)] seeded organization {org.organization_id}: {org.rows} rows, "
               f"{org.blobs} blobs in {seed_s:.1f}s", file=sys.stderr, flush=True)
         oid = org.organization_id
-        checkpoint()
-        raw = {"copy": raw_copy(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)}
-        checkpoint()
-        raw["checksum"] = raw_checksum(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)
-        checkpoint()
-        print(f"[{workers} worker(s)] raw copy {raw['copy']['s']}s, raw checksum {raw['checksum']['s']}s",
+        for cell in ("cell-2", "cell-3"):
+            quiet_autovacuum(fleet.cell_dsns[cell])
+        raws = [raw_baselines(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)]
+        print(f"[{workers} worker(s)] raw copy {raws[0]['copy']['s']}s, raw checksum {raws[0]['checksum']['s']}s",
               file=sys.stderr, flush=True)
         move = run_move(fleet, oid, "cell-3", workers, probe_file, timeout=args.timeout, py_spy=args.py_spy)
         print(f"[{workers} worker(s)] move {move['total_s']}s, write window {move['write_window_s']}s",
               file=sys.stderr, flush=True)
+        truncate_org_tables(fleet.cell_dsns["cell-2"])
+        raws.append(raw_baselines(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid))
+        print(f"[{workers} worker(s)] raw again: copy {raws[1]['copy']['s']}s, checksum {raws[1]['checksum']['s']}s",
+              file=sys.stderr, flush=True)
+        raw = {"copy": {**raws[0]["copy"], "s": _mean(r["copy"]["s"] for r in raws),
+                        "runs_s": [r["copy"]["s"] for r in raws]},
+               "checksum": {key: _mean(r["checksum"][key] for r in raws) for key in raws[0]["checksum"]}}
+        raw["checksum"]["runs_s"] = [r["checksum"]["s"] for r in raws]
+        raw["copy"]["rows_per_s"] = round(raw["copy"]["rows"] / raw["copy"]["s"])
+        raw["copy"]["mb_per_s"] = round(raw["copy"]["bytes"] / raw["copy"]["s"] / 1e6, 1)
         settings_used = fleet.settings().moves
     rc, rk = raw["copy"]["s"], raw["checksum"]["s"]
     ratios = {
@@ -334,9 +381,13 @@ def table(result: dict) -> str:
 
     lines = [row("", cols), row("rows / blobs", [f"{r['rows']:,} / {r['blobs']}" for r in runs]),
              row("batch_rows / chunk_rows", [f"{r['batch_rows']:,} / {r['chunk_rows']:,}" for r in runs]),
-             row("raw copy (s)", [f(r["raw"]["copy"]["s"]) for r in runs]),
+             row("raw copy (s), mean of before/after", [f(r["raw"]["copy"]["s"]) for r in runs]),
+             row("raw copy before / after the move (s)",
+                 [" / ".join(f"{x:.2f}" for x in r["raw"]["copy"]["runs_s"]) for r in runs]),
              row("raw copy rows/s", [f(r["raw"]["copy"]["rows_per_s"]) for r in runs]),
              row("raw checksum, src+tgt (s)", [f(r["raw"]["checksum"]["s"]) for r in runs]),
+             row("raw checksum before / after (s)",
+                 [" / ".join(f"{x:.2f}" for x in r["raw"]["checksum"]["runs_s"]) for r in runs]),
              row("raw checksum, both at once (s)", [f(r["raw"]["checksum"]["both_sides_at_once_s"]) for r in runs]),
              row("move total (s)", [f(r["move"]["total_s"]) for r in runs])]
     for step in STEPS:

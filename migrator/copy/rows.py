@@ -1,18 +1,22 @@
 """copy_rows: the organization's rows, table by table, range by range, batch by batch.
 
-A unit's key range is cut into batches of ``batch_rows`` of the organization's rows by one query on
-the source (every n-th key, in key order). A batch is the key range ``(a, b]``:
+A batch is a key range ``(a, b]`` of one table:
 ``COPY (SELECT … WHERE <org predicate> AND (pk) > a AND (pk) <= b) TO STDOUT (FORMAT BINARY)`` on
-the source streamed straight into ``COPY … FROM STDIN (FORMAT BINARY)`` on the target, in one
+the source, streamed straight into ``COPY … FROM STDIN (FORMAT BINARY)`` on the target in one
 target transaction:
-- when the target holds no row in ``(a, b]`` (the first pass), into the table itself;
+- when the target holds no row in the batch's key span (the first pass), into the table itself;
 - otherwise (a batch re-run after a crash, a re-copy) into a temporary staging table, then one
   set-based ``INSERT … ON CONFLICT (pk) DO UPDATE``; so re-running a batch changes nothing.
 After the target commits, ``b`` is checkpointed in the control database (fenced by the move's token
-and the unit's lease): every row of the organization up to ``b`` is on the target. The batch query
-has no ``ORDER BY``/``LIMIT``, so PostgreSQL hashes the organization's parent keys once per batch
-instead of walking the sharding-key chain row by row. No row passes through Python objects; memory
-stays flat.
+and the unit's lease): every row of the organization up to ``b`` is on the target, so a resumed
+unit starts after ``b``.
+
+Where the batches end: a unit's range (``plan_ranges``: at most ``chunk_rows`` rows, counted) is
+one batch when the planner expects at most ``batch_rows`` rows in it, else it is cut at every
+``batch_rows``-th key by one sorting scan on the source. The batch query has no ``ORDER BY``/``LIMIT``
+so PostgreSQL hashes the organization's parent keys once instead of walking the sharding-key chain
+row by row in key order (measured: the keyset form ``ORDER BY pk LIMIT n`` cost the source 4x the
+CPU; see docs/performance.md). No row passes through Python objects; memory stays flat.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from migrator.copy.spec import TableSpec, json_key
 log = logging.getLogger(__name__)
 
 # Sorting a range's keys to cut it into batches or ranges: enough memory to sort a few million keys
-# without spilling to disk (the source session only, for that one statement's transaction).
+# without spilling to disk (the source session, that one statement's transaction only).
 SPLIT_WORK_MEM = "64MB"
 
 
@@ -40,13 +44,32 @@ class BatchResult:
     path: str  # "direct" or "upsert"
 
 
+# ------------------------------------------------------------------ reading keys on the source
 def estimate_rows(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> float:
-    """The planner's estimate of the organization's rows in (lo, hi] (an EXPLAIN, no scan)."""
+    """The planner's estimate of the organization's rows in (lo, hi] (an EXPLAIN: no scan)."""
     q = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} AS t WHERE {}").format(spec.ident, spec.where(lo, hi))
     plan = conn.execute(q, {"org": org}).fetchone()[0]
     if isinstance(plan, str):
         plan = json.loads(plan)
     return float(plan[0]["Plan"]["Plan Rows"])
+
+
+def _edge_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, last: bool) -> list | None:
+    order = spec.pk_desc("t") if last else spec.pk_cols("t")
+    q = sql.SQL("SELECT {pk} FROM {table} AS t WHERE {where} ORDER BY {order} LIMIT 1").format(
+        pk=spec.pk_cols("t"), table=spec.ident, where=spec.where(lo, hi), order=order)
+    row = conn.execute(q, {"org": org}).fetchone()
+    return json_key(row) if row else None
+
+
+def first_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> list | None:
+    """The organization's smallest key in (lo, hi] (None if the range holds none of its rows)."""
+    return _edge_key(conn, spec, org, lo, hi, last=False)
+
+
+def last_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> list | None:
+    """The organization's greatest key in (lo, hi] (None if the range holds none of its rows)."""
+    return _edge_key(conn, spec, org, lo, hi, last=True)
 
 
 def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, every: int
@@ -63,9 +86,9 @@ def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | No
 def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
     """Split the organization's rows of one table into key ranges of at most ``chunk_rows`` rows.
 
-    Every range but the last ends at a key (inclusive); the last is open. Exact: a table the planner
-    expects to be small is counted (one scan) and split only if the count says so; a large one is
-    split and counted by the same scan.
+    Every range but the last ends at a key (inclusive); the last is open. Exact, whatever the
+    statistics: a table the planner expects to be small is counted (one scan) and split only if
+    the count says so; a large one is split and counted by the same scan.
     """
     if estimate_rows(conn, spec, org, None, None) > chunk_rows / 2:
         points = split_points(conn, spec, org, None, None, chunk_rows)
@@ -82,23 +105,24 @@ def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
     return ranges
 
 
-def batch_bounds(src, spec: TableSpec, org: int, after: list | None, hi: list | None, batch_rows: int) -> list[list]:
+def batch_bounds(src, spec: TableSpec, org: int, after: list | None, hi: list | None, batch_rows: int
+                 ) -> list[list]:
     """Inclusive upper keys of the batches that copy the organization's rows in (after, hi].
 
-    A range is cut into runs of ``batch_rows`` rows (one sorting scan on the source) only when the
-    planner expects more than that; otherwise it is one batch, up to ``hi`` or, for the open last
-    range, up to the organization's greatest key (one index probe). A misestimate only changes how
-    many rows one checkpoint covers: never more than the range, which ``plan_ranges`` bounded.
+    One batch up to the range's last key of the organization when the planner expects at most
+    ``batch_rows`` rows; otherwise cut at every ``batch_rows``-th key (one sorting scan). A
+    misestimate only changes how many rows one checkpoint covers, never more than the range, which
+    ``plan_ranges`` bounded by an exact count. Empty when the range holds none of the rows.
     """
-    upto = hi if hi is not None else last_key(src, spec, org, after, None)
+    upto = last_key(src, spec, org, after, hi)
     if upto is None:
-        return []  # the open range holds none of the organization's rows (beyond ``after``)
+        return []
     if estimate_rows(src, spec, org, after, upto) <= batch_rows:
         return [upto]
-    keys = [key for key, _n in split_points(src, spec, org, after, upto, batch_rows)]
-    return keys or [upto]
+    return [key for key, _n in split_points(src, spec, org, after, upto, batch_rows)] or [upto]
 
 
+# ------------------------------------------------------------------ writing on the target
 def _stage_name(spec: TableSpec) -> sql.Identifier:
     return sql.Identifier(f"_migrator_stage_{spec.name}"[:63])
 
@@ -110,7 +134,7 @@ def _ensure_stage(tgt, spec: TableSpec) -> None:
 
 
 def _upsert_sql(spec: TableSpec) -> sql.Composable:
-    update = getattr(spec, "update_columns", None)
+    update = getattr(spec, "update_columns", None)  # never the key, never a GENERATED ALWAYS identity
     non_pk = list(update) if update is not None else [c for c in spec.columns if c not in spec.pk]
     if non_pk:
         action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
@@ -124,8 +148,16 @@ def _upsert_sql(spec: TableSpec) -> sql.Composable:
         override=sql.SQL("OVERRIDING SYSTEM VALUE ") if spec.identity_always else sql.SQL(""))
 
 
-def _target_has_rows(tgt, spec: TableSpec, lo: list | None, hi: list | None) -> bool:
-    q = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(spec.ident, spec.range_condition(lo, hi))
+def _target_has_rows(tgt, spec: TableSpec, lo: list | None, hi: list | None, *, from_key: list | None = None
+                     ) -> bool:
+    """Whether the target holds any row with a key in (lo, hi], or in [from_key, hi] when given."""
+    if from_key is not None:
+        row = sql.SQL("ROW({})").format(spec.pk_cols("t"))
+        cond = sql.SQL("{row} >= {a} AND {row} <= {b}").format(row=row, a=spec.key_literal(from_key),
+                                                             b=spec.key_literal(hi))
+    else:
+        cond = spec.range_condition(lo, hi)
+    q = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(spec.ident, cond)
     return bool(tgt.execute(q).fetchone()[0])
 
 
@@ -142,17 +174,14 @@ def _stream(src, tgt, select: sql.Composable, org: int, dest: sql.Composable) ->
         return tcur.rowcount, nbytes
 
 
-def last_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> list | None:
-    """The organization's greatest key in a range (None if the range holds none of its rows)."""
-    q = sql.SQL("SELECT {pk} FROM {table} AS t WHERE {where} ORDER BY {desc} LIMIT 1").format(
-        pk=spec.pk_cols("t"), table=spec.ident, where=spec.where(lo, hi), desc=spec.pk_desc("t"))
-    row = conn.execute(q, {"org": org}).fetchone()
-    return json_key(row) if row else None
-
-
 def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: list, *,
-               disable_triggers: bool = True, token: str | None = None) -> BatchResult:
-    """Copy the organization's rows with keys in (after, upto]. One target transaction."""
+               disable_triggers: bool = True, token: str | None = None, first: list | None = None) -> BatchResult:
+    """Copy the organization's rows with keys in (after, upto]. One target transaction.
+
+    ``first``: the organization's smallest key in the batch, when known: the "already there?" probe
+    then looks at [first, upto] only, so the target's own rows below it (a cell with a lower ID
+    range) do not send a first pass down the slower upsert path.
+    """
     if upto is None:
         raise ValueError("copy_batch needs an upper key bound")
     select = spec.select_range(after, upto)
@@ -164,7 +193,7 @@ def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: li
             tgt.execute("SET LOCAL session_replication_role = replica")
         if token:
             tgt.execute("SELECT set_config('migrator.move_token', %s, true)", (token,))
-        if not _target_has_rows(tgt, spec, after, upto):
+        if not _target_has_rows(tgt, spec, after, upto, from_key=first):
             rows, nbytes = _stream(src, tgt, select, org, sql.SQL("{} ({})").format(spec.ident, spec.cols()))
             path = "direct"
         else:
@@ -179,12 +208,15 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
                batch_rows: int, checkpoint, disable_triggers: bool = True, token: str | None = None) -> int:
     """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch."""
     after = position if position is not None else lo
+    bounds = batch_bounds(src, spec, org, after, hi, batch_rows)
+    first = first_key(src, spec, org, after, bounds[0]) if bounds else None
     copied = 0
-    for upto in batch_bounds(src, spec, org, after, hi, batch_rows):
-        result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token)
+    for upto in bounds:
+        result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token,
+                            first=first)
         checkpoint(result.last_key, result.rows, result.bytes)
         copied += result.rows
-        after = upto
+        after, first = upto, None
     return copied
 
 

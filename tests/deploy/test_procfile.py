@@ -98,6 +98,8 @@ def test_procfile_lists_the_processes():
     assert names == EXPECTED
 
 
+@pytest.mark.skipif(not (BIN / "honcho").exists(), reason="honcho is not installed in this virtualenv "
+                    "(pip install honcho; the dev extras include it)")
 def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
     started = time.monotonic()
     redis = RedisServer(tmp_path / "redis").start()

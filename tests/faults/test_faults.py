@@ -71,7 +71,9 @@ def test_worker_sigkill_at_random_moments(faults):
         target = ("cell-2", "cell-3")[i % 2]
         before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
         by = snapshot(settings, [(bystander, "cell-1")])
-        move = Operations(settings).request_move(org, target, actor="faults", reason=f"sigkill trial {i}")
+        strategy = ("frozen", "online")[(i // 2) % 2]  # both strategies, each with both targets
+        move = Operations(settings).request_move(org, target, actor="faults", reason=f"sigkill trial {i}",
+                                                 strategy=strategy)
         time.sleep(rng.uniform(0.0, 2.5))
         worker.kill(signal.SIGKILL)
         worker = faults.worker()
@@ -81,14 +83,15 @@ def test_worker_sigkill_at_random_moments(faults):
     assert result.completed == n
 
 
-def _redis_fault(faults, action: str):
-    result = ScenarioResult(f"2. Redis {action} mid-move")
+def _redis_fault(faults, action: str, strategy: str):
+    result = ScenarioResult(f"2. Redis {action} mid-move ({strategy})")
     org, bystander = _seed(faults, 2)
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
     faults.worker()
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"redis {action}")
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"redis {action}",
+                                             strategy=strategy)
     wait_move(settings, move.id, timeout=60, predicate=_in_copy)
     if action == "restarted":
         faults.redis.restart()
@@ -103,17 +106,20 @@ def _redis_fault(faults, action: str):
     assert "reconciled" in events, "the reconciler should have rebuilt the lost queue"
 
 
-def test_redis_restarted_mid_move(faults):
-    _redis_fault(faults, "restarted")
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_redis_restarted_mid_move(faults, strategy):
+    _redis_fault(faults, "restarted", strategy)
 
 
-def test_redis_flushed_mid_move(faults):
-    _redis_fault(faults, "flushed")
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_redis_flushed_mid_move(faults, strategy):
+    _redis_fault(faults, "flushed", strategy)
 
 
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
 @pytest.mark.parametrize("which", ["source", "target", "control"])
-def test_connections_terminated_mid_batch(faults, which):
-    result = ScenarioResult(f"3. connections terminated ({which})")
+def test_connections_terminated_mid_batch(faults, which, strategy):
+    result = ScenarioResult(f"3. connections terminated ({which}, {strategy})")
     org, bystander = _seed(faults, 2, rows=4000)
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
@@ -121,7 +127,8 @@ def test_connections_terminated_mid_batch(faults, which):
     faults.worker()
     dsn = {"source": faults.fleet.cell_dsns["cell-1"], "target": faults.fleet.cell_dsns["cell-2"],
            "control": faults.fleet.control_dsn}[which]
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"terminate {which}")
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"terminate {which}",
+                                             strategy=strategy)
     wait_move(settings, move.id, timeout=60, predicate=_in_copy)
     killed = 0
     with psycopg.connect(dsn, autocommit=True) as admin:
@@ -136,8 +143,9 @@ def test_connections_terminated_mid_batch(faults, which):
     assert killed > 0, "no migrator connection was terminated: the fault did not happen"
 
 
-def test_duplicate_delivery_and_two_workers(faults):
-    result = ScenarioResult("4. duplicate delivery + two workers")
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_duplicate_delivery_and_two_workers(faults, strategy):
+    result = ScenarioResult(f"4. duplicate delivery + two workers ({strategy})")
     org, bystander = _seed(faults, 2, rows=4000)
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
@@ -146,7 +154,7 @@ def test_duplicate_delivery_and_two_workers(faults):
     faults.worker()
     store = MoveStore(settings.control_dsn)
     dispatcher = Dispatcher(settings)
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="duplicates")
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="duplicates", strategy=strategy)
     sent = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -194,9 +202,10 @@ def _writer(faults, org: int, seconds: float, out: Path, seed: int) -> subproces
                              str(seconds), "--out", str(out), "--seed", str(seed), "--rate", "80"], env=env, cwd=ROOT)
 
 
-def test_writers_before_during_and_after(faults, tmp_path):
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_writers_before_during_and_after(faults, tmp_path, strategy):
     n = trials(1, 5)
-    result = ScenarioResult("6. writers before, during and after the move")
+    result = ScenarioResult(f"6. writers before, during and after the move ({strategy})")
     orgs = _seed(faults, n + 1, rows=3000)
     [other] = _seed(faults, 1, rows=1000, cell="cell-2", seed=9)
     settings = faults.settings
@@ -207,7 +216,8 @@ def test_writers_before_during_and_after(faults, tmp_path):
                 other: tmp_path / f"w-{other}-{i}.jsonl"}
         writers = [_writer(faults, o, 12, path, seed=100 * i + j) for j, (o, path) in enumerate(logs.items())]
         time.sleep(2)  # writes before the move
-        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"writers trial {i}")
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"writers trial {i}",
+                                                 strategy=strategy)
         move = _finish(faults, result, move.id, org, "cell-1", "cell-2", None, None, writers=True)
         for w in writers:
             w.wait(60)
@@ -225,18 +235,20 @@ def test_writers_before_during_and_after(faults, tmp_path):
         assert move.state == "completed"
     result.save()
     assert result.violations == [] and result.writes_lost == 0
-    assert result.writes_rejected > 0, "no write hit the freeze: the scenario did not exercise it"
+    if strategy == "frozen":
+        assert result.writes_rejected > 0, "no write hit the freeze: the scenario did not exercise it"
 
 
-def test_stale_worker_cannot_advance_or_flip(faults):
-    result = ScenarioResult("8. stale worker (superseded token)")
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_stale_worker_cannot_advance_or_flip(faults, strategy):
+    result = ScenarioResult(f"8. stale worker (superseded token, {strategy})")
     org, bystander = _seed(faults, 2, rows=4000)
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
     ops = Operations(settings)
     worker = faults.worker()
-    move = ops.request_move(org, "cell-2", actor="faults", reason="stale worker")
+    move = ops.request_move(org, "cell-2", actor="faults", reason="stale worker", strategy=strategy)
     wait_move(settings, move.id, timeout=60, predicate=_in_copy)
     old = MoveStore(settings.control_dsn).get(move.id)
     ops.pause(move.id)
@@ -297,7 +309,8 @@ class OwnCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
 
 
-def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, strategy):
     """Cell-2 runs on a PostgreSQL server of its own, stopped mid-copy and started again."""
     import shutil
 
@@ -332,7 +345,7 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
     upgrade_control_db(fleet.control_dsn)
     topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
     ff = FaultFleet(fleet, redis, tmp_path)
-    result = ScenarioResult("7. target database stopped mid-copy, then started")
+    result = ScenarioResult(f"7. target database stopped mid-copy, then started ({strategy})")
     try:
         fleet.init()
         org, bystander = _seed(ff, 2, rows=5000)
@@ -340,7 +353,8 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
         before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
         by = snapshot(settings, [(bystander, "cell-1")])
         ff.worker()
-        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down")
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down",
+                                                 strategy=strategy)
         wait_move(settings, move.id, timeout=60, predicate=_in_copy)
         cluster.stop()
         time.sleep(4)
@@ -364,17 +378,19 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch):
         shutil.rmtree(cluster_root, ignore_errors=True)
 
 
-def test_abort_under_fault_leaves_source_authoritative(faults):
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_abort_under_fault_leaves_source_authoritative(faults, strategy):
     """A move aborted while its worker is being killed: source unchanged and writable, target clean."""
     from tests.faults.invariants import check_not_moved
 
-    result = ScenarioResult("1b. abort while a worker is killed")
+    result = ScenarioResult(f"1b. abort while a worker is killed ({strategy})")
     org, bystander = _seed(faults, 2, rows=4000)
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
     worker = faults.worker()
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault")
+    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault",
+                                             strategy=strategy)
     wait_move(settings, move.id, timeout=60, predicate=_in_copy)
     worker.kill(signal.SIGKILL)
     faults.worker()
