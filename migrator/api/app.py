@@ -132,6 +132,11 @@ def create_app(settings: Settings | None = None, *, require_configured_token: bo
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"status": "ok" if ok else "failing", "checks": checks}, status_code=200 if ok else 503)
 
+    # Prometheus: this process's metrics (alerts received, rebalancer decisions made here).
+    from prometheus_client import make_asgi_app
+
+    app.mount("/metrics", make_asgi_app())
+
     from migrator.api import moves, rebalance
 
     protected = [Depends(require_token)]

@@ -160,10 +160,12 @@ def _classify(org: int, cell: str, route, also_in: list[str], frozen: set[int],
         if org in frozen:
             return Finding(org, MOVED_AWAY, routed_to=route.cell, also_in=also_in,
                            reason=f"moved to {route.cell}; the copy here awaits cleanup (frozen)")
-        if org not in present_in.get(route.cell, set()):
-            where = "a cell that is not configured" if route.cell not in present_in else route.cell
+        if route.cell not in present_in:
             return Finding(org, CONFLICT, routed_to=route.cell, also_in=also_in,
-                           reason=f"routed to {where}, where it has no rows; its rows are here")
+                           reason=f"routed to {route.cell}, which is not in the config; its rows are here")
+        if org not in present_in[route.cell]:
+            return Finding(org, CONFLICT, routed_to=route.cell, also_in=also_in,
+                           reason=f"routed to {route.cell}, where it has no rows; its rows are here")
         return Finding(org, CONFLICT, routed_to=route.cell, also_in=also_in,
                        reason=f"present here and in {route.cell} (where it is routed), and not frozen here: "
                               "two live copies")

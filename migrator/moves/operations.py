@@ -122,6 +122,8 @@ class Operations:
             step = restart
         updated = self._takeover(move, wf.RUNNING, step=step)
         if lifted:
+            # The freeze was lifted: the next freeze starts a new write window.
+            self.store.set_fields(move.id, updated.token, frozen_at=None)
             self.store.reset_units(move.id, ["verify"] if online else ["copy_rows", "copy_blobs", "verify"])
             self.store.merge_json(move.id, updated.token, "report", {"freeze_lifted": False})
         self.store.event(move.id, step, "resumed", f"attempt {updated.attempt} from step {step}",

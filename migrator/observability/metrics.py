@@ -27,4 +27,7 @@ verification_mismatches = Counter("migrator_verification_mismatches_total",
                                   "Key ranges whose checksums differed between source and target", ["table"])
 verification_failures = Counter("migrator_verification_failures_total",
                                 "Moves failed because a range still differed after a re-copy")
+alerts_received = Counter("migrator_alerts_received_total", "Alertmanager alerts received by the webhook",
+                          ["alertname", "status", "outcome"])
+rebalancer_decisions = Counter("migrator_rebalancer_decisions_total", "Decisions the rebalancer recorded", ["kind"])
 reconciler_reenqueues = Counter("migrator_reconciler_reenqueues_total", "Moves re-enqueued by the reconciler")

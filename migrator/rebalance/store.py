@@ -31,6 +31,7 @@ from migrator.control.models import (
 )
 from migrator.errors import MigratorError
 from migrator.moves import workflow as wf
+from migrator.observability import metrics
 
 APPLY_LOCK = 0x6D67726562616C00  # "mgrebal": one plan applier at a time
 OPEN_PLAN_STATES = ("awaiting_approval", "applying")
@@ -123,6 +124,7 @@ class RebalanceStore:
             ).on_conflict_do_nothing(constraint="uq_rebalance_alerts_fingerprint_starts_at")
                 .returning(RebalanceAlert.id))
             s.commit()
+            metrics.alerts_received.labels(alertname, status, "new" if new_id is not None else "duplicate").inc()
             if new_id is not None:
                 return int(new_id), None
             existing = s.scalars(select(RebalanceAlert).where(RebalanceAlert.fingerprint == fingerprint,
@@ -193,6 +195,7 @@ class RebalanceStore:
                                     plan_id=plan_uuid(plan_id) if plan_id else None, alert_id=alert_id,
                                     move_id=move_id, actor=actor, detail=detail or {}))
             s.commit()
+        metrics.rebalancer_decisions.labels(kind).inc()
 
     def decisions(self, *, cell: str | None = None, plan_id=None, alert_id: int | None = None,
                   kind: str | None = None, limit: int = 100) -> list[RebalanceDecision]:

@@ -178,9 +178,12 @@ def test_capacity_alert_through_alertmanager_starts_a_move(hot_fleet, alertmanag
         assert len(moves) == 1  # max_moves_per_cell 1: the second planned item waits for a slot
         move = moves[0]
         assert move.source_cell == "cell-1" and move.target_cell in ("cell-2", "cell-3")
-        status, body = _request(f"http://127.0.0.1:{api_port}/v1/rebalance/decisions?cell=cell-1", token=TOKEN)
-        kinds = {d["kind"] for d in json.loads(body)}
-        assert {"alert_received", "plan_made", "move_started"} <= kinds, kinds
+        def decided():  # the decision is written just after the move it records
+            status, body = _request(f"http://127.0.0.1:{api_port}/v1/rebalance/decisions?cell=cell-1", token=TOKEN)
+            kinds = {d["kind"] for d in json.loads(body)}
+            return kinds if {"alert_received", "plan_made", "move_started"} <= kinds else None
+
+        wait_for(decided, timeout=20, what="the rebalancer's decisions")
 
         done = wait_for(lambda: (m := store.get(move.id)).state in ("completed", "failed", "rejected") and m,
                         timeout=40, what=f"move {move.id} to finish")

@@ -98,6 +98,9 @@ def test_a_batch_whose_checkpoint_was_lost_is_copied_again_by_upsert(seeded):
 
     with _conn(settings, "cell-1") as src, _conn(settings, "cell-2") as tgt:
         order, specs = _specs(settings, src)
+        for name in order[:order.index("notes")]:  # the parents, so the predicate finds notes on the target
+            copy_range(src, tgt, specs[name], oid, lo=None, hi=None, position=None, batch_rows=10_000,
+                       checkpoint=lambda *_: None)
         spec = specs["notes"]
         done: list = []
 

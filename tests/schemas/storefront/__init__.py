@@ -76,8 +76,8 @@ SELECT 'relation', n.nspname || '.' || c.relname, c.relkind::text || ' ' || coal
  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
 UNION ALL
 SELECT 'column', n.nspname || '.' || c.relname || '.' || a.attname,
-       format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull || ' ' || a.attidentity::text || ' ' || a.attgenerated::text
-       || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+       format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull || ' ' || a.attidentity::text
+       || ' ' || a.attgenerated::text || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE a.attnum > 0 AND NOT a.attisdropped AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
