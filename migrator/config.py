@@ -62,6 +62,8 @@ class TopologyConfig(_Strict):
 
 
 class MoveConfig(_Strict):
+    # Strategy of a move whose request names none (docs/adr/0009-online-moves.md).
+    default_strategy: Literal["online", "frozen"] = "online"
     # Rows per COPY batch (one target transaction, one checkpoint) and per parallel key range (one
     # unit task). Equal by default: a range is copied as one batch, so its split needs no sorting
     # scan, and a crash re-copies at most one range (~1-2 s of work). See docs/performance.md.

@@ -31,7 +31,7 @@ def create_move(body: MoveRequest, request: Request):
     if body.dry_run:
         return JSONResponse(ops.dry_run(body.organization_id, body.target_cell), status_code=200)
     move = ops.request_move(body.organization_id, body.target_cell, actor="api",
-                            reason=body.reason or "requested through the API")
+                            reason=body.reason or "requested through the API", strategy=body.strategy)
     return move_summary(ops.store, move)
 
 

@@ -27,6 +27,9 @@ class MoveRequest(_Body):
     target_cell: CellName
     reason: Reason = ""
     dry_run: bool = Field(False, description="Run preflight only and return the plan; nothing is recorded.")
+    strategy: Literal["online", "frozen"] | None = Field(
+        None, description="online: copy while writable, freeze for the last delta; frozen: freeze, then copy. "
+                          "Default: the config's moves.default_strategy.")
 
 
 class ReasonBody(_Body):

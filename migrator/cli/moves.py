@@ -113,14 +113,15 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait", help="Show live progress; exit 0 only if the move completed."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Run preflight only and print the plan."),
         strategy: str = typer.Option(
-            "frozen", "--strategy",
-            help="frozen: freeze, then copy; online: copy while writable, freeze only for the last delta."),
+            None, "--strategy",
+            help="online: copy while writable, freeze only for the last delta; frozen: freeze, then copy. "
+                 "Default: moves.default_strategy (online)."),
         as_json: bool = JSON_OPTION,
         config: str = CONFIG_OPTION,
     ):
         """Move an organization to another cell (records the move and enqueues it)."""
         ops = _ops(config)
-        if strategy not in wf.STRATEGIES:
+        if strategy is not None and strategy not in wf.STRATEGIES:
             raise typer.BadParameter(f"unknown strategy {strategy!r}; available: {', '.join(wf.STRATEGIES)}",
                                      param_hint="--strategy")
         if dry_run:

@@ -46,11 +46,11 @@ class Operations:
 
     # ------------------------------------------------------------------ start
     def request_move(self, org: int, target: str, *, actor: str | None = None, reason: str = "",
-                     strategy: str = "frozen"):
+                     strategy: str | None = None):
         route = validate_request(self.settings, self.topology, org, target)
         move = self.store.create(organization_id=org, source=route.cell, target=target,
                                  requested_by=actor or default_actor(), reason=reason or "operator request",
-                                 strategy=strategy)
+                                 strategy=strategy or self.settings.moves.default_strategy)
         self.dispatcher.step(move, wf.STEPS[0])
         return move
 

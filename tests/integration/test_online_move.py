@@ -26,9 +26,10 @@ def test_online_move_under_writes_loses_nothing(provisioned, worker, tmp_path):
     [org, other] = [o.organization_id for o in
                     seed_organizations(settings, "cell-1", orgs=2, rows=6000, blobs=6, skew=False, seed=21)]
     logs = {org: tmp_path / "org.jsonl", other: tmp_path / "other.jsonl"}
+    env = base_env(provisioned.config_path)
     writers = [subprocess.Popen([sys.executable, "-m", "tests.faults.writer", "--org", str(o), "--seconds", "14",
-                                 "--out", str(path), "--seed", str(i), "--rate", "100"],
-                                env=base_env(provisioned.config_path), cwd=ROOT) for i, (o, path) in enumerate(logs.items())]
+                                 "--out", str(path), "--seed", str(i), "--rate", "100"], env=env, cwd=ROOT)
+               for i, (o, path) in enumerate(logs.items())]
     time.sleep(1.5)
     result = migrator(provisioned, "move", "--org", str(org), "--to", "cell-2", "--strategy", "online", "--wait",
                       "--json")
