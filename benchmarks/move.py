@@ -46,7 +46,22 @@ from psycopg import sql  # noqa: E402
 
 from benchmarks._fleet import BenchFleet, MemorySampler, checkpoint, machine, wait_moves  # noqa: E402
 
-STEPS = ("preflight", "freeze", "drain", "copy_rows", "copy_blobs", "verify", "flip", "unfreeze")
+
+def steps_of(strategy: str) -> tuple[str, ...]:
+    """The move's steps in order (the online strategy has more of them)."""
+    from migrator.moves import workflow as wf
+
+    steps_for = getattr(wf, "steps_for", None)
+    return tuple(steps_for(strategy)) if steps_for else tuple(wf.STEPS)
+
+
+def all_steps(runs) -> list[str]:
+    """The steps of every run, in workflow order."""
+    from migrator.moves import workflow as wf
+
+    used = {s for r in runs for s in steps_of(r["strategy"])}
+    order = list(getattr(wf, "ALL_STEPS", ())) + [s for r in runs for s in steps_of(r["strategy"])]
+    return [s for s in dict.fromkeys(order) if s in used]
 TARGETS = {"copy": 1.3, "verify": 1.3, "write_window": 1.5, "rss_mib": 300.0, "overhead_pct": 5.0}
 
 
@@ -95,7 +110,9 @@ def raw_copy(source_dsn: str, scratch_dsn: str, org: int) -> dict:
 
 
 def _checksums(dsn: str, org: int) -> tuple[float, dict]:
+    """The verifier's query (``range_checksum``: its SQL and planner settings) over each whole table."""
     from migrator.copy.spec import stabilize_session
+    from migrator.verify.checksums import range_checksum
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         stabilize_session(conn)
@@ -103,8 +120,8 @@ def _checksums(dsn: str, org: int) -> tuple[float, dict]:
         out = {}
         t0 = time.perf_counter()
         for name in order:
-            rows, checksum = conn.execute(specs[name].checksum_sql(), {"org": org}).fetchone()
-            out[name] = (int(rows), str(checksum))
+            c = range_checksum(conn, specs[name], org, None, None)
+            out[name] = (c.rows, c.checksum)
         return time.perf_counter() - t0, out
 
 
@@ -179,6 +196,7 @@ def _probe_lines(path: Path, move_id: str) -> list[dict]:
 
 def step_times(events, move) -> dict:
     """Per step: first 'started' to 'finished' (seconds), and the gaps between steps."""
+    STEPS = steps_of(move.strategy)  # noqa: N806
     started: dict[str, float] = {}
     finished: dict[str, float] = {}
     for e in events:
@@ -226,17 +244,18 @@ def _stop_spies(spies) -> None:
 
 
 def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file: Path, timeout: float,
-             py_spy: str | None = None) -> dict:
+             py_spy: str | None = None, strategy: str = "frozen") -> dict:
     from migrator.moves.operations import Operations
     from migrator.moves.store import MoveStore
 
     settings = fleet.settings()
     procs = fleet.start_workers(workers, concurrency=1, app="benchmarks._probe")
-    spies = _py_spy(procs, py_spy, f"move-{workers}w")
+    spies = _py_spy(procs, py_spy, f"move-{strategy}-{workers}w")
     try:
         with MemorySampler([p.pid for p in procs]) as mem:
             t0 = time.time()
-            move = Operations(settings).request_move(org, target, actor="benchmark", reason="benchmarks/move.py")
+            move = Operations(settings).request_move(org, target, actor="benchmark", reason="benchmarks/move.py",
+                                                     strategy=strategy)
             (move,) = wait_moves(settings, [move.id], timeout=timeout)
             wall = time.time() - t0
     finally:
@@ -290,7 +309,7 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
                 "not_data_pct": round(100 * (busy - data) / busy, 2)}
 
     return {
-        "move_id": str(move.id), "target": target, "workers": workers, "concurrency": 1,
+        "move_id": str(move.id), "target": target, "workers": workers, "concurrency": 1, "strategy": move.strategy,
         "wall_s": round(wall, 3), "total_s": times["total_s"], "steps_s": times["steps"],
         "between_steps_s": times["between_steps_s"],
         "write_window_s": report.get("write_window_s"),
@@ -309,7 +328,7 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
 
 
 # ----------------------------------------------------------------------------- one configuration
-def run_config(workers: int, args, probe_file: Path) -> dict:
+def run_config(strategy: str, workers: int, args, probe_file: Path) -> dict:
     from migrator.seed import seed_organizations
 
     moves = {}
@@ -318,7 +337,8 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
     if args.chunk_rows:
         moves["chunk_rows"] = args.chunk_rows
     with BenchFleet(cells=3, moves=moves, keep=args.keep) as fleet:
-        print(f"[{workers} worker(s)] fleet {fleet.prefix} in {fleet.workdir}", file=sys.stderr, flush=True)
+        tag = f"[{strategy}, {workers} worker(s)]"
+        print(f"{tag} fleet {fleet.prefix} in {fleet.workdir}", file=sys.stderr, flush=True)
         fleet.init()
         settings = fleet.settings()
         t0 = time.perf_counter()
@@ -327,20 +347,21 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
         seed_s = time.perf_counter() - t0
         with psycopg.connect(fleet.cell_dsns["cell-1"], autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-        print(f"[{workers} worker(s)] seeded organization {org.organization_id}: {org.rows} rows, "
+        print(f"{tag} seeded organization {org.organization_id}: {org.rows} rows, "
               f"{org.blobs} blobs in {seed_s:.1f}s", file=sys.stderr, flush=True)
         oid = org.organization_id
         for cell in ("cell-2", "cell-3"):
             quiet_autovacuum(fleet.cell_dsns[cell])
         raws = [raw_baselines(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid)]
-        print(f"[{workers} worker(s)] raw copy {raws[0]['copy']['s']}s, raw checksum {raws[0]['checksum']['s']}s",
+        print(f"{tag} raw copy {raws[0]['copy']['s']}s, raw checksum {raws[0]['checksum']['s']}s",
               file=sys.stderr, flush=True)
-        move = run_move(fleet, oid, "cell-3", workers, probe_file, timeout=args.timeout, py_spy=args.py_spy)
-        print(f"[{workers} worker(s)] move {move['total_s']}s, write window {move['write_window_s']}s",
+        move = run_move(fleet, oid, "cell-3", workers, probe_file, timeout=args.timeout, py_spy=args.py_spy,
+                        strategy=strategy)
+        print(f"{tag} move {move['total_s']}s, write window {move['write_window_s']}s",
               file=sys.stderr, flush=True)
         truncate_org_tables(fleet.cell_dsns["cell-2"])
         raws.append(raw_baselines(fleet.cell_dsns["cell-1"], fleet.cell_dsns["cell-2"], oid))
-        print(f"[{workers} worker(s)] raw again: copy {raws[1]['copy']['s']}s, checksum {raws[1]['checksum']['s']}s",
+        print(f"{tag} raw again: copy {raws[1]['copy']['s']}s, checksum {raws[1]['checksum']['s']}s",
               file=sys.stderr, flush=True)
         raw = {"copy": {**raws[0]["copy"], "s": _mean(r["copy"]["s"] for r in raws),
                         "runs_s": [r["copy"]["s"] for r in raws]},
@@ -364,7 +385,7 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
         "rss": move["memory"]["peak_process_rss_mib"] < TARGETS["rss_mib"],
         "overhead": ov.get("per_task_overhead_pct", 100) < TARGETS["overhead_pct"],
     }
-    return {"workers": workers, "organization_id": oid, "rows": org.rows, "blobs": org.blobs,
+    return {"strategy": strategy, "workers": workers, "organization_id": oid, "rows": org.rows, "blobs": org.blobs,
             "rows_by_table": org.rows_by_table, "seed_s": round(seed_s, 2),
             "batch_rows": settings_used.batch_rows, "chunk_rows": settings_used.chunk_rows,
             "raw": raw, "move": move, "ratios": ratios, "targets_met": met}
@@ -373,7 +394,7 @@ def run_config(workers: int, args, probe_file: Path) -> dict:
 # ----------------------------------------------------------------------------- output
 def table(result: dict) -> str:
     runs = result["runs"]
-    cols = [f"{r['workers']} worker{'s' if r['workers'] > 1 else ''}" for r in runs]
+    cols = [f"{r['strategy']}, {r['workers']}w" for r in runs]
 
     def row(label, values):
         return f"{label:<40}" + "".join(f"{v:>18}" for v in values)
@@ -394,7 +415,7 @@ def table(result: dict) -> str:
                  [" / ".join(f"{x:.2f}" for x in r["raw"]["checksum"]["runs_s"]) for r in runs]),
              row("raw checksum, both at once (s)", [f(r["raw"]["checksum"]["both_sides_at_once_s"]) for r in runs]),
              row("move total (s)", [f(r["move"]["total_s"]) for r in runs])]
-    for step in STEPS:
+    for step in all_steps(runs):
         lines.append(row(f"  {step} (s)", [f(r["move"]["steps_s"].get(step)) for r in runs]))
     lines += [
         row("  between steps (s)", [f(r["move"]["between_steps_s"]) for r in runs]),
@@ -420,8 +441,13 @@ def table(result: dict) -> str:
         row("verify / raw both-at-once", [f(r["ratios"]["verify_vs_both_sides_at_once"], nd=3) for r in runs]),
         row(f"window / (raw copy+cksum) (<= {TARGETS['write_window']})",
             [f(r["ratios"]["write_window"], nd=3) for r in runs]),
-        row("targets met", [" ".join(k for k, v in r["targets_met"].items() if v) or "-" for r in runs]),
-        row("targets missed", [" ".join(k for k, v in r["targets_met"].items() if not v) or "-" for r in runs]),
+    ]
+    for key, label in (("copy", f"copy <= {TARGETS['copy']}x raw"), ("verify", f"verify <= {TARGETS['verify']}x raw"),
+                       ("write_window", f"window <= {TARGETS['write_window']}x raw"),
+                       ("rss", f"peak RSS < {TARGETS['rss_mib']:.0f} MiB"),
+                       ("overhead", f"copy per-task overhead < {TARGETS['overhead_pct']:.0f}%")):
+        lines.append(row(f"target met: {label}", ["yes" if r["targets_met"][key] else "NO" for r in runs]))
+    lines += [
     ]
     return "\n".join(lines)
 
@@ -432,6 +458,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=500_000, help="rows of the organization (default 500000)")
     p.add_argument("--blobs", type=int, default=1000, help="blobs of the organization (default 1000)")
     p.add_argument("--workers", default="1,2", help="worker counts to run, comma-separated (default 1,2)")
+    p.add_argument("--strategies", default="frozen,online",
+                   help="move strategies to run, comma-separated (default frozen,online): frozen freezes "
+                        "before copying; online copies while writable and freezes for the final delta")
     p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
     p.add_argument("--batch-rows", type=int, help="override moves.batch_rows (default: the config default)")
     p.add_argument("--chunk-rows", type=int, help="override moves.chunk_rows (default: the config default)")
@@ -442,9 +471,11 @@ def main(argv=None) -> int:
     p.add_argument("--py-spy", metavar="DIR", help="profile the workers with py-spy (collapsed stacks into DIR)")
     args = p.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
 
     result = {"benchmark": "move", "command": " ".join(["benchmarks/move.py", *(argv or sys.argv[1:])]),
-              "machine": machine(), "params": {"rows": args.rows, "blobs": args.blobs, "workers": counts},
+              "machine": machine(), "params": {"rows": args.rows, "blobs": args.blobs, "workers": counts,
+                                                "strategies": strategies},
               "targets": TARGETS, "runs": []}
     if args.what_if:
         os.environ["BENCH_WHATIF"] = args.what_if
@@ -453,8 +484,9 @@ def main(argv=None) -> int:
     probe_file = probe_dir / f"cm-bench-probe-{os.getpid()}.jsonl"
     os.environ["BENCH_PROBE_FILE"] = str(probe_file)
     try:
-        for w in counts:
-            result["runs"].append(run_config(w, args, probe_file))
+        for strategy in strategies:
+            for w in counts:
+                result["runs"].append(run_config(strategy, w, args, probe_file))
     finally:
         probe_file.unlink(missing_ok=True)
     for r in result["runs"]:

@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
     @app.command("pause")
     @handle_errors
     def pause_cmd(move_id: str = typer.Argument(..., help="The move id."), config: str = CONFIG_OPTION):
-        """Pause a running move at its next checkpoint (the organization stays frozen)."""
+        """Pause a running move at its next checkpoint (a frozen organization stays frozen)."""
         move = _ops(config).pause(move_id)
         console.print(f"move {move.id} paused at step {move.step}; `migrator resume {move.id}` continues it")
 

@@ -14,9 +14,10 @@ unit starts after ``b``.
 Where the batches end: a unit's range (``plan_ranges``: at most ``chunk_rows`` rows, counted) is
 one batch when the planner expects at most ``batch_rows`` rows in it, else it is cut at every
 ``batch_rows``-th key by one sorting scan on the source. The batch query has no ``ORDER BY``/``LIMIT``
-so PostgreSQL hashes the organization's parent keys once instead of walking the sharding-key chain
-row by row in key order (measured: the keyset form ``ORDER BY pk LIMIT n`` cost the source 4x the
-CPU; see docs/performance.md). No row passes through Python objects; memory stays flat.
+and runs with nested loops priced out (``spec.full_scan``), so PostgreSQL hashes the organization's
+parent keys once instead of walking the sharding-key chain row by row in key order (measured: the
+keyset form ``ORDER BY pk LIMIT n`` cost the source ~2x the CPU; see docs/performance.md). No row
+passes through Python objects; memory stays flat.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from migrator.copy.spec import TableSpec, json_key
+from migrator.copy.spec import TableSpec, full_scan, json_key
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,7 @@ def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | No
     """``(key, n)`` for every ``every``-th key of the organization's rows in (lo, hi] and for the last
     one, ``n`` being the key's ordinal in the range. Empty if the range holds none of its rows."""
     n = len(spec.pk)
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(SPLIT_WORK_MEM)))
+    with full_scan(conn, work_mem=SPLIT_WORK_MEM):
         rows = conn.execute(spec.split_points_sql(lo, hi, every), {"org": org}).fetchall()
     return [(json_key(r[:n]), int(r[n])) for r in rows]
 
@@ -94,7 +94,8 @@ def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
         points = split_points(conn, spec, org, None, None, chunk_rows)
         total = points[-1][1] if points else 0
     else:
-        total = int(conn.execute(spec.count_sql(), {"org": org}).fetchone()[0])
+        with full_scan(conn):
+            total = int(conn.execute(spec.count_sql(), {"org": org}).fetchone()[0])
         points = split_points(conn, spec, org, None, None, chunk_rows) if total > chunk_rows else []
     bounds = [(key, n) for key, n in points if n % chunk_rows == 0 and n < total]
     ranges, lo, done = [], None, 0
@@ -166,7 +167,7 @@ def _stream(src, tgt, select: sql.Composable, org: int, dest: sql.Composable) ->
     nbytes = 0
     out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(select)
     in_sql = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(dest)
-    with src.cursor() as scur, tgt.cursor() as tcur:
+    with full_scan(src), src.cursor() as scur, tgt.cursor() as tcur:
         with scur.copy(out_sql, {"org": org}) as out, tcur.copy(in_sql) as inp:
             for data in out:
                 nbytes += len(data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -27,6 +28,22 @@ STABLE_SESSION = (
 def stabilize_session(conn) -> None:
     for stmt in STABLE_SESSION:
         conn.execute(stmt)
+
+
+@contextmanager
+def full_scan(conn, work_mem: str | None = None):
+    """A transaction for a statement that reads *every* row of a key range (copy, checksum, count).
+
+    Nested-loop joins are priced out for it, so the organization predicate's parent keys are hashed
+    once instead of probed row by row: a table just bulk-loaded into a target has no statistics yet,
+    and the planner, expecting a handful of rows, picked per-row index probes that made one
+    checksum 35x slower (docs/performance.md). ``work_mem``: for a sort of the range's keys.
+    """
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_nestloop = off")
+        if work_mem:
+            conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(work_mem)))
+        yield conn
 
 
 def json_key(values) -> list | None:

@@ -1,0 +1,64 @@
+"""Each benchmark script, run exactly as documented but at tiny sizes, so none of them can rot.
+
+No timing is asserted here (figures on a shared test machine mean nothing); only that each script
+runs end to end, prints its table, writes its JSON, and that the moves it measured were correct.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str, tmp_path: Path, timeout: float = 300) -> dict:
+    out = tmp_path / f"{Path(script).stem}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIGRATOR_") or k == "MIGRATOR_TEST_PG"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.stdout.strip(), "no table printed"
+    return json.loads(out.read_text())
+
+
+def test_move_benchmark(tmp_path):
+    result = _run("move.py", "--rows", "2000", "--blobs", "6", "--workers", "1", "--strategies", "frozen,online",
+                  tmp_path=tmp_path)
+    assert [r["strategy"] for r in result["runs"]] == ["frozen", "online"]
+    for run in result["runs"]:
+        assert run["rows"] == 2000 and run["workers"] == 1
+        assert run["raw"]["copy"]["rows"] == 2000
+        move = run["move"]
+        assert move["strategy"] == run["strategy"]
+        assert move["verify"]["ok"] is True
+        assert move["copy_rows"]["rows"] == 2000
+        assert {"preflight", "freeze", "drain", "copy_rows", "copy_blobs", "verify", "flip",
+                "unfreeze"} <= set(move["steps_s"])
+        assert move["write_window_s"] > 0
+        assert move["memory"]["peak_process_rss_mib"] > 0
+        assert move["copy_rows"]["overhead"]["unit_tasks"] == move["copy_rows"]["units"]
+        assert set(run["ratios"]) >= {"copy", "verify", "write_window"}
+
+
+def test_concurrent_benchmark(tmp_path):
+    result = _run("concurrent.py", "--orgs", "3", "--rows", "300", "--blobs", "3", "--workers", "1",
+                  "--concurrency", "2", tmp_path=tmp_path)
+    assert result["completed"] == result["verified"] == result["rows_equal"] == 3
+    assert {m["target"] for m in result["moves"]} == {"cell-2", "cell-3"}
+    assert result["moves_per_min"] > 0
+
+
+def test_guard_overhead_benchmark(tmp_path):
+    result = _run("guard_overhead.py", "--rows", "500", "--ops", "20", "--bulk", "200", "--rounds", "1",
+                  tmp_path=tmp_path)
+    assert set(result["writes_per_s"]) == {"no guard", "guard, idle", "guard, other org frozen"}
+    for mode in result["writes_per_s"].values():
+        assert all(v > 0 for v in mode.values())
