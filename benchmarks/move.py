@@ -265,6 +265,8 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
         raise RuntimeError(f"move {move.id} ended {move.state}: {move.error}")
     store = MoveStore(settings.control_dsn)
     events = store.events(move.id)
+    unit_rows = {u.unit: u.total for u in store.units(move.id, "copy_rows")}
+    chunk_rows = settings.moves.chunk_rows
     times = step_times(events, move)
     report = move.report or {}
     tasks = _probe_lines(probe_file, str(move.id))
@@ -299,14 +301,21 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
         in_task = unit_wall - data
         idle = max(0.0, busy - unit_wall - plan)
         n = len(units)
-        return {"unit_tasks": n, "worker_s": round(busy, 3), "data_s": round(data, 3), "plan_s": round(plan, 3),
-                "in_task_s": round(in_task, 3), "idle_s": round(idle, 3),
-                "checkpoints_s": round(sum(u["checkpoint_s"] for u in units), 3),
-                "in_task_ms_per_task": round(1000 * in_task / n, 1),
-                "idle_ms_per_task": round(1000 * idle / n, 1),
-                "per_task_overhead_ms": round(1000 * (in_task + idle) / n, 1),
-                "per_task_overhead_pct": round(100 * (in_task + idle) / busy, 2),
-                "not_data_pct": round(100 * (busy - data) / busy, 2)}
+        # Units of a full range (at least half of chunk_rows rows): what the batch size controls.
+        full = [u for u in units if unit_rows.get(u["unit"], 0) >= chunk_rows / 2]
+        full_data = sum(u[data_key] - u["checkpoint_s"] for u in full) / len(full) if full else None
+        per_task = (in_task + idle) / n
+        return {
+            "full_units": len(full), "full_unit_data_s": round(full_data, 3) if full_data else None,
+            "per_task_overhead_pct_of_full_unit": round(100 * per_task / full_data, 2) if full_data else None,
+            "unit_tasks": n, "worker_s": round(busy, 3), "data_s": round(data, 3), "plan_s": round(plan, 3),
+            "in_task_s": round(in_task, 3), "idle_s": round(idle, 3),
+            "checkpoints_s": round(sum(u["checkpoint_s"] for u in units), 3),
+            "in_task_ms_per_task": round(1000 * in_task / n, 1),
+            "idle_ms_per_task": round(1000 * idle / n, 1),
+            "per_task_overhead_ms": round(1000 * per_task, 1),
+            "per_task_overhead_pct": round(100 * (in_task + idle) / busy, 2),
+            "not_data_pct": round(100 * (busy - data) / busy, 2)}
 
     return {
         "move_id": str(move.id), "target": target, "workers": workers, "concurrency": 1, "strategy": move.strategy,
@@ -427,6 +436,9 @@ def table(result: dict) -> str:
             [f((r["move"]["copy_rows"]["overhead"] or {}).get("per_task_overhead_ms"), nd=1) for r in runs]),
         row("copy: per-task overhead, % of step",
             [f((r["move"]["copy_rows"]["overhead"] or {}).get("per_task_overhead_pct"), "%") for r in runs]),
+        row("copy: per-task overhead / full unit (%)",
+            [f((r["move"]["copy_rows"]["overhead"] or {}).get("per_task_overhead_pct_of_full_unit"), "%")
+             for r in runs]),
         row("verify: Celery per-task overhead (ms)",
             [f((r["move"]["verify"]["overhead"] or {}).get("per_task_overhead_ms"), nd=1) for r in runs]),
         row("verify: per-task overhead, % of step",

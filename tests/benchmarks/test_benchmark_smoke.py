@@ -62,3 +62,13 @@ def test_guard_overhead_benchmark(tmp_path):
     assert set(result["writes_per_s"]) == {"no guard", "guard, idle", "guard, other org frozen"}
     for mode in result["writes_per_s"].values():
         assert all(v > 0 for v in mode.values())
+
+
+def test_write_window_benchmark(tmp_path):
+    result = _run("write_window.py", "--rows", "1500", "--online-moves", "1", "--frozen-moves", "1", "--rate", "60",
+                  "--workers", "1", tmp_path=tmp_path)
+    assert [r["strategy"] for r in result["runs"]] == ["frozen", "online"]
+    for run in result["runs"]:
+        assert run["verified"] and run["writes_lost"] == 0 and run["write_errors"] == 0
+        assert run["writes_acked"] > 0 and run["writer_window_s"] is not None
+    assert result["runs"][1]["catch_up_rounds"] >= 0

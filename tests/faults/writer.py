@@ -68,7 +68,7 @@ def run(org: int, seconds: float, out: str, rate: float, seed: int) -> None:
                 kind = "rejected" if exc.sqlstate == "MG001" else "error"
                 if op == "delete":
                     alive.append(key)  # not deleted after all
-                log.write(json.dumps({"kind": kind, "op": op, "cell": cell, "sqlstate": exc.sqlstate,
+                log.write(json.dumps({"kind": kind, "op": op, "cell": cell, "sqlstate": exc.sqlstate, "t": time.time(),
                                       "error": str(exc).splitlines()[0] if str(exc) else ""}) + "\n")
                 if kind == "error":
                     conns.pop(cell, None)
