@@ -141,6 +141,13 @@ def list_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OP
             routed[route.cell] = routed.get(route.cell, 0) + 1
     finally:
         _close(client)
+    # The rebalancer's cached capacity readings (refreshed by celery beat), when there are any.
+    from migrator.rebalance.store import RebalanceStore
+
+    try:
+        readings = {r.cell: r for r in RebalanceStore(cfg.control_dsn).cell_readings()}
+    except Exception:  # noqa: BLE001 - readings are an extra; the live figures below still answer
+        readings = {}
     rows, failed = [], False
     for name in sorted(set(cfg.cells) | set(registered)):
         info = registered.get(name)
@@ -157,6 +164,12 @@ def list_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OP
             "bytes": None,
             "error": None,
         }
+        reading = readings.get(name)
+        if reading is not None:
+            row["capacity"] = {"measured_at": reading.measured_at.isoformat(), "bytes": reading.bytes,
+                               "blob_bytes": reading.blob_bytes, "database_bytes": reading.database_bytes,
+                               "organizations": reading.organizations, "moves_in": reading.moves_in,
+                               "moves_out": reading.moves_out}
         if name in cfg.cells:
             try:
                 stats = cell_stats(cfg, name, dictionary)
@@ -169,13 +182,17 @@ def list_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OP
     if json_output:
         print_json(rows)
     else:
-        table = Table("cell", "state", "sequence range", "orgs routed", "orgs in db", "rows", "size", "note")
+        table = Table("cell", "state", "sequence range", "orgs routed", "orgs in db", "rows", "size",
+                      "load (cached)", "moves in/out", "note")
         for r in rows:
             rng = f"{r['seq_min']}..{r['seq_max']}" if r["registered"] else "-"
             note = r["error"] or ("" if r["configured"] else "registered but not configured")
             table.add_row(r["cell"], r["state"], rng, str(r["organizations_routed"]),
                           "-" if r["organizations"] is None else str(r["organizations"]),
-                          "-" if r["rows"] is None else str(r["rows"]), _human_bytes(r["bytes"]), note)
+                          "-" if r["rows"] is None else str(r["rows"]), _human_bytes(r["bytes"]),
+                          _human_bytes(r["capacity"]["bytes"]) if r.get("capacity") else "-",
+                          f"{r['capacity']['moves_in']}/{r['capacity']['moves_out']}" if r.get("capacity") else "-",
+                          note)
         console.print(table)
     if failed:
         raise typer.Exit(1)

@@ -56,12 +56,16 @@ def run(org: int, seconds: float, out: str, rate: float, seed: int) -> None:
                     op, key = "update", rng.choice(alive)
                     rows = conn.execute("UPDATE notes SET note = %s WHERE id = %s", (text, key)).rowcount
                     if rows != 1:
-                        log.write(json.dumps({"kind": "error", "op": op, "id": key, "cell": cell,
+                        log.write(json.dumps({"kind": "error", "op": op, "id": key, "cell": cell, "t": time.time(),
                                               "error": f"update matched {rows} rows"}) + "\n")
                         continue
                 else:
                     op, key = "delete", alive.pop(rng.randrange(len(alive)))
-                    conn.execute("DELETE FROM notes WHERE id = %s", (key,))
+                    rows = conn.execute("DELETE FROM notes WHERE id = %s", (key,)).rowcount
+                    if rows != 1:
+                        log.write(json.dumps({"kind": "error", "op": op, "id": key, "cell": cell, "t": time.time(),
+                                              "error": f"delete matched {rows} rows"}) + "\n")
+                        continue
                 log.write(json.dumps({"kind": "ack", "op": op, "id": key, "note": text, "cell": cell,
                                       "t": time.time()}) + "\n")
             except psycopg.Error as exc:
