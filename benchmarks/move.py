@@ -281,15 +281,17 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
     nbytes = report.get("copy_rows", {}).get("bytes", 0)
 
     def overhead(step, step_wall, units, data_key):
-        """Where a fan-out step's time goes (worker-seconds = step wall time x workers):
+        """Where a fan-out step's time goes, in worker-seconds (step wall time x workers):
 
         data: the data work inside its unit tasks (COPY or checksum queries; checkpoints excluded);
         plan: the step task itself (planning the units, enqueueing them);
-        in_task: the rest of the unit tasks (claim, context, connections, checkpoints, finish, fan-in,
-        enqueue next), i.e. per-task framework cost;
-        idle: worker-seconds in no task of this step: Celery delivery between tasks, and with several
-        workers also waiting for the last unit (imbalance).
-        Celery per-task overhead = in_task + idle (for one worker, idle is all delivery latency).
+        in_task: the rest of the unit tasks (claim, context, connections, checkpoints, finish,
+        fan-in, enqueue next): the framework's cost inside each task;
+        delivery: on each pool process, the gaps between one task of the step and its next one
+        (Celery handing over the next message);
+        waiting: the rest: a worker with nothing to do while planning runs or while another worker
+        finishes the last unit (imbalance, not a per-task cost).
+        Celery per-task overhead = (in_task + delivery) / unit tasks.
         """
         if not step_wall or not units:
             return None
@@ -299,22 +301,26 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
         plan = sum(t["end"] - t["start"] for t in plan_tasks)
         busy = step_wall * workers
         in_task = unit_wall - data
-        idle = max(0.0, busy - unit_wall - plan)
+        delivery = 0.0
+        for pid in {t["pid"] for t in units}:
+            mine = sorted((t for t in [*plan_tasks, *units] if t["pid"] == pid), key=lambda t: t["start"])
+            delivery += sum(max(0.0, b["start"] - a["end"]) for a, b in zip(mine, mine[1:], strict=False))
+        waiting = max(0.0, busy - unit_wall - plan - delivery)
         n = len(units)
-        # Units of a full range (at least half of chunk_rows rows): what the batch size controls.
+        per_task = (in_task + delivery) / n
+        # Units of a full range (at least half of chunk_rows rows): what the range/batch size controls.
         full = [u for u in units if unit_rows.get(u["unit"], 0) >= chunk_rows / 2]
         full_data = sum(u[data_key] - u["checkpoint_s"] for u in full) / len(full) if full else None
-        per_task = (in_task + idle) / n
         return {
-            "full_units": len(full), "full_unit_data_s": round(full_data, 3) if full_data else None,
-            "per_task_overhead_pct_of_full_unit": round(100 * per_task / full_data, 2) if full_data else None,
             "unit_tasks": n, "worker_s": round(busy, 3), "data_s": round(data, 3), "plan_s": round(plan, 3),
-            "in_task_s": round(in_task, 3), "idle_s": round(idle, 3),
+            "in_task_s": round(in_task, 3), "delivery_s": round(delivery, 3), "waiting_s": round(waiting, 3),
             "checkpoints_s": round(sum(u["checkpoint_s"] for u in units), 3),
             "in_task_ms_per_task": round(1000 * in_task / n, 1),
-            "idle_ms_per_task": round(1000 * idle / n, 1),
+            "delivery_ms_per_task": round(1000 * delivery / n, 1),
             "per_task_overhead_ms": round(1000 * per_task, 1),
-            "per_task_overhead_pct": round(100 * (in_task + idle) / busy, 2),
+            "per_task_overhead_pct": round(100 * per_task * n / busy, 2),
+            "full_units": len(full), "full_unit_data_s": round(full_data, 3) if full_data else None,
+            "per_task_overhead_pct_of_full_unit": round(100 * per_task / full_data, 2) if full_data else None,
             "not_data_pct": round(100 * (busy - data) / busy, 2)}
 
     return {
@@ -392,7 +398,10 @@ def run_config(strategy: str, workers: int, args, probe_file: Path) -> dict:
         "verify": ratios["verify"] <= TARGETS["verify"],
         "write_window": ratios["write_window"] <= TARGETS["write_window"],
         "rss": move["memory"]["peak_process_rss_mib"] < TARGETS["rss_mib"],
-        "overhead": ov.get("per_task_overhead_pct", 100) < TARGETS["overhead_pct"],
+        # The range/batch size controls the overhead relative to a full unit's copy (tiny tables are one
+        # task each whatever the size; their share is the step-level figure, reported next to it).
+        "overhead": (ov.get("per_task_overhead_pct_of_full_unit") or ov.get("per_task_overhead_pct", 100))
+        < TARGETS["overhead_pct"],
     }
     return {"strategy": strategy, "workers": workers, "organization_id": oid, "rows": org.rows, "blobs": org.blobs,
             "rows_by_table": org.rows_by_table, "seed_s": round(seed_s, 2),
@@ -457,7 +466,7 @@ def table(result: dict) -> str:
     for key, label in (("copy", f"copy <= {TARGETS['copy']}x raw"), ("verify", f"verify <= {TARGETS['verify']}x raw"),
                        ("write_window", f"window <= {TARGETS['write_window']}x raw"),
                        ("rss", f"peak RSS < {TARGETS['rss_mib']:.0f} MiB"),
-                       ("overhead", f"copy per-task overhead < {TARGETS['overhead_pct']:.0f}%")):
+                       ("overhead", f"per-task overhead < {TARGETS['overhead_pct']:.0f}% of a unit")):
         lines.append(row(f"target met: {label}", ["yes" if r["targets_met"][key] else "NO" for r in runs]))
     lines += [
     ]

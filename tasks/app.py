@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Exchange, Queue
 
 from migrator.config import get_settings
 from migrator.dsn import install_log_masking
-from migrator.moves.dispatch import TASK_QUEUES, all_queues, broker_transport_options, queue_name
+from migrator.moves.dispatch import TASK_QUEUES, broker_transport_options, kombu_queues, queue_name
 from tasks import observability as worker_observability
 
 settings = get_settings()
@@ -34,11 +33,11 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_soft_time_limit=settings.celery.task_soft_time_limit_s,
     task_time_limit=settings.celery.task_time_limit_s,
-    # One direct exchange per queue, bound by its own name: a message lands in exactly one queue.
-    task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in all_queues(settings)],
+    # Each queue through the default exchange, routing key = its name (see kombu_queues).
+    task_queues=kombu_queues(settings),
+    task_create_missing_queues=False,
     task_default_queue=queue_name(settings, "control"),
-    task_routes={name: {"queue": queue_name(settings, q), "exchange": queue_name(settings, q),
-                        "routing_key": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
+    task_routes={name: {"queue": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
     worker_hijack_root_logger=True,
     beat_schedule={
         "collect-abandoned-captures": {"task": "migrator.collect_captures", "schedule": settings.online.collect_every_s,

@@ -87,10 +87,10 @@ def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
     """Split the organization's rows of one table into key ranges of at most ``chunk_rows`` rows.
 
     Every range but the last ends at a key (inclusive); the last is open. Exact, whatever the
-    statistics: a table the planner expects to be small is counted (one scan) and split only if
-    the count says so; a large one is split and counted by the same scan.
+    statistics: a table the planner expects to fit in one range is counted (a scan without sorting)
+    and split only if the count says so; a larger one is split and counted by one sorting scan.
     """
-    if estimate_rows(conn, spec, org, None, None) > chunk_rows / 2:
+    if estimate_rows(conn, spec, org, None, None) > chunk_rows:
         points = split_points(conn, spec, org, None, None, chunk_rows)
         total = points[-1][1] if points else 0
     else:

@@ -6,8 +6,6 @@ routing table, used here and by the Celery app in ``tasks/`` (control steps, row
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from celery import Celery
 
 from migrator.config import Settings
@@ -57,16 +55,34 @@ def all_queues(settings: Settings) -> list[str]:
     return [queue_name(settings, q) for q in (CONTROL, ROWS, BLOBS)]
 
 
+def kombu_queues(settings: Settings) -> list:
+    """The queues, each reached through the default (nameless) exchange with its own name as the
+    routing key. With Redis that means a message is pushed straight onto the queue's list: no
+    exchange binding is consulted, so a flushed Redis (which loses kombu's bindings along with the
+    messages) cannot make later messages vanish silently."""
+    from kombu import Exchange, Queue
+
+    return [Queue(q, Exchange("", type="direct"), routing_key=q) for q in all_queues(settings)]
+
+
 def broker_transport_options(settings: Settings) -> dict:
     # The visibility timeout must exceed the longest task, or Redis hands it to a second worker.
     return {"visibility_timeout": settings.celery.visibility_timeout_s}
 
 
-@lru_cache(maxsize=4)
-def _client_app(broker_url: str, visibility_timeout: int) -> Celery:
-    app = Celery("cells-migrator-client", broker=broker_url, set_as_current=False)
-    app.conf.broker_transport_options = {"visibility_timeout": visibility_timeout}
-    app.conf.broker_connection_retry_on_startup = True
+_CLIENT_APPS: dict[tuple, Celery] = {}
+
+
+def _client_app(settings: Settings) -> Celery:
+    key = (settings.broker_url, settings.celery.visibility_timeout_s, settings.celery.queue_prefix)
+    app = _CLIENT_APPS.get(key)
+    if app is None:
+        app = Celery("cells-migrator-client", broker=settings.broker_url, set_as_current=False)
+        app.conf.broker_transport_options = broker_transport_options(settings)
+        app.conf.broker_connection_retry_on_startup = True
+        app.conf.task_queues = kombu_queues(settings)
+        app.conf.task_create_missing_queues = False
+        _CLIENT_APPS[key] = app
     return app
 
 
@@ -75,11 +91,11 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, app: Celery | None = None):
         self.settings = settings
-        self.app = app or _client_app(settings.broker_url, settings.celery.visibility_timeout_s)
+        self.app = app or _client_app(settings)
 
     def send(self, name: str, **kwargs) -> str:
         queue = queue_name(self.settings, TASK_QUEUES[name])
-        result = self.app.send_task(name, kwargs=kwargs, queue=queue, exchange=queue, routing_key=queue)
+        result = self.app.send_task(name, kwargs=kwargs, queue=queue)
         return result.id
 
     def step(self, move, step: str, token: str | None = None) -> str:

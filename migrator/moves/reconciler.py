@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def reconcile(settings: Settings, dispatcher: Dispatcher) -> list[dict]:
     store = MoveStore(settings.control_dsn)
     actions = []
-    for move in store.stale(settings.moves.stale_after_s, [wf.QUEUED, wf.RUNNING, wf.ABORTING]):
+    stale = store.stale(settings.moves.stale_after_s, [wf.QUEUED, wf.RUNNING, wf.ABORTING])
+    for move in stale:
         if move.state == wf.ABORTING:
             dispatcher.abort(move)
             what = "abort"

@@ -53,6 +53,34 @@ class FaultFleet:
         self.workers.append(proc)
         return proc
 
+    def supervise(self) -> None:
+        """Restart workers that exit on their own, as systemd or compose (restart: always) would. Celery's
+        consumer can die with "Unrecoverable error" while reconnecting to a Redis that restarted; the
+        restarts are counted and reported, not hidden."""
+        import threading
+
+        self._stop = threading.Event()
+        self.restarts = 0
+
+        def loop():
+            while not self._stop.wait(0.5):
+                for w in list(self.workers):
+                    if not w.alive() and not w.expected_exit:
+                        w.expected_exit = True
+                        self.restarts += 1
+                        try:
+                            self.worker()
+                        except Exception:  # noqa: BLE001 - try again on the next tick
+                            w.expected_exit = False
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop_supervising(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+            self._thread.join(5)
+
     def stop_workers(self):
         for w in self.workers:
             w.stop()
@@ -73,7 +101,9 @@ def faults(tmp_path, monkeypatch):
     topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
     fleet.init()
     ff = FaultFleet(fleet, redis, tmp_path)
+    ff.supervise()
     yield ff
+    ff.stop_supervising()
     for w in ff.workers:
         w.kill()
     topo.stop()

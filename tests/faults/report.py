@@ -25,6 +25,7 @@ class ScenarioResult:
     writes_acked: int = 0
     writes_rejected: int = 0
     writes_lost: int = 0
+    worker_restarts: int = 0  # workers that exited by themselves and were restarted by the supervisor
 
     def save(self) -> None:
         path = os.environ.get("FAULTS_REPORT")
@@ -38,15 +39,16 @@ def render(lines: list[dict]) -> str:
     for r in lines:
         a = agg[r["scenario"]]
         for k in ("trials", "completed", "failed_then_resumed", "aborted_clean", "writes_acked", "writes_rejected",
-                  "writes_lost"):
-            a[k] += r[k]
+                  "writes_lost", "worker_restarts"):
+            a[k] += r.get(k, 0)
         a["violations"] += len(r["violations"])
     out = ["| scenario | trials | completed | failed, then resumed | aborted clean | invariant violations |"
-           " writes acknowledged | writes rejected (freeze) | writes lost |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           " writes acknowledged | writes rejected (freeze) | writes lost | workers restarted |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, a in agg.items():
         out.append(f"| {name} | {a['trials']} | {a['completed']} | {a['failed_then_resumed']} | {a['aborted_clean']}"
-                   f" | {a['violations']} | {a['writes_acked']} | {a['writes_rejected']} | {a['writes_lost']} |")
+                   f" | {a['violations']} | {a['writes_acked']} | {a['writes_rejected']} | {a['writes_lost']}"
+                   f" | {a['worker_restarts']} |")
     return "\n".join(out)
 
 

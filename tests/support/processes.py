@@ -87,6 +87,7 @@ class ManagedProcess:
         self.log_path = Path(log_path)
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
+        self.expected_exit = False  # set when we stop or kill it on purpose
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,7 @@ class ManagedProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill the whole process group (a Celery worker's pool children too)."""
+        self.expected_exit = True
         if self.proc is None:
             return
         try:
@@ -120,6 +122,7 @@ class ManagedProcess:
             self.proc.wait()
 
     def stop(self, timeout: float = 20) -> None:
+        self.expected_exit = True
         if not self.alive():
             return
         try:
