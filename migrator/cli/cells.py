@@ -182,16 +182,19 @@ def list_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OP
     if json_output:
         print_json(rows)
     else:
-        table = Table("cell", "state", "sequence range", "orgs routed", "orgs in db", "rows", "size",
-                      "load (cached)", "moves in/out", "note")
+        cached = any(r.get("capacity") for r in rows)  # the rebalancer's readings, once there are some
+        columns = ["cell", "state", "sequence range", "orgs routed", "orgs in db", "rows", "size"]
+        table = Table(*columns, *(["load (cached)", "moves in/out"] if cached else []), "note")
+        table.columns[0].no_wrap = True
         for r in rows:
             rng = f"{r['seq_min']}..{r['seq_max']}" if r["registered"] else "-"
             note = r["error"] or ("" if r["configured"] else "registered but not configured")
             table.add_row(r["cell"], r["state"], rng, str(r["organizations_routed"]),
                           "-" if r["organizations"] is None else str(r["organizations"]),
                           "-" if r["rows"] is None else str(r["rows"]), _human_bytes(r["bytes"]),
-                          _human_bytes(r["capacity"]["bytes"]) if r.get("capacity") else "-",
-                          f"{r['capacity']['moves_in']}/{r['capacity']['moves_out']}" if r.get("capacity") else "-",
+                          *([_human_bytes(r["capacity"]["bytes"]) if r.get("capacity") else "-",
+                             f"{r['capacity']['moves_in']}/{r['capacity']['moves_out']}" if r.get("capacity")
+                             else "-"] if cached else []),
                           note)
         console.print(table)
     if failed:
