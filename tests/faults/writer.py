@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
+import threading
 import time
 
 import psycopg
@@ -31,8 +33,12 @@ def run(org: int, seconds: float, out: str, rate: float, seed: int) -> None:
     project = None
     deadline = time.monotonic() + seconds
     n = 0
+    # SIGTERM ends the loop between two writes: a write committed but not yet logged when the process
+    # is killed would look, to the check, like a write nobody acknowledged that changed the data.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with open(out, "a", buffering=1) as log:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stopping.is_set():
             n += 1
             op = "connect"
             cell = topo.classify(org).cell
