@@ -72,6 +72,17 @@ def drop_database(name: str) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a CI job cancelled, ``timeout``) both unwind through ``BenchFleet.close``,
+    so no database, worker or server is left behind; also when started in the background, where
+    the shell makes SIGINT ignored."""
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def checkpoint(dsn: str = ADMIN_DSN) -> None:
     """Flush the server's dirty buffers now, so the next measured phase does not pay for the last one's."""
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import psycopg  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, MemorySampler, machine, wait_moves  # noqa: E402
+from benchmarks._fleet import BenchFleet, MemorySampler, machine, stop_on_signals, wait_moves  # noqa: E402
 
 
 def org_checksums(dsn: str, orgs: list[int]) -> dict[int, dict[str, tuple[int, str]]]:
@@ -160,6 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
     args = p.parse_args(argv)
+    stop_on_signals()
     result = run(args)
     print(table(result))
     if args.json_path:

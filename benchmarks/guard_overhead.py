@@ -36,7 +36,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import psycopg  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, machine  # noqa: E402
+from benchmarks._fleet import BenchFleet, machine, stop_on_signals  # noqa: E402
 
 MODES = ("no guard", "guard, idle", "guard, other org frozen")
 WORKLOADS = ("insert note", "update issue", "insert ci_build", "delete note", "bulk insert notes (rows/s)")
@@ -157,6 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
+    stop_on_signals()
     result = run(args)
     print(table(result))
     if args.json_path:

@@ -44,7 +44,7 @@ sys.path.insert(0, str(_HERE.parent))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, MemorySampler, checkpoint, machine, wait_moves  # noqa: E402
+from benchmarks._fleet import BenchFleet, MemorySampler, checkpoint, machine, stop_on_signals, wait_moves  # noqa: E402
 
 
 def steps_of(strategy: str) -> tuple[str, ...]:
@@ -491,6 +491,7 @@ def main(argv=None) -> int:
                    "reuse = workers keep cell connections and the schema across tasks (see benchmarks/_probe.py)")
     p.add_argument("--py-spy", metavar="DIR", help="profile the workers with py-spy (collapsed stacks into DIR)")
     args = p.parse_args(argv)
+    stop_on_signals()
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
     strategies = [x.strip() for x in args.strategies.split(",") if x.strip()]
 

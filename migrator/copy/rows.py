@@ -26,6 +26,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import sql
 
 from migrator.copy.spec import TableSpec, full_scan, json_key
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 # Sorting a range's keys to cut it into batches or ranges: enough memory to sort a few million keys
 # without spilling to disk (the source session, that one statement's transaction only).
 SPLIT_WORK_MEM = "64MB"
+# Looking up the organization's first key to narrow the first batch's probe is an optimisation: give
+# up after this long and probe the whole span (worst case: that batch takes the upsert path).
+FIRST_KEY_TIMEOUT_MS = 500
 
 
 @dataclass
@@ -63,9 +67,24 @@ def _edge_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None,
     return json_key(row) if row else None
 
 
-def first_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> list | None:
-    """The organization's smallest key in (lo, hi] (None if the range holds none of its rows)."""
-    return _edge_key(conn, spec, org, lo, hi, last=False)
+def first_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *,
+              timeout_ms: int | None = None) -> list | None:
+    """The organization's smallest key in (lo, hi] (None if the range holds none of its rows).
+
+    With ``timeout_ms``, None also when finding it takes longer (it walks the table in key order
+    until the organization's first row: instant when its rows are spread through the table, long
+    for a young organization at the end of a large shared table).
+    """
+    if timeout_ms is None:
+        return _edge_key(conn, spec, org, lo, hi, last=False)
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{int(timeout_ms)}ms")))
+            return _edge_key(conn, spec, org, lo, hi, last=False)
+    except psycopg.errors.QueryCanceled:
+        log.info("%s: the organization's first key took over %s ms to find; probing the whole batch span",
+                 spec.name, timeout_ms)
+        return None
 
 
 def last_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> list | None:
@@ -210,7 +229,9 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
     """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch."""
     after = position if position is not None else lo
     bounds = batch_bounds(src, spec, org, after, hi, batch_rows)
-    first = first_key(src, spec, org, after, bounds[0]) if bounds else None
+    # A range open below is where the target's own (lower) keys can sit: probe from the org's first key.
+    first = first_key(src, spec, org, None, bounds[0], timeout_ms=FIRST_KEY_TIMEOUT_MS) \
+        if bounds and after is None else None
     copied = 0
     for upto in bounds:
         result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token,

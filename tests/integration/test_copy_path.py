@@ -152,3 +152,33 @@ def test_both_sides_checksummed_at_once_match_one_at_a_time(seeded):
             assert both == (one, one)
         with pytest.raises(psycopg.errors.UndefinedTable):  # an error on one side is raised, once
             range_checksums(src, other, dataclasses.replace(specs["notes"], name="no_such_table"), oid, None, None)
+
+
+def test_without_the_first_key_the_first_batch_is_upserted_and_still_exact(provisioned, monkeypatch):
+    """When the organization's first key is not found in time, the probe covers the whole span: the
+    target's lower rows send the batch through staging + upsert, with the same result."""
+    import migrator.copy.rows as rows
+
+    settings = provisioned.settings()
+    seed_organizations(settings, "cell-1", orgs=1, rows=600, blobs=3, skew=False, seed=3)
+    [org] = seed_organizations(settings, "cell-2", orgs=1, rows=600, blobs=3, skew=False, seed=4)
+    oid = org.organization_id
+    monkeypatch.setattr(rows, "first_key", lambda *a, **k: None)
+    paths = []
+    real_copy_batch = rows.copy_batch
+
+    def spy(*args, **kwargs):
+        result = real_copy_batch(*args, **kwargs)
+        paths.append((args[2].name, result.path))
+        return result
+
+    monkeypatch.setattr(rows, "copy_batch", spy)
+    with _conn(settings, "cell-2") as src, _conn(settings, "cell-1") as tgt:
+        order, specs = _specs(settings, src)
+        for name in order:
+            for r in plan_ranges(src, specs[name], oid, chunk_rows=10_000):
+                copy_range(src, tgt, specs[name], oid, lo=r["lo"], hi=r["hi"], position=None, batch_rows=10_000,
+                           checkpoint=lambda *_: None)
+    assert ("notes", "upsert") in paths
+    assert org_checksums(settings, "cell-1", oid) == org_checksums(settings, "cell-2", oid)
+    assert not duplicate_keys(settings, "cell-1")
