@@ -27,7 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a script, this folder would come first on sys.path (benchmarks/concurrent.py would hide the
+# standard library's ``concurrent``): put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
 from benchmarks._fleet import BenchFleet, machine, wait_moves  # noqa: E402
 
