@@ -70,6 +70,11 @@ class MoveConfig(_Strict):
     batch_rows: int = 200_000
     chunk_rows: int = 200_000
     blob_batch: int = 200
+    # How verify hashes a row (docs/adr/0010-verify-row-hash.md): "hash" sums PostgreSQL's 64-bit
+    # hash of the row's values (hash_record_extended; text form for columns it cannot hash), "text"
+    # the 64-bit md5 prefix of the row's text form (3x slower; for cells on PostgreSQL < 14 or of
+    # different byte order). Both sides of a move always use the same one.
+    checksum: Literal["hash", "text"] = "hash"
     drain_timeout_s: float = 60.0
     lease_ttl_s: float = 60.0
     # The reconciler re-enqueues a running move whose heartbeat is older than this.

@@ -29,10 +29,11 @@ ORDER BY c.relname
 
 _COLUMNS = """
 SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
-       a.attgenerated = 's', a.attidentity, a.attnum
+       a.attgenerated = 's', a.attidentity, a.attnum, a.atttypid, coalesce(co.collisdeterministic, true)
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
 WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
@@ -69,6 +70,10 @@ class ColumnInfo:
     generated: bool = False  # GENERATED ALWAYS AS (...) STORED
     identity: str | None = None  # "always" / "by default"
     position: int = 0
+    # Whether verify may hash the value itself (``hash_record_extended``): a built-in type whose hash
+    # depends on the value alone (VALUE_HASHED_TYPES) without a nondeterministic collation (under
+    # which 'A' and 'a' hash alike). Otherwise verify hashes its text form. Not in the fingerprint.
+    hashable: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class TableInfo:
 class LiveSchema:
     schema: str = "public"
     tables: dict[str, TableInfo] = field(default_factory=dict)
+    row_hash: bool = False  # the server has hash_record_extended (PostgreSQL 14+)
 
     def table(self, name: str) -> TableInfo:
         from migrator.errors import SchemaMismatch
@@ -208,14 +214,16 @@ def _read(conn: psycopg.Connection, schema: str) -> LiveSchema:
         return live
     params = {"schema": schema}
     by_oid: dict[int, TableInfo] = {}
+    live.row_hash = conn.info.server_version >= 140000
     with conn.cursor() as cur:
         for oid, name, partitioned in cur.execute(_TABLES, params).fetchall():
             by_oid[oid] = live.tables[name] = TableInfo(name=name, partitioned=partitioned)
-        for oid, name, type_, notnull, generated, identity, pos in cur.execute(_COLUMNS, params).fetchall():
-            info = by_oid.get(oid)
-            if info is not None:
-                info.columns.append(ColumnInfo(name, type_, not notnull, bool(generated),
-                                               _IDENTITY.get(identity or ""), pos))
+        columns = [r for r in cur.execute(_COLUMNS, params).fetchall() if r[0] in by_oid]
+        hashable = value_hashed_types(conn, {r[7] for r in columns}) if live.row_hash else set()
+        for oid, name, type_, notnull, generated, identity, pos, type_oid, deterministic in columns:
+            by_oid[oid].columns.append(ColumnInfo(name, type_, not notnull, bool(generated),
+                                                  _IDENTITY.get(identity or ""), pos,
+                                                  hashable=deterministic and type_oid in hashable))
         for oid, kind, conname, cols, ref_schema, ref_table, ref_cols in cur.execute(_CONSTRAINTS, params).fetchall():
             info = by_oid.get(oid)
             if info is None:
@@ -225,6 +233,43 @@ def _read(conn: psycopg.Connection, schema: str) -> LiveSchema:
             else:
                 info.foreign_keys.append(ForeignKeyInfo(list(cols), ref_table, list(ref_cols), ref_schema, conname))
     return live
+
+
+# Built-in types whose hash is a function of the value alone, identical in every database of any
+# PostgreSQL 14+ server of the same byte order (hash partitioning relies on that). Not here: enums
+# (their hash is the label's OID, which differs between databases), extension types (citext hashes
+# case-insensitively), and types without an extended hash function (json, point, xml, money, bit…).
+VALUE_HASHED_TYPES = frozenset({
+    "int2", "int4", "int8", "numeric", "float4", "float8", "bool", "text", "varchar", "bpchar", "char", "name",
+    "bytea", "uuid", "date", "time", "timetz", "timestamp", "timestamptz", "interval", "jsonb", "inet", "cidr",
+    "macaddr", "macaddr8",
+})
+
+# Each column type's underlying built-in type: through domains and arrays (an array hashes its elements).
+_BASE_TYPES = """
+WITH RECURSIVE chain(top, oid, depth) AS (
+    SELECT t.oid, t.oid, 0 FROM pg_catalog.pg_type t WHERE t.oid = ANY(%(types)s)
+  UNION ALL
+    SELECT c.top, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, c.depth + 1
+      FROM chain c JOIN pg_catalog.pg_type t ON t.oid = c.oid
+     WHERE (t.typtype = 'd' OR (t.typelem <> 0 AND t.typsubscript = 'pg_catalog.array_subscript_handler'::regproc))
+       AND c.depth < 16
+)
+SELECT DISTINCT ON (c.top) c.top, n.nspname, t.typname, t.typtype
+  FROM chain c
+  JOIN pg_catalog.pg_type t ON t.oid = c.oid
+  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+ ORDER BY c.top, c.depth DESC
+"""
+
+
+def value_hashed_types(conn: psycopg.Connection, type_oids: set[int]) -> set[int]:
+    """The type OIDs among ``type_oids`` that verify may hash as values (see VALUE_HASHED_TYPES)."""
+    if not type_oids:
+        return set()
+    rows = conn.execute(_BASE_TYPES, {"types": sorted(type_oids)}).fetchall()
+    return {top for top, nsp, name, kind in rows
+            if nsp == "pg_catalog" and kind == "b" and name in VALUE_HASHED_TYPES}
 
 
 def introspect(conn_or_dsn: psycopg.Connection | str, schema: str = "public") -> LiveSchema:

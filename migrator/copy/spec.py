@@ -72,6 +72,9 @@ class TableSpec:
     predicate: sql.Composable  # rows of the organization, table aliased "t"
     identity_always: bool = False  # some column is GENERATED ALWAYS AS IDENTITY (INSERT needs OVERRIDING)
     identity_always_columns: tuple[str, ...] = ()  # those columns
+    # verify's row hash: per column of ``columns``, whether it is hashed as a value (else as text);
+    # None: the md5 of the row's text form (``moves.checksum: text``, or PostgreSQL < 14).
+    hashed: tuple[bool, ...] | None = None
 
     @property
     def update_columns(self) -> tuple[str, ...]:
@@ -156,11 +159,24 @@ class TableSpec:
         return sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(self.ident, self.where(lo, hi))
 
     def checksum_sql(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
-        """Row count and an order-independent checksum: the sum of a 64-bit prefix of each row's md5."""
+        """Row count and an order-independent checksum: the sum of a 64-bit hash of each row.
+
+        With ``hashed``: ``hash_record_extended`` over the row's values, a column whose type has
+        no hash function (json, point, xml…) or a nondeterministic collation entering as its text
+        form in the "C" collation. Without: a 64-bit prefix of the md5 of the row's text form.
+        """
+        if self.hashed is None:
+            return sql.SQL(
+                "SELECT count(*), coalesce(sum(('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::bigint), 0)"
+                "::text FROM {table} AS t WHERE {where}"
+            ).format(cols=self.cols("t"), table=self.ident, where=self.where(lo, hi))
+        values = sql.SQL(", ").join(
+            sql.Identifier("t", c) if hashed else sql.SQL('CAST({} AS text) COLLATE "C"').format(sql.Identifier("t", c))
+            for c, hashed in zip(self.columns, self.hashed, strict=True))
         return sql.SQL(
-            "SELECT count(*), coalesce(sum(('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::bigint), 0)::text"
+            "SELECT count(*), coalesce(sum(hash_record_extended(ROW({values}), 0)), 0)::text"
             " FROM {table} AS t WHERE {where}"
-        ).format(cols=self.cols("t"), table=self.ident, where=self.where(lo, hi))
+        ).format(values=values, table=self.ident, where=self.where(lo, hi))
 
     def boundaries_sql(self, every: int) -> sql.Composable:
         """Every ``every``-th key of the organization's rows in key order (range split points)."""
@@ -185,12 +201,17 @@ class TableSpec:
             pk=self.pk_cols("t"), table=self.ident, pred=self.predicate)
 
 
-def table_specs(dictionary, live) -> dict[str, TableSpec]:
-    """A TableSpec for every organization-scoped table, from the dictionary and a live schema."""
+def table_specs(dictionary, live, checksum: str = "hash") -> dict[str, TableSpec]:
+    """A TableSpec for every organization-scoped table, from the dictionary and a live schema.
+
+    ``checksum``: verify's row hash, ``moves.checksum`` ("hash" needs PostgreSQL 14+, else "text").
+    """
     specs = {}
     for name in dictionary.org_tables():
         info = live.tables[name]
-        columns = tuple(c.name for c in sorted(info.columns, key=lambda c: c.position) if not c.generated)
+        copied = [c for c in sorted(info.columns, key=lambda c: c.position) if not c.generated]
+        columns = tuple(c.name for c in copied)
+        hashed = tuple(c.hashable for c in copied) if checksum == "hash" and live.row_hash else None
         types = {c.name: c.type for c in info.columns}
         specs[name] = TableSpec(
             name=name,
@@ -200,5 +221,6 @@ def table_specs(dictionary, live) -> dict[str, TableSpec]:
             predicate=dictionary.org_predicate(name, live, alias="t"),
             identity_always=any(c.identity == "always" for c in info.columns),
             identity_always_columns=tuple(c.name for c in info.columns if c.identity == "always"),
+            hashed=hashed,
         )
     return specs

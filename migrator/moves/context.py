@@ -69,7 +69,7 @@ class MoveContext:
 
     @cached_property
     def specs(self) -> dict[str, TableSpec]:
-        return table_specs(self.dictionary, self.source_schema)
+        return table_specs(self.dictionary, self.source_schema, self.settings.moves.checksum)
 
     def copy_order(self) -> list[str]:
         return self.dictionary.copy_order(self.source_schema)

@@ -57,6 +57,22 @@ def validate_request(settings: Settings, topology, org: int, target: str):
     return route
 
 
+def _check_row_hash(live_src, live_tgt, tables, source: str, target: str) -> None:
+    """verify hashes rows with the same expression on both sides: both servers must be able to."""
+    if live_src.row_hash != live_tgt.row_hash:
+        old = source if not live_src.row_hash else target
+        raise SchemaMismatch(f"cell {old!r} runs PostgreSQL < 14, which has no hash_record_extended for verify's "
+                             "row hash", "set `moves.checksum: text` in the config (docs/adr/0010-verify-row-hash.md)")
+    if not live_src.row_hash:
+        return
+    differ = [f"{name}.{c.name}" for name in tables for c in live_src.tables[name].columns
+              if (o := live_tgt.tables[name].column(c.name)) is not None and o.hashable != c.hashable]
+    if differ:
+        raise SchemaMismatch(f"cells {source!r} and {target!r} differ in which columns PostgreSQL can hash: "
+                             f"{', '.join(differ[:10])}", "install the same extension versions in both cells, or "
+                             "set `moves.checksum: text` (docs/adr/0010-verify-row-hash.md)")
+
+
 def _check_privilege(conn, cell: str) -> None:
     ok = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     ok = bool(ok and ok[0])
@@ -104,6 +120,8 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
         diff = "; ".join(live_src.diff(live_tgt, tables, names=(source, target))[:10])
         raise SchemaMismatch(f"cells {source!r} and {target!r} have different schemas: {diff}",
                              "migrate both cells to the same schema version first")
+    if settings.moves.checksum == "hash":
+        _check_row_hash(live_src, live_tgt, tables, source, target)
     root = dictionary.root_table
     root_pk = live_src.tables[root].primary_key[0]
     exists = src.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = %s)").format(
@@ -116,7 +134,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     for cell in (source, target):
         open_store(settings, cell).check()
 
-    specs = table_specs(dictionary, live_src)
+    specs = table_specs(dictionary, live_src, settings.moves.checksum)
     rows_by_table: dict[str, int] = {}
     for name in dictionary.copy_order(live_src):
         spec = specs[name]
