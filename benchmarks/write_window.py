@@ -52,6 +52,35 @@ def writer_window(log_path: Path, source: str, target: str) -> dict:
             "achieved_writes_per_s": round(len(events) / span, 1), "acked": acks, "rejected": len(rejected)}
 
 
+WINDOW_STEPS = ("freeze", "drain", "final_delta", "verify", "flip", "unfreeze")
+
+
+def step_timeline(settings, move_id) -> dict:
+    """Seconds each step took (its first start to its first finish, from the move's events), and for the
+    steps inside the write window the time between them (one step's finish to the next one's start:
+    Celery dispatch and pickup)."""
+    from migrator.moves.store import MoveStore
+
+    first: dict = {}
+    order: list[str] = []
+    for e in MoveStore(settings.control_dsn).events(move_id):
+        if e.step and e.event in ("started", "finished"):
+            first.setdefault((e.step, e.event), e.at)
+            if e.step not in order:
+                order.append(e.step)
+    steps = {step: round((first[(step, "finished")] - first[(step, "started")]).total_seconds(), 3)
+             for step in order if (step, "started") in first and (step, "finished") in first}
+    between, previous = 0.0, None
+    for step in WINDOW_STEPS:
+        if step not in steps:
+            continue
+        if previous is not None:
+            between += (first[(step, "started")] - previous).total_seconds()
+        previous = first[(step, "finished")]
+    return {"steps_s": steps, "window_steps_s": {s: steps[s] for s in WINDOW_STEPS if s in steps},
+            "between_window_steps_s": round(between, 3)}
+
+
 def one_move(fleet: BenchFleet, strategy: str, rows: int, rate: float, seed: int, workdir: Path) -> dict:
     from migrator.moves.operations import Operations
     from migrator.seed import seed_organizations
@@ -92,6 +121,7 @@ def one_move(fleet: BenchFleet, strategy: str, rows: int, rate: float, seed: int
         "catch_up_keys": (report.get("catch_up") or {}).get("keys_applied"),
         "final_delta_keys": report.get("final_delta_keys"),
         "verified": bool((report.get("verification") or {}).get("ok")),
+        "timeline": step_timeline(settings, final.id),
     }
 
 
@@ -112,9 +142,12 @@ def main() -> None:
         for i, strategy in enumerate(plan):
             run = one_move(fleet, strategy, a.rows, a.rate, seed=100 + i, workdir=fleet.workdir)
             runs.append(run)
+            timeline = run["timeline"]
             print(f"{strategy:7s} org {run['organization_id']:>5}: writer window {run['writer_window_s']}s, "
                   f"move window {run['move_write_window_s']}s, total {run['move_total_s']}s, acked "
-                  f"{run['writes_acked']}, rejected {run['writes_rejected']}, lost {run['writes_lost']}",
+                  f"{run['writes_acked']}, rejected {run['writes_rejected']}, lost {run['writes_lost']}; "
+                  f"in the window: {timeline['window_steps_s']}, between them {timeline['between_window_steps_s']}s; "
+                  f"all steps: {timeline['steps_s']}",
                   file=sys.stderr)
     summary = {}
     for strategy in ("frozen", "online"):
