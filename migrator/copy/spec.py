@@ -26,8 +26,7 @@ STABLE_SESSION = (
 
 
 def stabilize_session(conn) -> None:
-    for stmt in STABLE_SESSION:
-        conn.execute(stmt)
+    conn.execute("; ".join(STABLE_SESSION))  # one round trip (no parameters: one simple query)
 
 
 @contextmanager

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
+from pathlib import Path
 
+from migrator.cells import connections
 from migrator.config import Settings
 from migrator.control.models import Move
-from migrator.copy.spec import TableSpec, stabilize_session, table_specs
-from migrator.db import connect
+from migrator.copy.spec import TableSpec, table_specs
 from migrator.moves.store import MoveStore
 
 
@@ -34,19 +37,20 @@ class MoveContext:
     def topology(self):
         from migrator.topology.client import topology_client
 
-        return topology_client(self.settings)
+        return topology_client(self.settings, shared=True)
 
     @cached_property
     def dictionary(self):
-        from migrator.dictionary import load_dictionary
-
-        return load_dictionary(self.settings.dictionary_file())
+        return _cached_dictionary(self.settings.dictionary_file())
 
     def cell_conn(self, cell: str, *, autocommit: bool = True):
-        """A connection to a cell's database, closed when the step ends."""
-        conn = connect(self.settings.cell(cell).dsn, what=f"cell {cell!r} database", autocommit=autocommit)
-        stabilize_session(conn)
-        self._conns.append(conn)
+        """A connection to a cell's database (stable session settings), given back when the step ends.
+
+        Taken from this worker process's idle connections when one answers (migrator/cells/connections.py).
+        """
+        dsn = self.settings.cell(cell).dsn
+        conn = connections.checkout(dsn, what=f"cell {cell!r} database", autocommit=autocommit)
+        self._conns.append((conn, dsn, autocommit))
         return conn
 
     def source(self, autocommit: bool = True):
@@ -57,15 +61,30 @@ class MoveContext:
 
     @cached_property
     def source_schema(self):
-        from migrator.cells.introspect import introspect
-
-        return introspect(self.source())
+        return self._schema(self.move.source_cell)
 
     @cached_property
     def target_schema(self):
+        return self._schema(self.move.target_cell)
+
+    def _schema(self, cell: str):
+        """The cell's live schema, read once per move attempt in this worker process.
+
+        Preflight checked that both cells have the same schema; a resume is a new attempt (a new
+        token) and reads it again, so a schema migrated while a move was paused is seen.
+        """
         from migrator.cells.introspect import introspect
 
-        return introspect(self.target())
+        key = (os.getpid(), str(self.move.id), self.token, self.settings.cell(cell).dsn)
+        with _schemas_lock:
+            live = _schemas.get(key)
+        if live is None:
+            live = introspect(self.cell_conn(cell))
+            with _schemas_lock:
+                _schemas[key] = live
+                while len(_schemas) > _SCHEMAS_KEPT:
+                    _schemas.popitem(last=False)
+        return live
 
     @cached_property
     def specs(self) -> dict[str, TableSpec]:
@@ -81,7 +100,30 @@ class MoveContext:
         self.store.event(self.move.id, step, event, message, detail)
 
     def close(self) -> None:
-        for conn in self._conns:
-            with contextlib.suppress(Exception):
-                conn.close()
+        for conn, dsn, autocommit in self._conns:
+            connections.checkin(conn, dsn, autocommit=autocommit)
         self._conns.clear()
+
+
+# Live schemas of recent move attempts, per worker process (see MoveContext._schema).
+_SCHEMAS_KEPT = 64
+_schemas: OrderedDict = OrderedDict()
+_schemas_lock = threading.Lock()
+
+
+def _cached_dictionary(path):
+    """The data dictionary, read again only when its file changes (size or modification time)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        from migrator.dictionary import load_dictionary
+
+        return load_dictionary(path)  # raises the error that names the file
+    return _load_dictionary(str(path), stat.st_mtime_ns, stat.st_size, os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _load_dictionary(path: str, mtime_ns: int, size: int, pid: int):
+    from migrator.dictionary import load_dictionary
+
+    return load_dictionary(path)

@@ -9,6 +9,7 @@ do not survive ``fork``).
 from __future__ import annotations
 
 import json
+import os
 
 import grpc
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
@@ -152,10 +153,23 @@ class TopologyClient:
         return [_history(e) for e in self._call("History", pb.HistoryRequest(organization_id=organization_id)).entries]
 
 
-def topology_client(settings) -> TopologyClient | TopologyService:
-    """The Topology Service as configured: over gRPC if ``topology.address`` is set, else in-process."""
+_SHARED: dict[tuple[int, str], TopologyClient] = {}
+
+
+def topology_client(settings, *, shared: bool = False) -> TopologyClient | TopologyService:
+    """The Topology Service as configured: over gRPC if ``topology.address`` is set, else in-process.
+
+    ``shared``: one client (one gRPC channel, thread-safe) per address in this process, reused by
+    later calls, so a worker's steps do not each open a channel. Keyed by process id (fork).
+    """
     if settings.topology.address:
-        return TopologyClient(settings.topology.address)
+        if not shared:
+            return TopologyClient(settings.topology.address)
+        key = (os.getpid(), settings.topology.address)
+        client = _SHARED.get(key)
+        if client is None:
+            client = _SHARED[key] = TopologyClient(settings.topology.address)
+        return client
     return TopologyService(settings.control_dsn, notify_channel=settings.topology.notify_channel,
                            sequence_block=settings.topology.sequence_block)
 
