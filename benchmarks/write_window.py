@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,25 @@ def step_timeline(settings, move_id) -> dict:
             "between_window_steps_s": round(between, 3)}
 
 
-def one_move(fleet: BenchFleet, strategy: str, rows: int, rate: float, seed: int, workdir: Path) -> dict:
+def verify_tasks(probe_file: Path | None, move_id) -> dict | None:
+    """From the workers' probe (``--probe``): the verify step's tasks, their checksum work and the rest."""
+    if probe_file is None or not probe_file.exists():
+        return None
+    lines = [json.loads(x) for x in probe_file.read_text().splitlines() if x.strip()]
+    mine = [x for x in lines if x.get("move_id") == str(move_id) and x["task"].startswith("migrator.verify")]
+    if not mine:
+        return None
+    busy = sum(x["end"] - x["start"] for x in mine)
+    checksum = sum(x["checksum_s"] for x in mine)
+    return {"tasks": len(mine), "span_s": round(max(x["end"] for x in mine) - min(x["start"] for x in mine), 3),
+            "task_seconds": round(busy, 3), "checksum_seconds": round(checksum, 3),
+            "other_seconds_per_task": round((busy - checksum) / len(mine), 4),
+            "slowest": sorted(((round(x["end"] - x["start"], 3), x.get("unit") or x["task"]) for x in mine),
+                              reverse=True)[:3]}
+
+
+def one_move(fleet: BenchFleet, strategy: str, rows: int, rate: float, seed: int, workdir: Path,
+             probe_file: Path | None = None) -> dict:
     from migrator.moves.operations import Operations
     from migrator.seed import seed_organizations
     from migrator.topology.client import topology_client
@@ -122,6 +141,7 @@ def one_move(fleet: BenchFleet, strategy: str, rows: int, rate: float, seed: int
         "final_delta_keys": report.get("final_delta_keys"),
         "verified": bool((report.get("verification") or {}).get("ok")),
         "timeline": step_timeline(settings, final.id),
+        "verify_tasks": verify_tasks(probe_file, final.id),
     }
 
 
@@ -133,21 +153,26 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=150.0, help="writer's target writes/s")
     p.add_argument("--workers", type=int, default=2, help="Celery worker processes (concurrency 1 each)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--probe", action="store_true",
+                   help="run the workers with benchmarks/_probe.py and report the verify step's tasks")
     a = p.parse_args()
     runs = []
     with BenchFleet(cells=3) as fleet:
         fleet.init()
-        fleet.start_workers(a.workers, concurrency=1)
+        probe_file = fleet.workdir / "probe.jsonl" if a.probe else None
+        if probe_file:
+            os.environ["BENCH_PROBE_FILE"] = str(probe_file)
+        fleet.start_workers(a.workers, concurrency=1, app="benchmarks._probe" if a.probe else "tasks")
         plan = ["frozen"] * a.frozen_moves + ["online"] * a.online_moves
         for i, strategy in enumerate(plan):
-            run = one_move(fleet, strategy, a.rows, a.rate, seed=100 + i, workdir=fleet.workdir)
+            run = one_move(fleet, strategy, a.rows, a.rate, seed=100 + i, workdir=fleet.workdir, probe_file=probe_file)
             runs.append(run)
             timeline = run["timeline"]
             print(f"{strategy:7s} org {run['organization_id']:>5}: writer window {run['writer_window_s']}s, "
                   f"move window {run['move_write_window_s']}s, total {run['move_total_s']}s, acked "
                   f"{run['writes_acked']}, rejected {run['writes_rejected']}, lost {run['writes_lost']}; "
                   f"in the window: {timeline['window_steps_s']}, between them {timeline['between_window_steps_s']}s; "
-                  f"all steps: {timeline['steps_s']}",
+                  f"all steps: {timeline['steps_s']}" + (f"; verify tasks: {run['verify_tasks']}" if a.probe else ""),
                   file=sys.stderr)
     summary = {}
     for strategy in ("frozen", "online"):
