@@ -58,61 +58,8 @@ def install() -> None:
         MoveStore.checkpoint_unit = _timed(MoveStore.checkpoint_unit, "checkpoint")
 
 
-def install_what_if_reuse() -> None:
-    """What-if (``BENCH_WHATIF=reuse``, never the default): what per-task overhead would be if a worker
-    process kept its cell connections and the introspected schema and dictionary across tasks.
-
-    ``MoveContext.cell_conn`` hands out one connection per (cell, autocommit) per process, replaced
-    when broken or not idle; ``close()`` leaves them open; the schema and dictionary are read once.
-    Measures a proposal for migrator/moves/context.py; the shipped code opens fresh connections.
-    """
-    import contextlib
-
-    import psycopg
-
-    from migrator.moves import context
-
-    if getattr(context.MoveContext, "__bench_whatif__", False):
-        return
-    conns: dict = {}
-    cache: dict = {}
-    orig_cell_conn = context.MoveContext.cell_conn
-
-    def cell_conn(self, cell, *, autocommit=True):
-        key = (self.settings.cell(cell).dsn, autocommit)
-        conn = conns.get(key)
-        if conn is None or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            conn = orig_cell_conn(self, cell, autocommit=autocommit)
-            self._conns.remove(conn)  # the process keeps it
-            conns[key] = conn
-        return conn
-
-    def cached(name, key_fn, orig):
-        def get(self):
-            key = (name, key_fn(self))
-            if key not in cache:
-                cache[key] = orig.func(self)
-            return cache[key]
-
-        prop = functools.cached_property(get)
-        prop.attrname = name
-        return prop
-
-    ctx = context.MoveContext
-    ctx.cell_conn = cell_conn
-    ctx.dictionary = cached("dictionary", lambda self: str(self.settings.dictionary_file()), ctx.dictionary)
-    ctx.source_schema = cached("source_schema", lambda self: self.move.source_cell, ctx.source_schema)
-    ctx.target_schema = cached("target_schema", lambda self: self.move.target_cell, ctx.target_schema)
-    ctx.__bench_whatif__ = True
-
-
 def _install_all() -> None:
     install()
-    if "reuse" in os.environ.get("BENCH_WHATIF", "").split(","):
-        install_what_if_reuse()
 
 
 @worker_process_init.connect

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -74,10 +73,7 @@ def run(args) -> dict:
               file=sys.stderr, flush=True)
         ids = [o.organization_id for o in orgs]
         before = org_checksums(fleet.cell_dsns["cell-1"], ids)
-        if args.what_if:
-            os.environ["BENCH_WHATIF"] = args.what_if  # read by benchmarks/_probe.py in the workers
-        procs = fleet.start_workers(args.workers, concurrency=args.concurrency,
-                                    app="benchmarks._probe" if args.what_if else "tasks")
+        procs = fleet.start_workers(args.workers, concurrency=args.concurrency)
         ops = Operations(settings)
         targets = {oid: ("cell-2", "cell-3")[i % 2] for i, oid in enumerate(ids)}
         try:
@@ -111,7 +107,7 @@ def run(args) -> dict:
         "machine": machine(),
         "params": {"orgs": args.orgs, "rows": args.rows, "blobs": args.blobs, "workers": args.workers,
                    "concurrency": args.concurrency, "rows_total": sum(o.rows for o in orgs),
-                   "strategy": done[0].strategy if done else args.strategy, "what_if": args.what_if},
+                   "strategy": done[0].strategy if done else args.strategy},
         "total_s": round(total, 3), "requests_s": round(requested_s, 3),
         "moves_per_min": round(60 * len(done) / total, 1),
         "rows_per_s": round(sum(o.rows for o in orgs) / total),
@@ -128,8 +124,7 @@ def table(r: dict) -> str:
     lines = [
         ("organizations x rows (blobs)", f"{n} x {r['params']['rows']:,} ({r['params']['blobs']} each)"),
         ("workers x concurrency", f"{r['params']['workers']} x {r['params']['concurrency']}"),
-        ("strategy" + (" (what-if: " + r["params"]["what_if"] + ")" if r["params"]["what_if"] else ""),
-         r["params"]["strategy"]),
+        ("strategy", r["params"]["strategy"]),
         ("total time, first request to last done (s)", f"{r['total_s']:.2f}"),
         ("moves per minute", f"{r['moves_per_min']:.1f}"),
         ("rows per second, all moves", f"{r['rows_per_s']:,}"),
@@ -155,8 +150,6 @@ def main(argv=None) -> int:
     p.add_argument("--batch-rows", type=int, help="override moves.batch_rows")
     p.add_argument("--chunk-rows", type=int, help="override moves.chunk_rows")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for all moves (default 1800)")
-    p.add_argument("--what-if", choices=["reuse"], help="measure a proposal instead of the shipped code: "
-                   "reuse = workers keep cell connections and the schema across tasks (see benchmarks/_probe.py)")
     p.add_argument("--json", dest="json_path", help="write the results as JSON to this file")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
     args = p.parse_args(argv)

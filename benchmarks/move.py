@@ -11,7 +11,9 @@ For each worker count W in ``--workers`` (a fresh set of cells each time, so eve
    BINARY)`` on a scratch cell (an empty database with the target's schema, guard and indexes), one
    transaction per table with ``session_replication_role = replica`` as the mover uses;
 3. **raw checksum**: the verifier's checksum query over the organization's rows of each table, once
-   on the source and once on the scratch copy, one connection, no framework;
+   on the source and once on the scratch copy, one connection, no framework (since ADR 0010 that is
+   the ``hash_record_extended`` row hash; the md5-of-text query of ``moves.checksum: text``, the
+   brief's yardstick, is measured too and reported as ``md5_text_s``);
 4. **the move**: ``W`` Celery worker processes (``--concurrency 1`` each) move the organization to a
    fresh target; timings come from the move's events (step started/finished), its report (write
    window), and a probe in the workers (benchmarks/_probe.py) that times the data work of each task,
@@ -66,7 +68,7 @@ TARGETS = {"copy": 1.3, "verify": 1.3, "write_window": 1.5, "rss_mib": 300.0, "o
 
 
 # ----------------------------------------------------------------------------- raw baselines
-def _specs(conn):
+def _specs(conn, checksum: str = "hash"):
     from migrator.cells.introspect import introspect
     from migrator.config import get_settings
     from migrator.copy.spec import table_specs
@@ -74,7 +76,7 @@ def _specs(conn):
 
     dictionary = load_dictionary(get_settings().dictionary_file())
     live = introspect(conn)
-    return dictionary.copy_order(live), table_specs(dictionary, live)
+    return dictionary.copy_order(live), table_specs(dictionary, live, checksum)
 
 
 def raw_copy(source_dsn: str, scratch_dsn: str, org: int) -> dict:
@@ -109,14 +111,17 @@ def raw_copy(source_dsn: str, scratch_dsn: str, org: int) -> dict:
             "mb_per_s": round(nbytes / total / 1e6, 1), "tables": tables}
 
 
-def _checksums(dsn: str, org: int) -> tuple[float, dict]:
-    """The verifier's query (``range_checksum``: its SQL and planner settings) over each whole table."""
+def _checksums(dsn: str, org: int, checksum: str = "hash") -> tuple[float, dict]:
+    """The verifier's query (``range_checksum``: its SQL and planner settings) over each whole table.
+
+    ``checksum="text"``: the md5 of each row's text form (``moves.checksum: text``, the brief's yardstick).
+    """
     from migrator.copy.spec import stabilize_session
     from migrator.verify.checksums import range_checksum
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         stabilize_session(conn)
-        order, specs = _specs(conn)
+        order, specs = _specs(conn, checksum)
         out = {}
         t0 = time.perf_counter()
         for name in order:
@@ -143,8 +148,9 @@ def raw_checksum(source_dsn: str, scratch_dsn: str, org: int) -> dict:
     both = time.perf_counter() - t0
     if c_src != c_tgt:
         raise RuntimeError(f"raw copy differs from the source: {c_src} != {c_tgt}")
+    md5_text = _checksums(source_dsn, org, "text")[0] + _checksums(scratch_dsn, org, "text")[0]
     return {"s": round(s_src + s_tgt, 3), "source_s": round(s_src, 3), "target_s": round(s_tgt, 3),
-            "both_sides_at_once_s": round(both, 3)}
+            "both_sides_at_once_s": round(both, 3), "md5_text_s": round(md5_text, 3)}
 
 
 def _mean(values) -> float:
@@ -432,6 +438,7 @@ def table(result: dict) -> str:
              row("raw checksum before / after (s)",
                  [" / ".join(f"{x:.2f}" for x in r["raw"]["checksum"]["runs_s"]) for r in runs]),
              row("raw checksum, both at once (s)", [f(r["raw"]["checksum"]["both_sides_at_once_s"]) for r in runs]),
+             row("raw md5-of-text checksum, src+tgt (s)", [f(r["raw"]["checksum"].get("md5_text_s")) for r in runs]),
              row("move total (s)", [f(r["move"]["total_s"]) for r in runs])]
     for step in all_steps(runs):
         lines.append(row(f"  {step} (s)", [f(r["move"]["steps_s"].get(step)) for r in runs]))
@@ -487,8 +494,6 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-rows", type=int, help="override moves.chunk_rows (default: the config default)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a move (default 1800)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
-    p.add_argument("--what-if", choices=["reuse"], help="measure a proposal instead of the shipped code: "
-                   "reuse = workers keep cell connections and the schema across tasks (see benchmarks/_probe.py)")
     p.add_argument("--py-spy", metavar="DIR", help="profile the workers with py-spy (collapsed stacks into DIR)")
     args = p.parse_args(argv)
     stop_on_signals()
@@ -499,9 +504,6 @@ def main(argv=None) -> int:
               "machine": machine(), "params": {"rows": args.rows, "blobs": args.blobs, "workers": counts,
                                                 "strategies": strategies},
               "targets": TARGETS, "runs": []}
-    if args.what_if:
-        os.environ["BENCH_WHATIF"] = args.what_if
-        result["what_if"] = args.what_if
     probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
     probe_file = probe_dir / f"cm-bench-probe-{os.getpid()}.jsonl"
     os.environ["BENCH_PROBE_FILE"] = str(probe_file)
