@@ -53,13 +53,10 @@ def writer_window(log_path: Path, source: str, target: str) -> dict:
             "achieved_writes_per_s": round(len(events) / span, 1), "acked": acks, "rejected": len(rejected)}
 
 
-WINDOW_STEPS = ("freeze", "drain", "final_delta", "verify", "flip", "unfreeze")
-
-
 def step_timeline(settings, move_id) -> dict:
     """Seconds each step took (its first start to its first finish, from the move's events), and for the
-    steps inside the write window the time between them (one step's finish to the next one's start:
-    Celery dispatch and pickup)."""
+    steps inside the write window (freeze to unfreeze: with the frozen strategy that includes the copy)
+    the time between them (one step's finish to the next one's start: Celery dispatch and pickup)."""
     from migrator.moves.store import MoveStore
 
     first: dict = {}
@@ -71,14 +68,16 @@ def step_timeline(settings, move_id) -> dict:
                 order.append(e.step)
     steps = {step: round((first[(step, "finished")] - first[(step, "started")]).total_seconds(), 3)
              for step in order if (step, "started") in first and (step, "finished") in first}
+    window = order[order.index("freeze"):order.index("unfreeze") + 1] \
+        if "freeze" in order and "unfreeze" in order else []
     between, previous = 0.0, None
-    for step in WINDOW_STEPS:
+    for step in window:
         if step not in steps:
             continue
         if previous is not None:
             between += (first[(step, "started")] - previous).total_seconds()
         previous = first[(step, "finished")]
-    return {"steps_s": steps, "window_steps_s": {s: steps[s] for s in WINDOW_STEPS if s in steps},
+    return {"steps_s": steps, "window_steps_s": {s: steps[s] for s in window if s in steps},
             "between_window_steps_s": round(between, 3)}
 
 
