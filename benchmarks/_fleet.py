@@ -10,6 +10,7 @@ the same PostgreSQL. The PostgreSQL server is ``$MIGRATOR_BENCH_PG`` (an admin D
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -111,6 +112,14 @@ def machine() -> dict:
 
 
 # ----------------------------------------------------------------------------- processes
+def probe_lines(path: Path, move_id: str) -> list[dict]:
+    """The lines of a move in the workers' probe file (``benchmarks/_probe.py``, ``$BENCH_PROBE_FILE``)."""
+    if not path.exists():
+        return []
+    lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [rec for rec in lines if rec.get("move_id") == move_id]
+
+
 class Proc:
     """A child process in its own process group, output to a log file; stopped with its children."""
 

@@ -46,7 +46,15 @@ sys.path.insert(0, str(_HERE.parent))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, MemorySampler, checkpoint, machine, stop_on_signals, wait_moves  # noqa: E402
+from benchmarks._fleet import (  # noqa: E402
+    BenchFleet,
+    MemorySampler,
+    checkpoint,
+    machine,
+    probe_lines,
+    stop_on_signals,
+    wait_moves,
+)
 
 
 def steps_of(strategy: str) -> tuple[str, ...]:
@@ -189,17 +197,6 @@ def truncate_org_tables(dsn: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the move
-def _probe_lines(path: Path, move_id: str) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("move_id") == move_id:
-            out.append(rec)
-    return out
-
-
 def step_times(events, move) -> dict:
     """Per step: first 'started' to 'finished' (seconds), and the gaps between steps."""
     STEPS = steps_of(move.strategy)  # noqa: N806
@@ -275,7 +272,7 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
     chunk_rows = settings.moves.chunk_rows
     times = step_times(events, move)
     report = move.report or {}
-    tasks = _probe_lines(probe_file, str(move.id))
+    tasks = probe_lines(probe_file, str(move.id))
 
     def unit_tasks(step):
         return [t for t in tasks if t["task"] == f"migrator.{step}_unit"]

@@ -34,7 +34,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from benchmarks._fleet import BenchFleet, machine, wait_moves  # noqa: E402
+from benchmarks._fleet import BenchFleet, machine, probe_lines, wait_moves  # noqa: E402
 
 
 def writer_window(log_path: Path, source: str, target: str) -> dict:
@@ -83,10 +83,9 @@ def step_timeline(settings, move_id) -> dict:
 
 def verify_tasks(probe_file: Path | None, move_id) -> dict | None:
     """From the workers' probe (``--probe``): the verify step's tasks, their checksum work and the rest."""
-    if probe_file is None or not probe_file.exists():
+    if probe_file is None:
         return None
-    lines = [json.loads(x) for x in probe_file.read_text().splitlines() if x.strip()]
-    mine = [x for x in lines if x.get("move_id") == str(move_id) and x["task"].startswith("migrator.verify")]
+    mine = [x for x in probe_lines(probe_file, str(move_id)) if x["task"].startswith("migrator.verify")]
     if not mine:
         return None
     busy = sum(x["end"] - x["start"] for x in mine)
