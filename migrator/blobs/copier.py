@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator.blobs.store import BlobStore
-from migrator.copy.spec import TableSpec, json_key
+from migrator.copy.spec import TableSpec, choose_path, json_key, org_scan
 from migrator.errors import BlobChecksumMismatch, BlobMissing
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,16 @@ def iter_refs(conn, spec: TableSpec, blob, org: int, *, after: list | None, hi: 
               batch: int) -> Iterator[list[BlobRef]]:
     """Batches of blob references of the organization's rows of one table, in key order."""
     size = sql.Identifier("t", blob.size) if blob.size else sql.SQL("NULL::bigint")
+    key, checksum = sql.Identifier("t", blob.key), sql.Identifier("t", blob.checksum)
+    cols = sql.SQL(", ").join([spec.pk_cols("t"), key, checksum, *([size] if blob.size else [])])
+    path = choose_path(conn, spec, org)
     while True:
-        q = sql.SQL(
-            "SELECT {pk}, {key}, {checksum}, {size} FROM {table} AS t WHERE {where} AND {key} IS NOT NULL"
-            " ORDER BY {pk} LIMIT {n}"
-        ).format(pk=spec.pk_cols("t"), key=sql.Identifier("t", blob.key), checksum=sql.Identifier("t", blob.checksum),
-                 size=size, table=spec.ident, where=spec.where(after, hi), n=sql.Literal(batch))
-        rows = conn.execute(q, {"org": org}).fetchall()
+        with org_scan(conn, spec, org, path=path) as s:
+            q = sql.SQL("SELECT {pk}, {key}, {checksum}, {size} FROM {rows} WHERE {key} IS NOT NULL"
+                        " ORDER BY {pk} LIMIT {n}").format(
+                pk=spec.pk_cols("t"), key=key, checksum=checksum, size=size, rows=s.rows_of(after, hi, cols),
+                n=sql.Literal(batch))
+            rows = conn.execute(q, {"org": org}).fetchall()
         if not rows:
             return
         npk = len(spec.pk)

@@ -92,6 +92,12 @@ class TableInfo:
     primary_key: list[str] = field(default_factory=list)
     foreign_keys: list[ForeignKeyInfo] = field(default_factory=list)
     partitioned: bool = False
+    # Columns that lead a valid, non-partial index (so ``col = ANY(...)`` can be an index scan).
+    # Not in the fingerprint: two cells may differ in indexes and still exchange rows.
+    index_leads: set[str] = field(default_factory=set)
+
+    def indexed(self, column: str) -> bool:
+        return column in self.index_leads
 
     def column(self, name: str) -> ColumnInfo | None:
         return next((c for c in self.columns if c.name == name), None)
@@ -198,6 +204,17 @@ class LiveSchema:
         return out
 
 
+# The first column of every valid, non-partial index (expression indexes have no column there).
+_INDEX_LEADS = """
+SELECT i.indrelid, a.attname
+FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+WHERE n.nspname = %(schema)s AND i.indisvalid AND i.indpred IS NULL
+"""
+
+
 def _column_text(c: ColumnInfo) -> str:
     """A column as the fingerprint sees it (the suffixes only when set, so plain columns hash as before)."""
     text = f"{c.name} {c.type}"
@@ -232,6 +249,9 @@ def _read(conn: psycopg.Connection, schema: str) -> LiveSchema:
                 info.primary_key = list(cols)
             else:
                 info.foreign_keys.append(ForeignKeyInfo(list(cols), ref_table, list(ref_cols), ref_schema, conname))
+        for oid, column in cur.execute(_INDEX_LEADS, params).fetchall():
+            if oid in by_oid:
+                by_oid[oid].index_leads.add(column)
     return live
 
 

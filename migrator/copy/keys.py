@@ -9,26 +9,35 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from migrator.copy.spec import TableSpec, full_scan
+from migrator.copy.spec import INDEX, INDEX_PATH_MAX_FRACTION, SCAN, TableSpec, org_scan, plan_for, table_rows
 
 
 def keys_table(spec: TableSpec) -> str:
     return f"_migrator_keys_{spec.name}"[:63]
 
 
-def load_source_keys(src, tgt, spec: TableSpec, org: int) -> sql.Identifier:
-    """Inside the target's current transaction: a temp table (dropped at commit) of the org's keys."""
+def load_source_keys(src, tgt, spec: TableSpec, org: int) -> tuple[sql.Identifier, int]:
+    """Inside the target's current transaction: a temp table (dropped at commit) of the org's keys.
+
+    Returns the table and how many keys it holds."""
     keys = sql.Identifier(keys_table(spec))
     tgt.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
         keys, spec.pk_cols(None), spec.ident))
-    with full_scan(src), src.cursor() as scur, tgt.cursor() as tcur:
-        out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(spec.pk_select())
+    with org_scan(src, spec, org) as s, src.cursor() as scur, tgt.cursor() as tcur:
+        out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(s.pk_select())
         with scur.copy(out_sql, {"org": org}) as out, \
                 tcur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(keys)) as inp:
             for data in out:
                 inp.write(data)
+        count = tcur.rowcount
     tgt.execute(sql.SQL("ANALYZE {}").format(keys))
-    return keys
+    return keys, count
+
+
+def _match_path(tgt, spec: TableSpec, count: int) -> str:
+    """How to match ``count`` keys against the target's table: probe its primary-key index per key
+    while they are a small share of it, else one hash join over the whole table."""
+    return INDEX if count <= INDEX_PATH_MAX_FRACTION * max(table_rows(tgt, spec), 1.0) else SCAN
 
 
 def _pk_match(spec: TableSpec) -> sql.Composable:
@@ -45,21 +54,25 @@ def collision_sql(spec: TableSpec, keys: sql.Identifier, limit: int) -> sql.Comp
 def colliding_keys(src, tgt, spec: TableSpec, org: int, limit: int = 5) -> list[tuple]:
     """Keys of the organization's source rows that already exist in the target.
 
-    Without nested loops (``full_scan``): with ``LIMIT``, and the target's statistics not yet
-    counting the rows an earlier move had just copied in, the planner walked the target's key index
-    probing the unindexed key table for each key: quadratic when nothing collides (minutes for 100k
-    keys, docs/performance.md).
+    The plan is fixed by the keys' share of the target's table (``plan_for``): a few keys probe the
+    target's primary-key index one by one (no sequential scan, no hash join), many are matched by
+    one hash join (no nested loop). Left to itself, with ``LIMIT`` and the target's statistics not
+    yet counting the rows an earlier move had just copied in, the planner walked the target's key
+    index probing the unindexed key table for each key: quadratic when nothing collides (minutes for
+    100k keys, docs/performance.md).
     """
-    with full_scan(tgt):
-        keys = load_source_keys(src, tgt, spec, org)
+    with tgt.transaction():
+        keys, count = load_source_keys(src, tgt, spec, org)
+        plan_for(tgt, _match_path(tgt, spec, count))
         rows = tgt.execute(collision_sql(spec, keys, limit)).fetchall()
     return [tuple(r) for r in rows]
 
 
 def delete_source_keys(src, tgt, spec: TableSpec, org: int) -> int:
     """Delete from the target every row whose key is one of the organization's source keys."""
-    with full_scan(tgt):
+    with tgt.transaction():
         tgt.execute("SET LOCAL session_replication_role = replica")
-        keys = load_source_keys(src, tgt, spec, org)
+        keys, count = load_source_keys(src, tgt, spec, org)
+        plan_for(tgt, _match_path(tgt, spec, count))
         return tgt.execute(sql.SQL("DELETE FROM {table} USING {keys} WHERE {match}").format(
             table=spec.ident, keys=keys, match=_pk_match(spec))).rowcount

@@ -22,14 +22,13 @@ passes through Python objects; memory stays flat.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from migrator.copy.spec import TableSpec, full_scan, json_key
+from migrator.copy.spec import TableSpec, choose_path, json_key, org_scan, plan_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +51,19 @@ class BatchResult:
 # ------------------------------------------------------------------ reading keys on the source
 def estimate_rows(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> float:
     """The planner's estimate of the organization's rows in (lo, hi] (an EXPLAIN: no scan)."""
-    q = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} AS t WHERE {}").format(spec.ident, spec.where(lo, hi))
-    plan = conn.execute(q, {"org": org}).fetchone()[0]
-    if isinstance(plan, str):
-        plan = json.loads(plan)
-    return float(plan[0]["Plan"]["Plan Rows"])
+    return plan_rows(conn, sql.SQL("SELECT 1 FROM {} AS t WHERE {}").format(spec.ident, spec.where(lo, hi)),
+                     {"org": org})
 
 
-def _edge_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, last: bool) -> list | None:
-    order = spec.pk_desc("t") if last else spec.pk_cols("t")
-    q = sql.SQL("SELECT {pk} FROM {table} AS t WHERE {where} ORDER BY {order} LIMIT 1").format(
-        pk=spec.pk_cols("t"), table=spec.ident, where=spec.where(lo, hi), order=order)
-    row = conn.execute(q, {"org": org}).fetchone()
+def _edge_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, last: bool,
+              path: str | None = None) -> list | None:
+    with org_scan(conn, spec, org, path=path) as s:
+        row = conn.execute(s.edge_key_sql(lo, hi, last=last), {"org": org}).fetchone()
     return json_key(row) if row else None
 
 
 def first_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *,
-              timeout_ms: int | None = None) -> list | None:
+              timeout_ms: int | None = None, path: str | None = None) -> list | None:
     """The organization's smallest key in (lo, hi] (None if the range holds none of its rows).
 
     With ``timeout_ms``, None also when finding it takes longer (it walks the table in key order
@@ -76,30 +71,38 @@ def first_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None,
     for a young organization at the end of a large shared table).
     """
     if timeout_ms is None:
-        return _edge_key(conn, spec, org, lo, hi, last=False)
+        return _edge_key(conn, spec, org, lo, hi, last=False, path=path)
     try:
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{int(timeout_ms)}ms")))
-            return _edge_key(conn, spec, org, lo, hi, last=False)
+            return _edge_key(conn, spec, org, lo, hi, last=False, path=path)
     except psycopg.errors.QueryCanceled:
         log.info("%s: the organization's first key took over %s ms to find; probing the whole batch span",
                  spec.name, timeout_ms)
         return None
 
 
-def last_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None) -> list | None:
+def last_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, path: str | None = None
+             ) -> list | None:
     """The organization's greatest key in (lo, hi] (None if the range holds none of its rows)."""
-    return _edge_key(conn, spec, org, lo, hi, last=True)
+    return _edge_key(conn, spec, org, lo, hi, last=True, path=path)
 
 
-def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, every: int
-                 ) -> list[tuple[list, int]]:
+def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, every: int, *,
+                 path: str | None = None) -> list[tuple[list, int]]:
     """``(key, n)`` for every ``every``-th key of the organization's rows in (lo, hi] and for the last
     one, ``n`` being the key's ordinal in the range. Empty if the range holds none of its rows."""
     n = len(spec.pk)
-    with full_scan(conn, work_mem=SPLIT_WORK_MEM):
-        rows = conn.execute(spec.split_points_sql(lo, hi, every), {"org": org}).fetchall()
+    with org_scan(conn, spec, org, work_mem=SPLIT_WORK_MEM, path=path) as s:
+        rows = conn.execute(s.split_points_sql(lo, hi, every), {"org": org}).fetchall()
     return [(json_key(r[:n]), int(r[n])) for r in rows]
+
+
+def count_rows(conn, spec: TableSpec, org: int, lo: list | None = None, hi: list | None = None, *,
+               path: str | None = None) -> int:
+    """The organization's rows of one table (in (lo, hi] when given), exactly."""
+    with org_scan(conn, spec, org, path=path) as s:
+        return int(conn.execute(s.count_sql(lo, hi), {"org": org}).fetchone()[0])
 
 
 def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
@@ -109,13 +112,13 @@ def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
     statistics: a table the planner expects to fit in one range is counted (a scan without sorting)
     and split only if the count says so; a larger one is split and counted by one sorting scan.
     """
+    path = choose_path(conn, spec, org)
     if estimate_rows(conn, spec, org, None, None) > chunk_rows:
-        points = split_points(conn, spec, org, None, None, chunk_rows)
+        points = split_points(conn, spec, org, None, None, chunk_rows, path=path)
         total = points[-1][1] if points else 0
     else:
-        with full_scan(conn):
-            total = int(conn.execute(spec.count_sql(), {"org": org}).fetchone()[0])
-        points = split_points(conn, spec, org, None, None, chunk_rows) if total > chunk_rows else []
+        total = count_rows(conn, spec, org, path=path)
+        points = split_points(conn, spec, org, None, None, chunk_rows, path=path) if total > chunk_rows else []
     bounds = [(key, n) for key, n in points if n % chunk_rows == 0 and n < total]
     ranges, lo, done = [], None, 0
     for i, (hi, n) in enumerate([*bounds, (None, total)]):
@@ -125,8 +128,8 @@ def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
     return ranges
 
 
-def batch_bounds(src, spec: TableSpec, org: int, after: list | None, hi: list | None, batch_rows: int
-                 ) -> list[list]:
+def batch_bounds(src, spec: TableSpec, org: int, after: list | None, hi: list | None, batch_rows: int, *,
+                 path: str | None = None) -> list[list]:
     """Inclusive upper keys of the batches that copy the organization's rows in (after, hi].
 
     One batch up to the range's last key of the organization when the planner expects at most
@@ -134,12 +137,13 @@ def batch_bounds(src, spec: TableSpec, org: int, after: list | None, hi: list | 
     misestimate only changes how many rows one checkpoint covers, never more than the range, which
     ``plan_ranges`` bounded by an exact count. Empty when the range holds none of the rows.
     """
-    upto = last_key(src, spec, org, after, hi)
+    path = path or choose_path(src, spec, org)
+    upto = last_key(src, spec, org, after, hi, path=path)
     if upto is None:
         return []
     if estimate_rows(src, spec, org, after, upto) <= batch_rows:
         return [upto]
-    return [key for key, _n in split_points(src, spec, org, after, upto, batch_rows)] or [upto]
+    return [key for key, _n in split_points(src, spec, org, after, upto, batch_rows, path=path)] or [upto]
 
 
 # ------------------------------------------------------------------ writing on the target
@@ -181,12 +185,14 @@ def _target_has_rows(tgt, spec: TableSpec, lo: list | None, hi: list | None, *, 
     return bool(tgt.execute(q).fetchone()[0])
 
 
-def _stream(src, tgt, select: sql.Composable, org: int, dest: sql.Composable) -> tuple[int, int]:
-    """Pipe one binary COPY from the source into the target. Returns (rows, bytes)."""
+def _stream(src, tgt, spec: TableSpec, org: int, lo: list | None, hi: list | None, dest: sql.Composable,
+            path: str | None = None) -> tuple[int, int]:
+    """Pipe the organization's rows in (lo, hi] from the source into the target by binary COPY.
+    Returns (rows, bytes)."""
     nbytes = 0
-    out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(select)
     in_sql = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(dest)
-    with full_scan(src), src.cursor() as scur, tgt.cursor() as tcur:
+    with org_scan(src, spec, org, path=path) as s, src.cursor() as scur, tgt.cursor() as tcur:
+        out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(s.select_range(lo, hi))
         with scur.copy(out_sql, {"org": org}) as out, tcur.copy(in_sql) as inp:
             for data in out:
                 nbytes += len(data)
@@ -195,7 +201,8 @@ def _stream(src, tgt, select: sql.Composable, org: int, dest: sql.Composable) ->
 
 
 def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: list, *,
-               disable_triggers: bool = True, token: str | None = None, first: list | None = None) -> BatchResult:
+               disable_triggers: bool = True, token: str | None = None, first: list | None = None,
+               path: str | None = None) -> BatchResult:
     """Copy the organization's rows with keys in (after, upto]. One target transaction.
 
     ``first``: the organization's smallest key in the batch, when known: the "already there?" probe
@@ -204,7 +211,6 @@ def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: li
     """
     if upto is None:
         raise ValueError("copy_batch needs an upper key bound")
-    select = spec.select_range(after, upto)
     with tgt.transaction():
         # One snapshot for the probe and the write: rows another session commits meanwhile stay invisible.
         tgt.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -214,11 +220,13 @@ def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: li
         if token:
             tgt.execute("SELECT set_config('migrator.move_token', %s, true)", (token,))
         if not _target_has_rows(tgt, spec, after, upto, from_key=first):
-            rows, nbytes = _stream(src, tgt, select, org, sql.SQL("{} ({})").format(spec.ident, spec.cols()))
+            rows, nbytes = _stream(src, tgt, spec, org, after, upto, sql.SQL("{} ({})").format(spec.ident, spec.cols()),
+                                   path)
             path = "direct"
         else:
             _ensure_stage(tgt, spec)
-            rows, nbytes = _stream(src, tgt, select, org, sql.SQL("{} ({})").format(_stage_name(spec), spec.cols()))
+            rows, nbytes = _stream(src, tgt, spec, org, after, upto,
+                                   sql.SQL("{} ({})").format(_stage_name(spec), spec.cols()), path)
             tgt.execute(_upsert_sql(spec))
             path = "upsert"
     return BatchResult(rows=rows, bytes=nbytes, last_key=upto, path=path)
@@ -228,14 +236,15 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
                batch_rows: int, checkpoint, disable_triggers: bool = True, token: str | None = None) -> int:
     """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch."""
     after = position if position is not None else lo
-    bounds = batch_bounds(src, spec, org, after, hi, batch_rows)
+    path = choose_path(src, spec, org)
+    bounds = batch_bounds(src, spec, org, after, hi, batch_rows, path=path)
     # A range open below is where the target's own (lower) keys can sit: probe from the org's first key.
-    first = first_key(src, spec, org, None, bounds[0], timeout_ms=FIRST_KEY_TIMEOUT_MS) \
+    first = first_key(src, spec, org, None, bounds[0], timeout_ms=FIRST_KEY_TIMEOUT_MS, path=path) \
         if bounds and after is None else None
     copied = 0
     for upto in bounds:
         result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token,
-                            first=first)
+                            first=first, path=path)
         checkpoint(result.last_key, result.rows, result.bytes)
         copied += result.rows
         after, first = upto, None
@@ -243,16 +252,20 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
 
 
 def delete_range(tgt, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, batch: int = 10_000,
-                 disable_triggers: bool = True, token: str | None = None) -> int:
-    """Delete the organization's rows of a key range in the target, in batches."""
+                 disable_triggers: bool = True, token: str | None = None, rows: float | None = None) -> int:
+    """Delete the organization's rows of a key range in ``tgt`` (a target, or a source at cleanup), in batches.
+
+    ``rows``: the organization's rows in the table, when ``tgt``'s statistics may not know them yet.
+    """
     deleted = 0
+    path = choose_path(tgt, spec, org, rows)
     while True:
-        with tgt.transaction():
+        with org_scan(tgt, spec, org, path=path) as s:
             if disable_triggers:
                 tgt.execute("SET LOCAL session_replication_role = replica")
             if token:
                 tgt.execute("SELECT set_config('migrator.move_token', %s, true)", (token,))
-            n = tgt.execute(spec.delete_sql(lo, hi, limit=batch), {"org": org}).rowcount
+            n = tgt.execute(s.delete_sql(lo, hi, limit=batch), {"org": org}).rowcount
         deleted += n
         if n < batch:
             return deleted

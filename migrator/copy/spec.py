@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from psycopg import sql
 
@@ -29,20 +30,77 @@ def stabilize_session(conn) -> None:
     conn.execute("; ".join(STABLE_SESSION))  # one round trip (no parameters: one simple query)
 
 
-@contextmanager
-def full_scan(conn, work_mem: str | None = None):
-    """A transaction for a statement that reads *every* row of a key range (copy, checksum, count).
+# The organization's share of a table up to which its rows are found through indexes (ADR 0012).
+INDEX_PATH_MAX_FRACTION = 0.2
+INDEX = "index"
+SCAN = "scan"
 
-    Nested-loop joins are priced out for it, so the organization predicate's parent keys are hashed
-    once instead of probed row by row: a table just bulk-loaded into a target has no statistics yet,
-    and the planner, expecting a handful of rows, picked per-row index probes that made one
-    checksum 35x slower (docs/performance.md). ``work_mem``: for a sort of the range's keys.
+
+def plan_rows(conn, query: sql.Composable, params: dict | None = None) -> float:
+    """The planner's estimate of the rows ``query`` returns (an EXPLAIN: nothing is read)."""
+    plan = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query), params).fetchone()[0]
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
+def table_rows(conn, spec: TableSpec) -> float:
+    """The planner's estimate of the table's rows (no scan)."""
+    return plan_rows(conn, sql.SQL("SELECT 1 FROM {} AS t").format(spec.ident))
+
+
+def org_rows(conn, spec: TableSpec, org: int) -> float:
+    """The planner's estimate of the organization's rows in the table (no scan)."""
+    return plan_rows(conn, sql.SQL("SELECT 1 FROM {} AS t WHERE {}").format(spec.ident, spec.predicate),
+                      {"org": org})
+
+
+def choose_path(conn, spec: TableSpec, org: int, rows: float | None = None) -> str:
+    """``index`` when the organization is a small share of the table and its keys are indexed, else ``scan``.
+
+    ``rows``: the organization's rows in the table when known better than this cell's statistics
+    can tell (the target of a copy, which has not analyzed the rows just written, asks the source).
     """
+    if spec.key_predicate is None:
+        return SCAN
+    if rows is None:
+        rows = org_rows(conn, spec, org)
+    return INDEX if rows <= INDEX_PATH_MAX_FRACTION * max(table_rows(conn, spec), 1.0) else SCAN
+
+
+@contextmanager
+def org_scan(conn, spec: TableSpec, org: int, work_mem: str | None = None, path: str | None = None):
+    """A transaction for statements that read the organization's rows of one table; yields the spec
+    to build them with.
+
+    The plan follows the organization's share of the table (:func:`choose_path`, or ``path``):
+    - ``index``: the spec's predicate becomes its ``key_predicate`` (parent keys resolved level by
+      level into arrays, looked up in the sharding-key indexes) and sequential scans, hash and
+      merge joins are priced out: the cost follows the organization's rows, whatever the table's size;
+    - ``scan``: nested loops are priced out: one pass over the table, parent keys hashed once; never
+      a probe per row, whatever the statistics say (a table just bulk-loaded into a target has no
+      statistics yet; the planner, expecting a handful of rows, once picked per-row index probes that
+      made one checksum 35x slower, docs/performance.md).
+    """
+    path = path or choose_path(conn, spec, org)
     with conn.transaction():
+        plan_for(conn, path, work_mem)
+        yield replace(spec, predicate=spec.key_predicate, fenced=True) if path == INDEX else spec
+
+
+def plan_for(conn, path: str, work_mem: str | None = None) -> None:
+    """Inside a transaction: price out the plans ``path`` excludes, for the rest of the transaction.
+
+    ``index``: sequential scans, hash and merge joins (what is read is found through indexes);
+    ``scan``: nested loops (one pass over each table, never a probe per row).
+    """
+    if path == INDEX:
+        conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;"
+                     " SET LOCAL enable_mergejoin = off")
+    else:
         conn.execute("SET LOCAL enable_nestloop = off")
-        if work_mem:
-            conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(work_mem)))
-        yield conn
+    if work_mem:
+        conn.execute(sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(work_mem)))
 
 
 def json_key(values) -> list | None:
@@ -68,12 +126,18 @@ class TableSpec:
     columns: tuple[str, ...]  # copied columns (generated columns excluded)
     pk: tuple[str, ...]
     pk_types: tuple[str, ...]
-    predicate: sql.Composable  # rows of the organization, table aliased "t"
+    predicate: sql.Composable  # rows of the organization, table aliased "t" (parents' keys IN subqueries)
     identity_always: bool = False  # some column is GENERATED ALWAYS AS IDENTITY (INSERT needs OVERRIDING)
     identity_always_columns: tuple[str, ...] = ()  # those columns
     # verify's row hash: per column of ``columns``, whether it is hashed as a value (else as text);
     # None: the md5 of the row's text form (``moves.checksum: text``, or PostgreSQL < 14).
     hashed: tuple[bool, ...] | None = None
+    # The same rows through the sharding-key indexes (Dictionary.org_key_predicate); None: no index.
+    key_predicate: sql.Composable | None = None
+    # Set by ``org_scan`` on the index path: statements that order by the key first collect the
+    # organization's rows (through the key predicate), then sort them, so no plan walks the whole
+    # primary-key index filtering each row against the parents' keys.
+    fenced: bool = False
 
     @property
     def update_columns(self) -> tuple[str, ...]:
@@ -123,6 +187,23 @@ class TableSpec:
     def where(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
         return sql.SQL("({}) AND {}").format(self.predicate, self.range_condition(lo, hi))
 
+    def rows_of(self, lo: list | None, hi: list | None, cols: sql.Composable) -> sql.Composable:
+        """A ``FROM`` item: the organization's rows in (lo, hi], columns ``cols``, aliased ``t``.
+
+        Fenced (``OFFSET 0``: the subquery is planned on its own) on the index path, so an outer
+        ``ORDER BY`` on the key cannot turn it into a walk of the whole primary-key index that tests
+        each row against the parents' keys; otherwise PostgreSQL pulls it up into the outer query.
+        """
+        return sql.SQL("(SELECT {cols} FROM {table} AS t WHERE {where}{fence}) AS t").format(
+            cols=cols, table=self.ident, where=self.where(lo, hi),
+            fence=sql.SQL(" OFFSET 0") if self.fenced else sql.SQL(""))
+
+    def edge_key_sql(self, lo: list | None, hi: list | None, *, last: bool) -> sql.Composable:
+        """The organization's smallest (``last``: greatest) key in (lo, hi]."""
+        order = self.pk_desc("t") if last else self.pk_cols("t")
+        return sql.SQL("SELECT {pk} FROM {rows} ORDER BY {order} LIMIT 1").format(
+            pk=self.pk_cols("t"), rows=self.rows_of(lo, hi, self.pk_cols("t")), order=order)
+
     def select_batch(self, after: list | None, hi: list | None, limit: int | None) -> sql.Composable:
         q = sql.SQL("SELECT {cols} FROM {table} AS t WHERE {where} ORDER BY {pk}").format(
             cols=self.cols("t"), table=self.ident, where=self.where(after, hi), pk=self.pk_cols("t")
@@ -149,9 +230,9 @@ class TableSpec:
         inner_pk = sql.SQL(", ").join(sql.Identifier(c) for c in self.pk)
         return sql.SQL(
             "SELECT {pk}, s._migrator_n FROM (SELECT {tpk}, row_number() OVER w AS _migrator_n,"
-            " lead(true) OVER w AS _migrator_more FROM {table} AS t WHERE {where} WINDOW w AS (ORDER BY {tpk})) s"
+            " lead(true) OVER w AS _migrator_more FROM {rows} WINDOW w AS (ORDER BY {tpk})) s"
             " WHERE mod(s._migrator_n, {every}) = 0 OR s._migrator_more IS NULL ORDER BY s._migrator_n"
-        ).format(pk=inner_pk, tpk=self.pk_cols("t"), table=self.ident, where=self.where(lo, hi),
+        ).format(pk=inner_pk, tpk=self.pk_cols("t"), rows=self.rows_of(lo, hi, self.pk_cols("t")),
                  every=sql.Literal(int(every)))
 
     def count_sql(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
@@ -218,6 +299,7 @@ def table_specs(dictionary, live, checksum: str = "hash") -> dict[str, TableSpec
             pk=tuple(info.primary_key),
             pk_types=tuple(types[c] for c in info.primary_key),
             predicate=dictionary.org_predicate(name, live, alias="t"),
+            key_predicate=dictionary.org_key_predicate(name, live, alias="t"),
             identity_always=any(c.identity == "always" for c in info.columns),
             identity_always_columns=tuple(c.name for c in info.columns if c.identity == "always"),
             hashed=hashed,

@@ -281,6 +281,52 @@ class Dictionary:
             return parts[0]
         return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
 
+    def org_key_predicate(self, table: str, live: LiveSchema, alias: str = "t") -> sql.Composable | None:
+        """The same rows as :meth:`org_predicate`, in a form that drives index scans.
+
+        Each level's keys are resolved once, top down, into an array (an InitPlan) that the next
+        level looks up in its index: ``t.project_id = ANY(ARRAY(SELECT h1.id FROM projects AS h1
+        WHERE h1.namespace_id = ANY(ARRAY(SELECT h2.id FROM namespaces AS h2 WHERE
+        h2.organization_id = %(org)s))))``. No join, so no plan can probe the parents once per row of
+        ``table``; the cost follows the organization's rows, not the table's (ADR 0012). None when a
+        sharding-key column on the way leads no index (:meth:`unindexed_keys`): such a table is read
+        by a scan whatever the organization's size.
+        """
+        self.chain(table)
+        if self.unindexed_keys(table, live):
+            return None
+        return self._key_predicate(table, live, sql.Identifier(alias), _aliases(exclude={alias}))
+
+    def _key_predicate(self, table: str, live: LiveSchema, alias: sql.Identifier, aliases: Iterator[str]
+                       ) -> sql.Composable:
+        entry = self.tables[table]
+        if entry.root:
+            return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(self.root_key(live)), ORG_PLACEHOLDER)
+        parts: list[sql.Composable] = []
+        for column, parent in entry.sharding_key.items():
+            key = self.parent_key(table, column, parent, live)
+            if self._direct(parent, key, live):
+                parts.append(sql.SQL("{}.{} = {}").format(alias, sql.Identifier(column), ORG_PLACEHOLDER))
+                continue
+            hop = sql.Identifier(next(aliases))
+            inner = self._key_predicate(parent, live, hop, aliases)
+            parts.append(sql.SQL("{}.{} = ANY(ARRAY(SELECT {}.{} FROM {} AS {} WHERE {}))").format(
+                alias, sql.Identifier(column), hop, sql.Identifier(key), _qualified(live, parent), hop, inner))
+        if len(parts) == 1:
+            return parts[0]
+        return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+
+    def unindexed_keys(self, table: str, live: LiveSchema) -> list[tuple[str, str]]:
+        """``(table, column)`` of every sharding-key column on the way from ``table`` to the root that
+        leads no index: finding an organization's rows through it means reading the whole table."""
+        out: list[tuple[str, str]] = []
+        for path in self.chain(table):
+            for hop_table, column, _parent in path:
+                info = live.tables.get(hop_table)
+                if info is not None and not info.indexed(column) and (hop_table, column) not in out:
+                    out.append((hop_table, column))
+        return out
+
     def org_of_row_sql(self, table: str, live: LiveSchema, rowvar: str) -> sql.Composable:
         """An expression giving the organization id of the row variable ``rowvar`` (``NEW``, ``OLD``, an alias).
 

@@ -14,7 +14,8 @@ from psycopg import sql
 from migrator.blobs.store import open_store
 from migrator.config import Settings
 from migrator.copy.keys import colliding_keys
-from migrator.copy.spec import table_specs
+from migrator.copy.rows import count_rows
+from migrator.copy.spec import org_scan, table_specs
 from migrator.errors import (
     CellUnavailable,
     DictionaryError,
@@ -139,7 +140,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     for name in dictionary.copy_order(live_src):
         spec = specs[name]
         heartbeat()
-        rows_by_table[name] = int(src.execute(spec.count_sql(), {"org": org}).fetchone()[0])
+        rows_by_table[name] = count_rows(src, spec, org)
         if rows_by_table[name]:
             hits = find_collisions(src, tgt, spec, org)
             if hits:
@@ -155,9 +156,10 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
         for blob in entry.blobs:
             size = sql.SQL("coalesce(sum({}), 0)").format(sql.Identifier("t", blob.size)) if blob.size \
                 else sql.SQL("0")
-            n, b = src.execute(sql.SQL("SELECT count({key}), {size} FROM {table} AS t WHERE ({pred})").format(
-                key=sql.Identifier("t", blob.key), size=size, table=sql.Identifier(name),
-                pred=specs[name].predicate), {"org": org}).fetchone()
+            with org_scan(src, specs[name], org) as spec:
+                n, b = src.execute(sql.SQL("SELECT count({key}), {size} FROM {table} AS t WHERE ({pred})").format(
+                    key=sql.Identifier("t", blob.key), size=size, table=sql.Identifier(name),
+                    pred=spec.predicate), {"org": org}).fetchone()
             blobs += int(n)
             blob_bytes += int(b)
     rows_total = sum(rows_by_table.values())
