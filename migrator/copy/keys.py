@@ -46,9 +46,14 @@ def _pk_match(spec: TableSpec) -> sql.Composable:
 
 
 def collision_sql(spec: TableSpec, keys: sql.Identifier, limit: int) -> sql.Composable:
+    """The first ``limit`` keys found in both. The join is fenced (``OFFSET 0``) from the ``ORDER BY …
+    LIMIT``: planned for every key, it cannot become a walk of the target's key index that probes the
+    key table once per row in the hope of stopping early (nothing collides, usually)."""
     cols = sql.SQL(", ").join(sql.Identifier(spec.name, c) for c in spec.pk)
-    return sql.SQL("SELECT {cols} FROM {table} JOIN {keys} ON {match} ORDER BY {cols} LIMIT {n}").format(
-        cols=cols, table=spec.ident, keys=keys, match=_pk_match(spec), n=sql.Literal(limit))
+    return sql.SQL("SELECT {out} FROM (SELECT {cols} FROM {table} JOIN {keys} ON {match} OFFSET 0) AS c"
+                   " ORDER BY {out} LIMIT {n}").format(
+        out=sql.SQL(", ").join(sql.Identifier("c", c) for c in spec.pk), cols=cols, table=spec.ident, keys=keys,
+        match=_pk_match(spec), n=sql.Literal(limit))
 
 
 def colliding_keys(src, tgt, spec: TableSpec, org: int, limit: int = 5) -> list[tuple]:

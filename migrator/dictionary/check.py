@@ -21,6 +21,7 @@ NO_PRIMARY_KEY = "no_primary_key"
 UNRESOLVED_KEY = "unresolved_key"
 REFERENCES_ORG_DATA = "references_org_data"
 ROOT_KEY_TYPE = "root_key_type"
+UNINDEXED_KEY = "unindexed_sharding_key"  # advice, not a problem: moves work, at the table's cost
 
 PROBLEM_KINDS = (UNCLASSIFIED, MISSING_TABLE, MISSING_COLUMN, BROKEN_CHAIN, NO_PRIMARY_KEY, ROOT_KEY_TYPE,
                  UNRESOLVED_KEY, REFERENCES_ORG_DATA)
@@ -137,3 +138,30 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
     order = {kind: i for i, kind in enumerate(PROBLEM_KINDS)}
     problems.sort(key=lambda p: (p.table, order.get(p.kind, 99), p.column or ""))
     return problems
+
+
+def check_advice(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
+    """What makes moves slower than they need be, without making them wrong: sharding-key columns that
+    lead no index. An organization's rows of such a table (and of every table whose sharding keys
+    lead through it) can only be found by reading the whole table, so each move out of the cell
+    costs the table's size, not the organization's (ADR 0012)."""
+    advice: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for name in dictionary.org_tables():
+        if name not in live.tables:
+            continue
+        try:
+            missing = dictionary.unindexed_keys(name, live)
+        except DictionaryError:
+            continue  # a broken chain is reported by check_schema
+        for table, column in missing:
+            if (table, column) in seen:
+                continue
+            seen.add((table, column))
+            advice.append(Problem(
+                UNINDEXED_KEY, table, column,
+                f"sharding key {table}.{column} leads no index: every move reads all of {table} (and of each "
+                "table whose sharding key leads through it) to find one organization's rows",
+                f"CREATE INDEX CONCURRENTLY ON {table} ({column}); moves work without it, at the table's cost",
+            ))
+    return advice
