@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -28,6 +29,8 @@ def _print_plan(plan: dict) -> None:
     console.print(table)
     console.print(f"blobs: {plan['blobs']:,} ({plan['blob_bytes']:,} bytes)")
     console.print(f"estimated duration: {plan['estimate_s']:.1f} s (write window about the same)")
+    for line in plan.get("advice") or []:
+        console.print(f"[yellow]advice:[/] {escape(line)}", soft_wrap=True)
 
 
 def _print_detail(data: dict) -> None:

@@ -22,12 +22,13 @@ def check_command(
 
     Prints every problem (unclassified table, missing table or column, sharding key that misses the
     root, organization table without primary key, schema drift between cells) with a hint.
-    Exits 1 when there is any problem.
+    Exits 1 when there is any problem. Advice (a sharding-key column without an index: every move
+    then reads the whole table) is printed too but does not fail the check.
     """
     from migrator.cells.introspect import introspect
     from migrator.db import cell_connection
     from migrator.dictionary import load_dictionary
-    from migrator.dictionary.check import check_schema
+    from migrator.dictionary.check import check_advice, check_schema
 
     cfg = settings(config)
     names = list(cell) if cell else list(cfg.cells)
@@ -47,7 +48,8 @@ def check_command(
             continue
         lives[name] = live
         problems = [p.as_dict() for p in check_schema(dictionary, live)]
-        report[name] = {"fingerprint": live.fingerprint(dictionary.org_tables()), "problems": problems}
+        report[name] = {"fingerprint": live.fingerprint(dictionary.org_tables()), "problems": problems,
+                        "advice": [a.as_dict() for a in check_advice(dictionary, live)]}
 
     # Schema drift: a move needs the same organization tables on both sides.
     if len(lives) > 1:
@@ -80,12 +82,16 @@ def _print_report(report: dict[str, dict], source: str) -> None:
             continue
         if not r["problems"]:
             console.print(f"[green]cell {escape(name)}: ok[/] (schema {r['fingerprint'][:12]})")
-            continue
-        console.print(f"[bold red]cell {escape(name)}: {len(r['problems'])} problem(s)[/]")
+        else:
+            console.print(f"[bold red]cell {escape(name)}: {len(r['problems'])} problem(s)[/]")
         for p in r["problems"]:
             where = p["table"] + (f".{p['column']}" if p["column"] else "")
             console.print("  " + escape(f"[{p['kind']}] {where}: {p['message']}"), soft_wrap=True)
             console.print(f"    [yellow]hint:[/] {escape(p['hint'])}", soft_wrap=True)
+        for a in r.get("advice", []):
+            console.print("  [yellow]advice:[/] " + escape(f"{a['table']}.{a['column']}: {a['message']}"),
+                          soft_wrap=True)
+            console.print(f"    [yellow]hint:[/] {escape(a['hint'])}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

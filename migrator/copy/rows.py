@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from migrator.copy.spec import TableSpec, choose_path, json_key, org_scan, plan_rows
+from migrator.copy.spec import INDEX, TableSpec, choose_path, json_key, org_scan, plan_rows
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +128,28 @@ def plan_ranges(conn, spec: TableSpec, org: int, chunk_rows: int) -> list[dict]:
     return ranges
 
 
+def edge_keys(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, path: str | None = None
+              ) -> tuple[list | None, list | None]:
+    """The organization's smallest and greatest keys in (lo, hi], from one read of its rows there
+    (``(None, None)`` if it has none). For the index path, where each edge alone reads them all."""
+    with org_scan(conn, spec, org, path=path) as s:
+        rows = conn.execute(s.edge_keys_sql(lo, hi), {"org": org}).fetchall()
+    edges = {int(r[0]): json_key(r[1:]) for r in rows}
+    return edges.get(0), edges.get(1)
+
+
 def batch_bounds(src, spec: TableSpec, org: int, after: list | None, hi: list | None, batch_rows: int, *,
-                 path: str | None = None) -> list[list]:
+                 path: str | None = None, upto: list | None = None) -> list[list]:
     """Inclusive upper keys of the batches that copy the organization's rows in (after, hi].
 
     One batch up to the range's last key of the organization when the planner expects at most
     ``batch_rows`` rows; otherwise cut at every ``batch_rows``-th key (one sorting scan). A
     misestimate only changes how many rows one checkpoint covers, never more than the range, which
     ``plan_ranges`` bounded by an exact count. Empty when the range holds none of the rows.
+    ``upto``: the organization's last key in the range, when the caller has it already.
     """
     path = path or choose_path(src, spec, org)
-    upto = last_key(src, spec, org, after, hi, path=path)
+    upto = upto or last_key(src, spec, org, after, hi, path=path)
     if upto is None:
         return []
     if estimate_rows(src, spec, org, after, upto) <= batch_rows:
@@ -237,10 +248,15 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
     """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch."""
     after = position if position is not None else lo
     path = choose_path(src, spec, org)
-    bounds = batch_bounds(src, spec, org, after, hi, batch_rows, path=path)
     # A range open below is where the target's own (lower) keys can sit: probe from the org's first key.
-    first = first_key(src, spec, org, None, bounds[0], timeout_ms=FIRST_KEY_TIMEOUT_MS, path=path) \
-        if bounds and after is None else None
+    if path == INDEX:  # both edges from one read of the organization's rows
+        first, upto = edge_keys(src, spec, org, after, hi, path=path)
+        bounds = batch_bounds(src, spec, org, after, hi, batch_rows, path=path, upto=upto) if upto else []
+        first = first if after is None else None
+    else:
+        bounds = batch_bounds(src, spec, org, after, hi, batch_rows, path=path)
+        first = first_key(src, spec, org, None, bounds[0], timeout_ms=FIRST_KEY_TIMEOUT_MS, path=path) \
+            if bounds and after is None else None
     copied = 0
     for upto in bounds:
         result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token,

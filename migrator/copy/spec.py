@@ -91,12 +91,15 @@ def org_scan(conn, spec: TableSpec, org: int, work_mem: str | None = None, path:
 def plan_for(conn, path: str, work_mem: str | None = None) -> None:
     """Inside a transaction: price out the plans ``path`` excludes, for the rest of the transaction.
 
-    ``index``: sequential scans, hash and merge joins (what is read is found through indexes);
+    ``index``: sequential scans, hash and merge joins (what is read is found through indexes), and
+    plain index scans: the planner cannot know how many keys the parents' arrays will hold (it
+    assumes ten), so it would fetch a large organization's rows one by one in index order; a bitmap
+    scan reads them in the table's order, and costs next to nothing more for a few rows;
     ``scan``: nested loops (one pass over each table, never a probe per row).
     """
     if path == INDEX:
-        conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off;"
-                     " SET LOCAL enable_mergejoin = off")
+        conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_indexscan = off;"
+                     " SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
     else:
         conn.execute("SET LOCAL enable_nestloop = off")
     if work_mem:
@@ -203,6 +206,16 @@ class TableSpec:
         order = self.pk_desc("t") if last else self.pk_cols("t")
         return sql.SQL("SELECT {pk} FROM {rows} ORDER BY {order} LIMIT 1").format(
             pk=self.pk_cols("t"), rows=self.rows_of(lo, hi, self.pk_cols("t")), order=order)
+
+    def edge_keys_sql(self, lo: list | None, hi: list | None) -> sql.Composable:
+        """The organization's smallest and greatest keys in (lo, hi] from one read of its rows: two rows
+        ``(0, key…)`` and ``(1, key…)``, none when the range holds none of them."""
+        return sql.SQL(
+            "WITH o AS MATERIALIZED (SELECT {pk} FROM {rows})"
+            " (SELECT 0, {pk} FROM o AS t ORDER BY {asc} LIMIT 1) UNION ALL"
+            " (SELECT 1, {pk} FROM o AS t ORDER BY {desc} LIMIT 1)"
+        ).format(pk=self.pk_cols("t"), rows=self.rows_of(lo, hi, self.pk_cols("t")), asc=self.pk_cols("t"),
+                 desc=self.pk_desc("t"))
 
     def select_batch(self, after: list | None, hi: list | None, limit: int | None) -> sql.Composable:
         q = sql.SQL("SELECT {cols} FROM {table} AS t WHERE {where} ORDER BY {pk}").format(

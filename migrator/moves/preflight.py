@@ -96,7 +96,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
                   *, connect_cell, heartbeat=lambda: None) -> dict:
     """All checks; returns the plan (tables and rows, blobs and bytes, estimated duration)."""
     from migrator.cells.introspect import introspect
-    from migrator.dictionary.check import check_schema
+    from migrator.dictionary.check import check_advice, check_schema
 
     started = time.monotonic()
     route = validate_request(settings, topology, org, target)
@@ -116,6 +116,9 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
             more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
             raise DictionaryError(f"cell {cell!r} does not match the data dictionary: {listing}{more}",
                                   f"run `migrator schema check --cell {cell}` and classify or fix each table")
+    advice = [a.message for a in check_advice(dictionary, live_src)]
+    for line in advice:
+        log.warning("cell %r: %s", source, line)
     tables = dictionary.org_tables()
     if live_src.fingerprint(tables) != live_tgt.fingerprint(tables):
         diff = "; ".join(live_src.diff(live_tgt, tables, names=(source, target))[:10])
@@ -177,6 +180,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
         "estimate_s": round(estimate, 1),
         "schema_fingerprint": live_src.fingerprint(tables),
         "preflight_s": round(time.monotonic() - started, 3),
+        "advice": advice,  # sharding keys without an index: this move reads those tables whole
     }
 
 

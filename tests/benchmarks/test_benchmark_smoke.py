@@ -72,3 +72,22 @@ def test_write_window_benchmark(tmp_path):
         assert run["verified"] and run["writes_lost"] == 0 and run["write_errors"] == 0
         assert run["writes_acked"] > 0 and run["writer_window_s"] is not None
     assert result["runs"][1]["catch_up_rounds"] >= 0
+
+
+def test_scale_benchmark(tmp_path):
+    result = _run("scale.py", "--source-rows", "6000", "--target-rows", "2000", "--growth", "2", "--small", "300",
+                  "--large", "900", "--template-rows", "500", "--blobs", "3", "--strategies", "online",
+                  tmp_path=tmp_path)
+    assert result["cells"]["cell-3"]["rows"] >= 6000 and result["cells"]["cell-4"]["rows"] >= 2000
+    assert result["cells"]["grown"]["clones"] >= 2 * result["cells"]["cell-3"]["clones"]
+    runs = {(r["phase"], r["size"], r["strategy"]): r for r in result["runs"]}
+    assert len(runs) == 6  # empty, full, grown x small, large (one strategy keeps the suite lean)
+    for (_phase, size, _strategy), run in runs.items():
+        assert run["verified"] is True
+        assert run["rows"] == run["raw_copy_rows"] == (300 if size == "small" else 900)
+        assert {"preflight", "copy_rows", "verify", "cleanup"} <= set(run["steps_s"])
+    assert runs[("full", "small", "online")]["steps_s"]["catch_up"] >= 0
+    ratios = result["ratios"]["small/online"]
+    assert {"total", "preflight", "copy_rows", "verify", "cleanup"} <= set(ratios["full_vs_empty"])
+    assert "total" in ratios["grown_vs_full"]
+    assert set(result["ratios"]["large/online"]["copy_vs_raw"]) == {"empty", "full", "grown"}

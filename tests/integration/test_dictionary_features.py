@@ -9,6 +9,8 @@ keys that are not called ``id`` (uuid, text, composite), generated columns and i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -130,12 +132,19 @@ def test_multi_hop_and_alternative_keys_select_exactly_the_tenants_rows(cells, d
         text = dictionary.org_predicate("line_items", live).as_string(conn)
         assert text.count(" IN (SELECT ") == 3 and '"tenant_id" = %(org)s' in text
         assert " OR " in dictionary.org_predicate("notes", live).as_string(conn)
+        assert dictionary.org_key_predicate("line_items", live).as_string(conn).count(" = ANY(ARRAY(SELECT ") == 3
+        assert sum(spec.key_predicate is not None for spec in specs.values()) >= 8
         totals = {name: 0 for name in specs}
         for org in (MOVED, BYSTANDER, PARTITIONED):
             for name, spec in specs.items():
                 by_dictionary = sorted(tuple(r) for r in conn.execute(spec.pk_select(), {"org": org}))
                 by_hand = sorted(tuple(r) for r in conn.execute(BY_HAND[name], {"org": org}))
                 assert by_dictionary == by_hand and by_hand, (name, org)
+                # the index path's form (parents' keys as arrays, ADR 0012) selects the same rows
+                if spec.key_predicate is not None:
+                    by_keys = sorted(tuple(r) for r in conn.execute(
+                        replace(spec, predicate=spec.key_predicate).pk_select(), {"org": org}))
+                    assert by_keys == by_hand, (name, org)
                 totals[name] += len(by_hand)
                 # and back: the organization of each row, as the freeze guard computes it
                 of_row = dictionary.org_of_row_sql(name, live, "t")

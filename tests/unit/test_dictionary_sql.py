@@ -304,3 +304,47 @@ def test_check_reports_unresolvable_parent_key():
                    table("items", ["id", "part_no"]))
     [problem] = check_schema(d, live)
     assert (problem.kind, problem.table, problem.column) == ("unresolved_key", "items", "part_no")
+
+
+def _indexed(live, **columns):
+    """A copy of ``live`` where each table named leads an index with each column given."""
+    import copy
+
+    out = copy.deepcopy(live)
+    for name, cols in columns.items():
+        out.tables[name].index_leads = set(cols)
+    return out
+
+
+INDEXED = _indexed(LIVE, namespaces=["organization_id"], projects=["namespace_id"], notes=["project_id"],
+                   labels=["project_id", "group_id"], label_links=["label_id"])
+
+
+def test_key_predicate_resolves_each_level_into_an_array():
+    assert render(DICT.org_key_predicate("notes", INDEXED)) == (
+        '"t"."project_id" = ANY(ARRAY(SELECT "h1"."id" FROM "public"."projects" AS "h1" WHERE '
+        '"h1"."namespace_id" = ANY(ARRAY(SELECT "h2"."id" FROM "public"."namespaces" AS "h2" WHERE '
+        '"h2"."organization_id" = %(org)s))))'
+    )
+    assert render(DICT.org_key_predicate("organizations", INDEXED)) == '"t"."id" = %(org)s'
+    assert " OR " in render(DICT.org_key_predicate("labels", INDEXED))
+
+
+def test_key_predicate_needs_an_index_on_every_hop():
+    assert DICT.unindexed_keys("notes", INDEXED) == []
+    no_projects_index = _indexed(INDEXED, projects=[])
+    assert DICT.unindexed_keys("notes", no_projects_index) == [("projects", "namespace_id")]
+    assert DICT.org_key_predicate("notes", no_projects_index) is None
+    assert DICT.org_key_predicate("namespaces", no_projects_index) is not None
+    # LIVE knows no index at all: every non-root table is found by a scan
+    assert DICT.org_key_predicate("namespaces", LIVE) is None
+    assert ("uploads", "project_id") in DICT.unindexed_keys("uploads", LIVE)
+
+
+def test_advice_names_each_unindexed_column_once():
+    from migrator.dictionary.check import UNINDEXED_KEY, check_advice
+
+    advice = check_advice(DICT, _indexed(INDEXED, projects=[]))
+    assert [(a.kind, a.table, a.column) for a in advice] == [(UNINDEXED_KEY, "projects", "namespace_id"),
+                                                             (UNINDEXED_KEY, "uploads", "project_id")]
+    assert "CREATE INDEX CONCURRENTLY ON projects (namespace_id)" in advice[0].hint
