@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator.blobs.store import BlobStore
-from migrator.copy.spec import TableSpec, choose_path, json_key, org_scan
+from migrator.copy.spec import INDEX, TableSpec, choose_path, json_key, org_scan
 from migrator.errors import BlobChecksumMismatch, BlobMissing
 
 log = logging.getLogger(__name__)
+
+
+# Batches of blob references read per query on the index path (each query sorts what it reads).
+READ_AHEAD = 50
 
 
 @dataclass(frozen=True)
@@ -32,24 +36,29 @@ class BlobRef:
 
 def iter_refs(conn, spec: TableSpec, blob, org: int, *, after: list | None, hi: list | None,
               batch: int) -> Iterator[list[BlobRef]]:
-    """Batches of blob references of the organization's rows of one table, in key order."""
+    """Batches of blob references of the organization's rows of one table, in key order.
+
+    On the index path each query reads the organization's rows after ``after`` and sorts them (ADR
+    0012), so it fetches ``READ_AHEAD`` batches at a time (yielded one by one, each resumable from
+    its last key as before) instead of re-reading them for every batch.
+    """
     size = sql.Identifier("t", blob.size) if blob.size else sql.SQL("NULL::bigint")
     key, checksum = sql.Identifier("t", blob.key), sql.Identifier("t", blob.checksum)
     cols = sql.SQL(", ").join([spec.pk_cols("t"), key, checksum, *([size] if blob.size else [])])
     path = choose_path(conn, spec, org)
+    fetch = batch * READ_AHEAD if path == INDEX else batch
+    npk = len(spec.pk)
     while True:
         with org_scan(conn, spec, org, path=path) as s:
             q = sql.SQL("SELECT {pk}, {key}, {checksum}, {size} FROM {rows} WHERE {key} IS NOT NULL"
                         " ORDER BY {pk} LIMIT {n}").format(
                 pk=spec.pk_cols("t"), key=key, checksum=checksum, size=size, rows=s.rows_of(after, hi, cols),
-                n=sql.Literal(batch))
+                n=sql.Literal(fetch))
             rows = conn.execute(q, {"org": org}).fetchall()
-        if not rows:
-            return
-        npk = len(spec.pk)
         refs = [BlobRef(spec.name, json_key(r[:npk]), r[npk], r[npk + 1], r[npk + 2]) for r in rows]
-        yield refs
-        if len(rows) < batch:
+        for i in range(0, len(refs), batch):
+            yield refs[i:i + batch]
+        if len(rows) < fetch:
             return
         after = refs[-1].row_key
 

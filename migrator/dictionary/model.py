@@ -45,6 +45,10 @@ ORG_PLACEHOLDER = sql.Placeholder("org")
 
 FORMAT_HINT = "see docs/dictionary.md for the dictionary format"
 
+# One hop of an organization predicate: ``alias.column`` among the parent's keys of the organization.
+_IN_SUBQUERY = "{}.{} IN (SELECT {}.{} FROM {} AS {} WHERE {})"  # a semi-join the planner may flatten
+_ANY_ARRAY = "{}.{} = ANY(ARRAY(SELECT {}.{} FROM {} AS {} WHERE {}))"  # keys resolved once (an InitPlan)
+
 
 @dataclass(frozen=True)
 class BlobSpec:
@@ -262,8 +266,8 @@ class Dictionary:
         aliases = _aliases(exclude={alias})
         return self._predicate(table, live, sql.Identifier(alias), aliases)
 
-    def _predicate(self, table: str, live: LiveSchema, alias: sql.Identifier, aliases: Iterator[str]
-                   ) -> sql.Composable:
+    def _predicate(self, table: str, live: LiveSchema, alias: sql.Identifier, aliases: Iterator[str],
+                   hop_sql: str = _IN_SUBQUERY) -> sql.Composable:
         entry = self.tables[table]
         if entry.root:
             return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(self.root_key(live)), ORG_PLACEHOLDER)
@@ -274,8 +278,8 @@ class Dictionary:
                 parts.append(sql.SQL("{}.{} = {}").format(alias, sql.Identifier(column), ORG_PLACEHOLDER))
                 continue
             hop = sql.Identifier(next(aliases))
-            inner = self._predicate(parent, live, hop, aliases)
-            parts.append(sql.SQL("{}.{} IN (SELECT {}.{} FROM {} AS {} WHERE {})").format(
+            inner = self._predicate(parent, live, hop, aliases, hop_sql)
+            parts.append(sql.SQL(hop_sql).format(
                 alias, sql.Identifier(column), hop, sql.Identifier(key), _qualified(live, parent), hop, inner))
         if len(parts) == 1:
             return parts[0]
@@ -295,26 +299,7 @@ class Dictionary:
         self.chain(table)
         if self.unindexed_keys(table, live):
             return None
-        return self._key_predicate(table, live, sql.Identifier(alias), _aliases(exclude={alias}))
-
-    def _key_predicate(self, table: str, live: LiveSchema, alias: sql.Identifier, aliases: Iterator[str]
-                       ) -> sql.Composable:
-        entry = self.tables[table]
-        if entry.root:
-            return sql.SQL("{}.{} = {}").format(alias, sql.Identifier(self.root_key(live)), ORG_PLACEHOLDER)
-        parts: list[sql.Composable] = []
-        for column, parent in entry.sharding_key.items():
-            key = self.parent_key(table, column, parent, live)
-            if self._direct(parent, key, live):
-                parts.append(sql.SQL("{}.{} = {}").format(alias, sql.Identifier(column), ORG_PLACEHOLDER))
-                continue
-            hop = sql.Identifier(next(aliases))
-            inner = self._key_predicate(parent, live, hop, aliases)
-            parts.append(sql.SQL("{}.{} = ANY(ARRAY(SELECT {}.{} FROM {} AS {} WHERE {}))").format(
-                alias, sql.Identifier(column), hop, sql.Identifier(key), _qualified(live, parent), hop, inner))
-        if len(parts) == 1:
-            return parts[0]
-        return sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+        return self._predicate(table, live, sql.Identifier(alias), _aliases(exclude={alias}), _ANY_ARRAY)
 
     def unindexed_keys(self, table: str, live: LiveSchema) -> list[tuple[str, str]]:
         """``(table, column)`` of every sharding-key column on the way from ``table`` to the root that
