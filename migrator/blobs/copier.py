@@ -49,7 +49,7 @@ def iter_refs(conn, spec: TableSpec, blob, org: int, *, after: list | None, hi: 
     fetch = batch * READ_AHEAD if path == INDEX else batch
     npk = len(spec.pk)
     while True:
-        with org_scan(conn, spec, org, path=path) as s:
+        with org_scan(conn, spec, org, path=path, first_rows=True) as s:
             q = sql.SQL("SELECT {pk}, {key}, {checksum}, {size} FROM {rows} WHERE {key} IS NOT NULL"
                         " ORDER BY {pk} LIMIT {n}").format(
                 pk=spec.pk_cols("t"), key=key, checksum=checksum, size=size, rows=s.rows_of(after, hi, cols),

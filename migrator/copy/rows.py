@@ -60,7 +60,7 @@ def estimate_rows(conn, spec: TableSpec, org: int, lo: list | None, hi: list | N
 
 def _edge_key(conn, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, last: bool,
               path: str | None = None) -> list | None:
-    with org_scan(conn, spec, org, path=path) as s:
+    with org_scan(conn, spec, org, path=path, first_rows=True) as s:
         row = conn.execute(s.edge_key_sql(lo, hi, last=last), {"org": org}).fetchone()
     return json_key(row) if row else None
 

@@ -69,7 +69,8 @@ def choose_path(conn, spec: TableSpec, org: int, rows: float | None = None) -> s
 
 
 @contextmanager
-def org_scan(conn, spec: TableSpec, org: int, work_mem: str | None = None, path: str | None = None):
+def org_scan(conn, spec: TableSpec, org: int, work_mem: str | None = None, path: str | None = None,
+             first_rows: bool = False):
     """A transaction for statements that read the organization's rows of one table; yields the spec
     to build them with.
 
@@ -81,10 +82,16 @@ def org_scan(conn, spec: TableSpec, org: int, work_mem: str | None = None, path:
       a probe per row, whatever the statistics say (a table just bulk-loaded into a target has no
       statistics yet; the planner, expecting a handful of rows, once picked per-row index probes that
       made one checksum 35x slower, docs/performance.md).
+
+    ``first_rows``: the statement orders by the key with a ``LIMIT`` (edge keys, blob references). On
+    the scan path it keeps the planner's own plan: a walk of the primary-key index that stops at the
+    organization's first rows, where the organization is most of the table (a hash join would read
+    all of it for one key).
     """
     path = path or choose_path(conn, spec, org)
     with conn.transaction():
-        plan_for(conn, path, work_mem)
+        if path == INDEX or not first_rows:
+            plan_for(conn, path, work_mem)
         yield replace(spec, predicate=spec.key_predicate, fenced=True) if path == INDEX else spec
 
 
