@@ -12,8 +12,9 @@ One run, one fleet (databases ``cmb_<hex>_*``, dropped at the end):
   organization cloned inside PostgreSQL with ``INSERT … SELECT … generate_series``);
 - **grown** phase: the same source grown to ``--growth`` times its bystanders (same target).
 
-In each phase a ``--small`` and a ``--large`` organization are moved with each strategy (a fresh
-organization per move, seeded with ``migrator.seed``), then cleaned up (``run_cleanup``, forced).
+In each phase a ``--small`` (``--repeat`` times, medians reported) and a ``--large`` organization are
+moved with each strategy (a fresh organization per move, seeded with ``migrator.seed``), then cleaned
+up (``run_cleanup``, forced).
 For each move, measured in the same run on the same rows:
 
 - **raw copy**: per table, ``COPY (SELECT cols FROM t WHERE <org predicate>) TO STDOUT (FORMAT
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -142,15 +144,34 @@ def measure(fleet: BenchFleet, phase: str, size: str, strategy: str, org: int, s
     return out
 
 
+def median_of(runs: list[dict]) -> dict:
+    """One record of several moves of the same kind: the median of each figure, every move kept."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for key in ("total_s", "raw_copy_s", "raw_checksum_s", "raw_checksum_source_s", "raw_checksum_target_s",
+                "copy_vs_raw", "verify_vs_raw", "loadavg", "loadavg_after", "write_window_s"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+    out["steps_s"] = {s: statistics.median([r["steps_s"][s] for r in runs if s in r["steps_s"]])
+                      for s in runs[0]["steps_s"]}
+    out["verified"] = all(r["verified"] for r in runs)
+    out["repeats"] = runs
+    return out
+
+
 def run_phase(fleet, phase: str, source: str, target: str, args, empty: bool) -> list[dict]:
     out = []
-    for size, rows in (("small", args.small), ("large", args.large)):
+    for size, rows, repeat in (("small", args.small, args.repeat), ("large", args.large, args.repeat_large)):
         for strategy in args.strategies:
-            if empty:
-                for cell in (source, target):
-                    truncate_org_tables(fleet.cell_dsns[cell])
-            org = seed(fleet, source, rows, args.blobs)
-            out.append(measure(fleet, phase, size, strategy, org, source, target, args))
+            runs = []
+            for _ in range(max(1, repeat)):
+                if empty:
+                    for cell in (source, target):
+                        truncate_org_tables(fleet.cell_dsns[cell])
+                org = seed(fleet, source, rows, args.blobs)
+                runs.append(measure(fleet, phase, size, strategy, org, source, target, args))
+            out.append(median_of(runs))
     return out
 
 
@@ -253,6 +274,9 @@ def main(argv=None) -> int:
     p.add_argument("--blobs", type=int, default=20, help="blobs of each moved organization (20)")
     p.add_argument("--template-rows", type=int, default=bystanders.TEMPLATE_ROWS,
                    help=f"rows of each bystander organization ({bystanders.TEMPLATE_ROWS})")
+    p.add_argument("--repeat", type=int, default=3, help="moves of the small organization per phase and "
+                                                            "strategy, median reported (3)")
+    p.add_argument("--repeat-large", type=int, default=1, help="the same for the large organization (1)")
     p.add_argument("--strategies", default="frozen,online", help="comma-separated (frozen,online)")
     p.add_argument("--workers", type=int, default=1, help="Celery worker processes (1)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for one move (1800)")

@@ -77,6 +77,7 @@ def test_write_window_benchmark(tmp_path):
 def test_scale_benchmark(tmp_path):
     result = _run("scale.py", "--source-rows", "6000", "--target-rows", "2000", "--growth", "2", "--small", "300",
                   "--large", "900", "--template-rows", "500", "--blobs", "3", "--strategies", "online",
+                  "--repeat", "2",
                   tmp_path=tmp_path)
     assert result["cells"]["cell-3"]["rows"] >= 6000 and result["cells"]["cell-4"]["rows"] >= 2000
     assert result["cells"]["grown"]["clones"] >= 2 * result["cells"]["cell-3"]["clones"]
@@ -87,6 +88,7 @@ def test_scale_benchmark(tmp_path):
         assert run["rows"] == run["raw_copy_rows"] == (300 if size == "small" else 900)
         assert {"preflight", "copy_rows", "verify", "cleanup"} <= set(run["steps_s"])
     assert runs[("full", "small", "online")]["steps_s"]["catch_up"] >= 0
+    assert len(runs[("full", "small", "online")]["repeats"]) == 2  # medians of two moves
     ratios = result["ratios"]["small/online"]
     assert {"total", "preflight", "copy_rows", "verify", "cleanup"} <= set(ratios["full_vs_empty"])
     assert "total" in ratios["grown_vs_full"]
