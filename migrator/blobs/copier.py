@@ -39,7 +39,7 @@ def iter_refs(conn, spec: TableSpec, blob, org: int, *, after: list | None, hi: 
     """Batches of blob references of the organization's rows of one table, in key order.
 
     On the index path each query reads the organization's rows after ``after`` and sorts them (ADR
-    0012), so it fetches ``READ_AHEAD`` batches at a time (yielded one by one, each resumable from
+    0017), so it fetches ``READ_AHEAD`` batches at a time (yielded one by one, each resumable from
     its last key as before) instead of re-reading them for every batch.
     """
     size = sql.Identifier("t", blob.size) if blob.size else sql.SQL("NULL::bigint")

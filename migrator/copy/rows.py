@@ -16,7 +16,7 @@ one batch when the planner expects at most ``batch_rows`` rows in it, else it is
 ``batch_rows``-th key by one sorting scan on the source. The batch query has no ``ORDER BY``/``LIMIT``
 (measured: the keyset form ``ORDER BY pk LIMIT n`` cost the source ~2x the CPU; docs/performance.md).
 
-How the organization's rows are found (``spec.org_scan``, ADR 0012): when they are a small share of
+How the organization's rows are found (``spec.org_scan``, ADR 0017): when they are a small share of
 the table, through the sharding-key indexes, the parents' keys resolved level by level into arrays,
 so a batch costs the organization's rows whatever the size of the cell; when they are most of it,
 by one pass over the table with the parents' keys hashed once (nested loops priced out). No row

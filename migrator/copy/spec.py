@@ -30,7 +30,7 @@ def stabilize_session(conn) -> None:
     conn.execute("; ".join(STABLE_SESSION))  # one round trip (no parameters: one simple query)
 
 
-# The organization's share of a table up to which its rows are found through indexes (ADR 0012).
+# The organization's share of a table up to which its rows are found through indexes (ADR 0017).
 INDEX_PATH_MAX_FRACTION = 0.2
 INDEX = "index"
 SCAN = "scan"

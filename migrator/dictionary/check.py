@@ -144,7 +144,7 @@ def check_advice(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
     """What makes moves slower than they need be, without making them wrong: sharding-key columns that
     lead no index. An organization's rows of such a table (and of every table whose sharding keys
     lead through it) can only be found by reading the whole table, so each move out of the cell
-    costs the table's size, not the organization's (ADR 0012)."""
+    costs the table's size, not the organization's (ADR 0017)."""
     advice: list[Problem] = []
     seen: set[tuple[str, str]] = set()
     for name in dictionary.org_tables():

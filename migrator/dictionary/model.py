@@ -292,7 +292,7 @@ class Dictionary:
         level looks up in its index: ``t.project_id = ANY(ARRAY(SELECT h1.id FROM projects AS h1
         WHERE h1.namespace_id = ANY(ARRAY(SELECT h2.id FROM namespaces AS h2 WHERE
         h2.organization_id = %(org)s))))``. No join, so no plan can probe the parents once per row of
-        ``table``; the cost follows the organization's rows, not the table's (ADR 0012). None when a
+        ``table``; the cost follows the organization's rows, not the table's (ADR 0017). None when a
         sharding-key column on the way leads no index (:meth:`unindexed_keys`): such a table is read
         by a scan whatever the organization's size.
         """

@@ -140,7 +140,7 @@ def test_multi_hop_and_alternative_keys_select_exactly_the_tenants_rows(cells, d
                 by_dictionary = sorted(tuple(r) for r in conn.execute(spec.pk_select(), {"org": org}))
                 by_hand = sorted(tuple(r) for r in conn.execute(BY_HAND[name], {"org": org}))
                 assert by_dictionary == by_hand and by_hand, (name, org)
-                # the index path's form (parents' keys as arrays, ADR 0012) selects the same rows
+                # the index path's form (parents' keys as arrays, ADR 0017) selects the same rows
                 if spec.key_predicate is not None:
                     by_keys = sorted(tuple(r) for r in conn.execute(
                         replace(spec, predicate=spec.key_predicate).pk_select(), {"org": org}))

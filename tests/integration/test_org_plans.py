@@ -4,7 +4,7 @@ One cell whose ``items`` table (300,000 rows, built in bulk) belongs 80 % to one
 0.07 % to another: the copy, checksum, count, split, collision and delete queries must find the
 small organization's rows through the sharding-key indexes (no sequential scan of ``items``), and
 read the large one's in one pass (no nested loop probing row by row). ``events`` has no index on
-its sharding key: it is always scanned, and ``unindexed_keys`` says so (ADR 0012).
+its sharding key: it is always scanned, and ``unindexed_keys`` says so (ADR 0017).
 """
 
 from __future__ import annotations
