@@ -52,13 +52,36 @@ class CellConfig(_Strict):
         return mask_dsn(self.dsn)
 
 
+class TopologyTlsConfig(_Strict):
+    """Mutual TLS of the Topology Service (docs/adr/0012-topology-mtls.md); paths are relative to the
+    config file. ``migrator topology certs init DIR`` makes all of them."""
+
+    # The CA that signs the server's and every client's certificate (both sides trust only it).
+    ca: str
+    # The server's certificate and key (`migrator topology serve`).
+    server_cert: str | None = None
+    server_key: str | None = None
+    # This process's client certificate and key; the certificate's OU is its role (reader, mover, admin).
+    client_cert: str | None = None
+    client_key: str | None = None
+    # The name clients expect in the server's certificate (default: the host of topology.address;
+    # "localhost" for a unix: address).
+    server_name: str | None = None
+
+
 class TopologyConfig(_Strict):
     # Where workers and the CLI reach the Topology Service (gRPC). None: use it in-process.
     address: str | None = "127.0.0.1:50051"
     listen: str = "127.0.0.1:50051"
+    # TLS with client certificates. Without it the server listens on loopback (or a unix socket)
+    # only, and every local caller may do anything, unless `insecure: true`.
+    tls: TopologyTlsConfig | None = None
+    # Serve (and call) without TLS on a non-loopback address: anyone who reaches the port may change
+    # any route. Only for a network where nothing else runs.
+    insecure: bool = False
     # Size of the ID range each cell's sequences get.
-    sequence_block: int = 1_000_000_000_000
-    notify_channel: str = "topology_routes"
+    sequence_block: int = Field(default=1_000_000_000_000, ge=1)
+    notify_channel: str = Field(default="topology_routes", min_length=1, max_length=63)
 
 
 class MoveConfig(_Strict):
@@ -67,23 +90,23 @@ class MoveConfig(_Strict):
     # Rows per COPY batch (one target transaction, one checkpoint) and per parallel key range (one
     # unit task). Equal by default: a range is copied as one batch, so its split needs no sorting
     # scan, and a crash re-copies at most one range (~1-2 s of work). See docs/performance.md.
-    batch_rows: int = 200_000
-    chunk_rows: int = 200_000
-    blob_batch: int = 200
+    batch_rows: int = Field(default=200_000, ge=1)
+    chunk_rows: int = Field(default=200_000, ge=1)
+    blob_batch: int = Field(default=200, ge=1)
     # How verify hashes a row (docs/adr/0010-verify-row-hash.md): "hash" sums PostgreSQL's 64-bit
     # hash of the row's values (hash_record_extended; text form for columns it cannot hash), "text"
     # the 64-bit md5 prefix of the row's text form (3x slower; for cells on PostgreSQL < 14 or of
     # different byte order). Both sides of a move always use the same one.
     checksum: Literal["hash", "text"] = "hash"
-    drain_timeout_s: float = 60.0
-    lease_ttl_s: float = 60.0
+    drain_timeout_s: float = Field(default=60.0, gt=0)
+    lease_ttl_s: float = Field(default=60.0, gt=0)
     # The reconciler re-enqueues a running move whose heartbeat is older than this.
-    stale_after_s: float = 90.0
-    reconcile_every_s: float = 30.0
-    retention_hours: float = 168.0
+    stale_after_s: float = Field(default=90.0, gt=0)
+    reconcile_every_s: float = Field(default=30.0, gt=0)
+    retention_hours: float = Field(default=168.0, ge=0)
     # Estimates used by preflight until measured rates exist.
-    est_rows_per_s: float = 100_000.0
-    est_blob_bytes_per_s: float = 100_000_000.0
+    est_rows_per_s: float = Field(default=100_000.0, gt=0)
+    est_blob_bytes_per_s: float = Field(default=100_000_000.0, gt=0)
     # Copy with FK and user triggers disabled on the target session (needs superuser or
     # GRANT SET ON PARAMETER session_replication_role). See docs/adr/0004-copy-path.md.
     disable_target_triggers: bool = True
@@ -101,9 +124,9 @@ class MoveConfig(_Strict):
 class CeleryConfig(_Strict):
     result_backend: str | None = None
     queue_prefix: str = ""
-    visibility_timeout_s: int = 7200
-    task_soft_time_limit_s: int = 3000
-    task_time_limit_s: int = 3600
+    visibility_timeout_s: int = Field(default=7200, ge=1)
+    task_soft_time_limit_s: int = Field(default=3000, ge=1)
+    task_time_limit_s: int = Field(default=3600, ge=1)
 
 
 class ApiConfig(_Strict):
@@ -116,6 +139,8 @@ class ApiConfig(_Strict):
     previous_tokens: list[Annotated[str, Field(min_length=16)]] = Field(default_factory=list)
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)
+    # Largest request body accepted (bytes); a bigger one is refused with 413 before it is read.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
 class CellThresholds(_Strict):
@@ -155,6 +180,9 @@ class RebalanceConfig(_Strict):
     readings_max_age_s: float = Field(default=120.0, ge=0)
     # At most this many organizations in one plan.
     max_plan_moves: int = Field(default=20, ge=1)
+    # At most one plan per cell from alerts and the tick in this many seconds: an alert storm for a
+    # cell costs one plan, the rest are noted against it (operators' plans are not limited).
+    plan_cooldown_s: float = Field(default=600.0, ge=0)
 
     def thresholds(self, cell: str) -> CellThresholds:
         override = self.cells.get(cell)
@@ -189,7 +217,9 @@ class OnlineConfig(_Strict):
 class ObservabilityConfig(_Strict):
     # Port on which each worker's main process serves its pool's metrics (None: no endpoint).
     # Several workers on one host: give each its own port (MIGRATOR_OBSERVABILITY__WORKER_METRICS_PORT).
-    worker_metrics_port: int | None = None
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Address of that endpoint (unauthenticated, so loopback unless Prometheus scrapes from elsewhere).
+    worker_metrics_addr: str = "127.0.0.1"
     # Directory for prometheus-client's multiprocess files (default: a fresh one per worker).
     multiproc_dir: str | None = None
     log_format: Literal["text", "json"] = "text"
@@ -285,6 +315,18 @@ def _expand_env(value: Any, where: str = "") -> Any:
     return value
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where (line and column, 1-based) and what, instead of PyYAML's multi-line dump."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    context = getattr(exc, "context", None)
+    if context:
+        what = f"{what} ({context})"
+    if mark is None:
+        return what
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
 def config_path_from_env() -> Path:
     return Path(os.environ.get("MIGRATOR_CONFIG", DEFAULT_CONFIG_PATH))
 
@@ -297,7 +339,8 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
         try:
             loaded = yaml.safe_load(cfg_path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}", "fix the YAML syntax") from None
+            raise ConfigError(f"config file {cfg_path} is not valid YAML: {yaml_problem(exc)}",
+                              "fix the YAML syntax there") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {cfg_path} must be a mapping of keys", "see README.md, Configuration")
         data = _expand_env(loaded)

@@ -42,8 +42,9 @@ def run_abort(settings, move_id: str, token: str, owner: str) -> str:
         tokens = {token, *((move.report or {}).get("tokens") or [])}
         if route.cell == move.target_cell:
             # A worker of the old attempt flipped just before the abort took over: finish instead.
-            if route.move_token in tokens and route.move_token != token:
-                ctx.topology.refence(ctx.org, route.move_token, token, actor="abort", reason="flip already done")
+            held = route.holder(tokens)
+            if held is not None and held != token:
+                ctx.topology.refence(ctx.org, held, token, actor="abort", reason="flip already done")
             store.set_fields(move.id, token, state=wf.RUNNING, step="unfreeze", flipped_at=func.now())
             store.event(move.id, "flip", "abort_refused", "the route had already flipped; completing the move")
             return "flipped"
@@ -64,9 +65,10 @@ def run_abort(settings, move_id: str, token: str, owner: str) -> str:
         for cell in (move.source_cell, move.target_cell):
             unfreeze_org(ctx.cell_conn(cell), ctx.org)
         route = ctx.topology.classify(ctx.org)
-        if route.state == "frozen" and route.move_token in tokens:
-            if route.move_token != token:
-                ctx.topology.refence(ctx.org, route.move_token, token, actor="abort", reason="abort")
+        held = route.holder(tokens)
+        if held is not None:
+            if held != token:
+                ctx.topology.refence(ctx.org, held, token, actor="abort", reason="abort")
             ctx.topology.unfreeze(ctx.org, token, actor=f"move {move.id}", reason="move aborted")
         store.reset_units(move.id, ["copy_rows", "copy_blobs", "verify"])
         store.set_fields(move.id, token, state=wf.ABORTED, lease_owner=None, lease_until=None)

@@ -81,8 +81,9 @@ class Operations:
         token = new_token()
         try:
             route = self.topology.classify(move.organization_id)
-            if route.state == "frozen" and route.move_token in self._tokens(move):
-                self.topology.refence(move.organization_id, route.move_token, token, actor="operator",
+            held = route.holder(self._tokens(move))
+            if held is not None:
+                self.topology.refence(move.organization_id, held, token, actor="operator",
                                       reason=f"move {move.id} -> {state}")
         except StaleToken:
             pass

@@ -103,7 +103,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
         raise MigratorError(f"organization {org} is routed to {route.cell!r}, not to the move's source {source!r}",
                             "abort this move and start a new one")
     if route.state == "frozen":
-        raise RouteFrozen(f"organization {org} is frozen by another move (token {str(route.move_token)[:8]}…)",
+        raise RouteFrozen(f"organization {org} is frozen by another move (token sha256:{route.token_digest})",
                           "see `migrator status`; wait for that move or abort it")
     src = connect_cell(source)
     tgt = connect_cell(target)

@@ -257,7 +257,7 @@ def lift_freeze(settings: Settings, move, token: str) -> list[str]:
     try:
         topo = topology_client(settings)
         route = topo.classify(org)
-        if route.state == "frozen" and route.move_token == token and route.cell == move.source_cell:
+        if route.held_by(token) and route.cell == move.source_cell:
             topo.unfreeze(org, token, actor=f"move {move.id}", reason="move failed before the flip")
     except Exception as exc:  # noqa: BLE001
         problems.append(f"topology: {first_line(exc)}")

@@ -50,9 +50,12 @@ def auth(token: str = TOKEN) -> dict:
 
 def start_api(fleet, log_path) -> tuple[ManagedProcess, str]:
     """`migrator api serve` as a real process on a free loopback port; returns (process, base URL)."""
+    from tests.support.fleet import role_env
+
     port = free_port()
     proc = ManagedProcess([str(BIN / "migrator"), "api", "serve", "--host", "127.0.0.1", "--port", str(port),
-                           "--log-level", "warning"], base_env(fleet.config_path), log_path).start()
+                           "--log-level", "warning"], {**base_env(fleet.config_path), **role_env("mover")},
+                          log_path).start()
     url = f"http://127.0.0.1:{port}"
 
     def up():

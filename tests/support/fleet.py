@@ -1,7 +1,16 @@
-"""A test fleet: a control database and N cell databases with blob stores, plus a config file."""
+"""A test fleet: a control database and N cell databases with blob stores, plus a config file.
+
+The Topology Service of every test fleet runs with mutual TLS: one CA and certificate set per test
+process (:func:`fleet_certs`, EC keys, a few milliseconds), reused by every fleet. The config's client
+certificate is the admin's (tests provision and seed); workers and the API get the mover's
+(:func:`role_env`), as in deploy/.
+"""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +18,35 @@ import yaml
 
 from tests.support.databases import create_database, drop_database, unique_name
 from tests.support.processes import free_port
+
+_CERTS: dict = {}
+
+
+def fleet_certs() -> dict:
+    """The test session's certificates (``migrator.topology.certs.init_fleet``), made on first use."""
+    if not _CERTS:
+        from migrator.topology.certs import init_fleet
+
+        root = Path(tempfile.mkdtemp(prefix="cmt-certs-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        _CERTS.update(init_fleet(root))
+    return _CERTS
+
+
+def tls_config(role: str = "admin") -> dict:
+    """A ``topology.tls`` section: the session's CA and server pair, and the client pair of ``role``."""
+    certs = fleet_certs()
+    client = certs["clients"][role]
+    return {"ca": str(certs["ca"]), "server_cert": str(certs["server"]["cert"]),
+            "server_key": str(certs["server"]["key"]), "client_cert": str(client["cert"]),
+            "client_key": str(client["key"])}
+
+
+def role_env(role: str) -> dict[str, str]:
+    """Environment that makes a process of a test fleet call the Topology Service as ``role``."""
+    client = fleet_certs()["clients"][role]
+    return {"MIGRATOR_TOPOLOGY__TLS__CLIENT_CERT": str(client["cert"]),
+            "MIGRATOR_TOPOLOGY__TLS__CLIENT_KEY": str(client["key"])}
 
 
 @dataclass
@@ -61,7 +99,7 @@ def make_fleet(root: Path, *, cells: int = 3, broker_url: str = "redis://127.0.0
             name: {"dsn": dsn, "blobs": {"kind": "local", "path": str(root / "blobs" / name)}}
             for name, dsn in cell_dsns.items()
         },
-        "topology": {"address": listen if topology else None, "listen": listen},
+        "topology": {"address": listen if topology else None, "listen": listen, "tls": tls_config()},
         "moves": {"batch_rows": 500, "chunk_rows": 2000, "blob_batch": 10, "drain_timeout_s": 10,
                   "lease_ttl_s": 10, "stale_after_s": 15, "reconcile_every_s": 2},
         "celery": {"queue_prefix": prefix + "-"},
@@ -75,3 +113,13 @@ def make_fleet(root: Path, *, cells: int = 3, broker_url: str = "redis://127.0.0
     config_path = root / "migrator.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     return Fleet(root, config_path, control_db, control_dsn, cell_dbs, cell_dsns, broker_url, listen)
+
+
+def client_tls(role: str = "admin"):
+    """TLS material of a Topology Service client in ``role`` (for ``TopologyClient(..., tls=...)``)."""
+    from migrator.topology.tls import ClientTls
+
+    certs = fleet_certs()
+    client = certs["clients"][role]
+    return ClientTls(ca=certs["ca"].read_bytes(), cert=client["cert"].read_bytes(), key=client["key"].read_bytes(),
+                     server_name=None)

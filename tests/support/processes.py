@@ -166,10 +166,13 @@ def start_topology_server(config_path: Path, listen: str, log_path: Path) -> Man
 
 def start_worker(config_path: Path, log_path: Path, *, name: str = "w1", concurrency: int = 2,
                  queues: str | None = None, extra: list[str] | None = None) -> ManagedProcess:
+    """``celery -A tasks worker`` calling the Topology Service with the mover's certificate, as in deploy/."""
+    from tests.support.fleet import role_env
+
     args = [str(BIN / "celery"), "-A", "tasks", "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
             "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
     if queues:
         args += ["-Q", queues]
     args += extra or []
-    proc = ManagedProcess(args, base_env(config_path), log_path).start()
+    proc = ManagedProcess(args, {**base_env(config_path), **role_env("mover")}, log_path).start()
     return proc

@@ -21,7 +21,7 @@ from migrator.errors import (
 )
 from migrator.topology.client import TopologyClient, topology_client
 from migrator.topology.server import build_server
-from migrator.topology.service import RouteConflict, TopologyService
+from migrator.topology.service import RouteConflict, TopologyService, token_digest
 from tests.support.processes import free_port
 
 
@@ -47,9 +47,9 @@ def test_client_mirrors_the_service(pair):
     assert client.get_cell("a") == service.get_cell("a")
     assert client.set_cell_state("b", "draining").state == "draining"
     assert client.register_route(5, "a", actor="me", reason="new") == service.classify(5)
-    assert client.classify(5).move_token is None
-    assert client.freeze(5, "t1", expected_cell="a").move_token == "t1"
-    assert client.refence(5, "t1", "t2").move_token == "t2"
+    assert client.classify(5).token_digest is None
+    assert client.freeze(5, "t1", expected_cell="a").token_digest == token_digest("t1")
+    assert client.refence(5, "t1", "t2").held_by("t2")
     assert client.flip(5, "a", "b", expected_version=1, token="t2").version == 2
     assert client.unfreeze(5, "t2") == service.classify(5)
     assert client.list_routes() == service.list_routes()

@@ -18,7 +18,7 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
-from migrator.topology.service import RouteConflict, RouteInfo, TopologyService
+from migrator.topology.service import RouteConflict, RouteInfo, TopologyService, token_digest
 from tests.support.processes import free_port
 
 BLOCK = 1000
@@ -123,10 +123,11 @@ def test_register_route(routed):
 
 def test_freeze_flip_unfreeze(routed):
     frozen = routed.freeze(7, "t1", expected_cell="a", actor="mover", reason="rebalance")
-    assert frozen == RouteInfo(7, "a", 1, "frozen", "t1")
+    assert frozen == RouteInfo(7, "a", 1, "frozen", token_digest("t1"))
+    assert frozen.held_by("t1") and not frozen.held_by("t2") and frozen.holder(["t0", "t1"]) == "t1"
     assert routed.freeze(7, "t1", expected_cell="a") == frozen  # idempotent
     flipped = routed.flip(7, "a", "b", expected_version=1, token="t1")
-    assert flipped == RouteInfo(7, "b", 2, "frozen", "t1")
+    assert flipped == RouteInfo(7, "b", 2, "frozen", token_digest("t1"))
     assert routed.flip(7, "a", "b", expected_version=1, token="t1") == flipped  # replay: no second flip
     active = routed.unfreeze(7, "t1")
     assert active == RouteInfo(7, "b", 2, "active", None)
@@ -136,7 +137,8 @@ def test_freeze_flip_unfreeze(routed):
         ("register", None, "a", 1), ("freeze", "a", "a", 1), ("flip", "a", "b", 2), ("unfreeze", "b", "b", 2),
     ]
     history = routed.history(7)
-    assert [h["token"] for h in history] == [None, "t1", "t1", "t1"]
+    assert [h["token_digest"] for h in history] == [None] + [token_digest("t1")] * 3
+    assert "t1" not in repr(history)
     assert history[1]["actor"] == "mover" and history[1]["reason"] == "rebalance"
     assert isinstance(history[0]["at"], str)
 
@@ -157,7 +159,8 @@ def test_flip_refusals(routed):
     with pytest.raises(StaleToken, match="not frozen"):
         routed.flip(7, "a", "b", expected_version=1, token="t1")
     routed.freeze(7, "t1", expected_cell="a")
-    with pytest.raises(StaleToken, match="frozen by token t1, not by token t2"):
+    with pytest.raises(StaleToken, match=f"frozen by token sha256:{token_digest('t1')}, not by token "
+                                         f"sha256:{token_digest('t2')}"):
         routed.flip(7, "a", "b", expected_version=1, token="t2")
     with pytest.raises(StaleVersion, match="at version 1 on a") as exc:
         routed.flip(7, "a", "b", expected_version=5, token="t1")
@@ -181,8 +184,8 @@ def test_refence_hands_the_freeze_to_a_new_attempt(routed):
     routed.freeze(7, "t1", expected_cell="a")
     with pytest.raises(StaleToken):
         routed.refence(7, "t0", "t2")
-    assert routed.refence(7, "t1", "t2").move_token == "t2"
-    assert routed.refence(7, "t1", "t2").move_token == "t2"  # idempotent
+    assert routed.refence(7, "t1", "t2").held_by("t2")
+    assert routed.refence(7, "t1", "t2").held_by("t2")  # idempotent
     with pytest.raises(StaleToken):
         routed.flip(7, "a", "b", expected_version=1, token="t1")  # the old attempt is fenced off
     with pytest.raises(StaleToken):
