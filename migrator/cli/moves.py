@@ -116,10 +116,16 @@ def register(app: typer.Typer) -> None:
             None, "--strategy",
             help="online: copy while writable, freeze only for the last delta; frozen: freeze, then copy. "
                  "Default: moves.default_strategy (online)."),
+        force: bool = typer.Option(False, "--force", help="Start it even past the concurrency guardrails "
+                                                          "(rebalance.max_moves_per_cell, max_moves_total); "
+                                                          "needs --reason, kept in the move's history."),
         as_json: bool = JSON_OPTION,
         config: str = CONFIG_OPTION,
     ):
-        """Move an organization to another cell (records the move and enqueues it)."""
+        """Move an organization to another cell (records the move and enqueues it).
+
+        Refused (exit 1, guardrail_exceeded) while the source, the target or the fleet already has as
+        many active moves as the guardrails allow, unless --force with --reason."""
         ops = _ops(config)
         if strategy is not None and strategy not in wf.STRATEGIES:
             raise typer.BadParameter(f"unknown strategy {strategy!r}; available: {', '.join(wf.STRATEGIES)}",
@@ -128,7 +134,9 @@ def register(app: typer.Typer) -> None:
             plan = ops.dry_run(org, to)
             print_json(plan) if as_json else _print_plan(plan)
             return
-        move = ops.request_move(org, to, reason=reason, strategy=strategy)
+        if force and not reason.strip():
+            raise typer.BadParameter("--force needs --reason (kept in the move's history)", param_hint="--reason")
+        move = ops.request_move(org, to, reason=reason, strategy=strategy, force=force)
         if not wait:
             if as_json:
                 print_json(move_summary(ops.store, move))

@@ -7,8 +7,10 @@ import getpass
 import logging
 
 from migrator.config import Settings
-from migrator.errors import InvalidMoveState, MigratorError, StaleToken
+from migrator.db import first_line
+from migrator.errors import BrokerUnavailable, InvalidMoveState, MigratorError, StaleToken
 from migrator.moves import workflow as wf
+from migrator.moves.admission import admit
 from migrator.moves.dispatch import Dispatcher
 from migrator.moves.preflight import validate_request
 from migrator.moves.store import MoveStore, new_token
@@ -46,12 +48,29 @@ class Operations:
 
     # ------------------------------------------------------------------ start
     def request_move(self, org: int, target: str, *, actor: str | None = None, reason: str = "",
-                     strategy: str | None = None):
+                     strategy: str | None = None, force: bool = False):
+        """Record a move within the concurrency guardrails (``force`` with a reason: past them, kept in
+        its history) and send its first step. A broker that does not take the message leaves the move
+        recorded: BrokerUnavailable names it, and the reconciler sends it when the broker is back."""
+        if force and not reason.strip():
+            raise MigratorError("a forced move needs a reason", "say why with --reason (API: \"reason\")")
         route = validate_request(self.settings, self.topology, org, target)
+
+        def admission(session):
+            return admit(session, self.settings, organization_id=org, source=route.cell, target=target, force=force)
+
         move = self.store.create(organization_id=org, source=route.cell, target=target,
                                  requested_by=actor or default_actor(), reason=reason or "operator request",
-                                 strategy=strategy or self.settings.moves.default_strategy)
-        self.dispatcher.step(move, wf.STEPS[0])
+                                 strategy=strategy or self.settings.moves.default_strategy, admission=admission)
+        try:
+            self.dispatcher.step(move, wf.STEPS[0])
+        except Exception as exc:  # noqa: BLE001 - any broker failure: the move is recorded, the reconciler sends it
+            log.warning("move %s recorded but its first step was not sent: %s", move.id, exc)
+            raise BrokerUnavailable(
+                f"move {move.id} is recorded, but the broker did not take its first step ({first_line(exc)}); "
+                f"the reconciler sends it within {self.settings.moves.stale_after_s:g} s of the broker's return",
+                f"follow it with `migrator status {move.id}`; check the broker (Redis)", move_id=str(move.id)) \
+                from None
         return move
 
     def dry_run(self, org: int, target: str) -> dict:

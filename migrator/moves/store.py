@@ -41,7 +41,10 @@ class MoveStore:
 
     # ---------------------------------------------------------------- moves
     def create(self, *, organization_id: int, source: str, target: str, requested_by: str, reason: str,
-               strategy: str = "frozen", plan: dict | None = None) -> Move:
+               strategy: str = "frozen", plan: dict | None = None, admission=None) -> Move:
+        """Record a queued move. ``admission(session)`` runs first in the same transaction (the
+        guardrails, migrator/moves/admission.py): it raises to refuse, or returns the guardrail a
+        forced move exceeds, which the history keeps as a ``guardrail_overridden`` event."""
         move = Move(
             id=uuid.uuid4(), organization_id=organization_id, source_cell=source, target_cell=target,
             strategy=strategy, state=wf.QUEUED, step=wf.STEPS[0], token=new_token(), attempt=1,
@@ -49,11 +52,16 @@ class MoveStore:
         )
         with self.Session() as s:
             try:
+                overridden = admission(s) if admission is not None else None
                 s.add(move)
                 s.flush()
                 s.add(MoveEvent(move_id=move.id, step=None, event="requested", actor=requested_by,
                                 message=f"move of organization {organization_id} {source} -> {target}: {reason}",
                                 detail={"strategy": strategy}))
+                if overridden:
+                    s.add(MoveEvent(move_id=move.id, step=None, event="guardrail_overridden", actor=requested_by,
+                                    message=f"started with force despite {overridden}: {reason}",
+                                    detail={"guardrail": overridden, "force": True}))
                 s.commit()
             except IntegrityError as exc:
                 s.rollback()

@@ -15,10 +15,11 @@ import datetime as dt
 import logging
 
 from migrator.config import Settings
-from migrator.errors import MigratorError
+from migrator.errors import BrokerUnavailable, GuardrailExceeded, MigratorError
+from migrator.moves.admission import Guardrails
 from migrator.moves.operations import Operations
 from migrator.rebalance.planner import Plan, human_bytes, is_hot, plan_cell, projected
-from migrator.rebalance.policy import FleetView, Guardrails, fleet_view
+from migrator.rebalance.policy import FleetView, fleet_view
 from migrator.rebalance.readings import refresh_readings
 from migrator.rebalance.store import InvalidPlanState, RebalanceStore
 
@@ -208,6 +209,11 @@ class Rebalancer:
                 return skip(f"it now lives in {route.cell}, not {source}")
             move = self.ops.request_move(org, target, actor=actor,
                                          reason=f"rebalance plan {plan.id} for {plan.cell}: {item.reason}")
+        except GuardrailExceeded as exc:  # an operator's move took the slot meanwhile: wait for the next one
+            self.store.note_item(plan.id, item.ordinal, f"waiting for a free slot: {exc.message}")
+            return "deferred", {"reason": exc.message}
+        except BrokerUnavailable as exc:  # recorded; the reconciler sends it
+            move = self.ops.store.get(exc.extra["move_id"])
         except MigratorError as exc:
             return skip(f"{exc.code}: {exc.message}")
         self.store.set_item(plan.id, item.ordinal, state="started", move_id=move.id, note="")

@@ -76,7 +76,7 @@ def test_approval_guardrails_pins_and_pause(rb):
     result = rb.apply(row.id, "bob")
     # One move per cell at a time: one starts, the others wait.
     assert len(result["started"]) == 1 and len(result["deferred"]) == len(plan.items) - 1
-    assert "limit 1 per cell" in result["deferred"][0]["reason"]
+    assert "rebalance.max_moves_per_cell 1" in result["deferred"][0]["reason"]
     assert rb.apply(row.id, "bob")["started"] == []  # applying again only advances: no slot is free
     n_deferred = len(store.decisions(kind="move_deferred"))
     rb.tick()
