@@ -294,13 +294,24 @@ class BenchFleet:
             self.dbs.append(db)
         self._start_redis()
         listen = f"127.0.0.1:{free_port()}"
+        # The Topology Service with mutual TLS, as deployed: the config's client pair is the admin's
+        # (init, seeding), the workers' the mover's (start_workers).
+        from migrator.topology.certs import init_fleet
+
+        self.certs = init_fleet(self.workdir / "certs")
         config = {
             "control_dsn": self.control_dsn,
             "broker_url": self.broker_url,
             "cells": {name: {"dsn": dsn, "blobs": {"kind": "local", "path": str(self.workdir / "blobs" / name)}}
                       for name, dsn in self.cell_dsns.items()},
-            "topology": {"address": listen, "listen": listen},
+            "topology": {"address": listen, "listen": listen, "tls": {
+                "ca": str(self.certs["ca"]), "server_cert": str(self.certs["server"]["cert"]),
+                "server_key": str(self.certs["server"]["key"]),
+                "client_cert": str(self.certs["clients"]["admin"]["cert"]),
+                "client_key": str(self.certs["clients"]["admin"]["key"])}},
             "moves": {"lease_ttl_s": 60, "stale_after_s": 120, **self.moves},
+            # Concurrent benchmarks start several moves out of one cell: the guardrails must not refuse them.
+            "rebalance": {"max_moves_per_cell": 64, "max_moves_total": 64},
             "celery": {"queue_prefix": self.prefix + "-"},
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -378,9 +389,12 @@ class BenchFleet:
         """``n`` Celery worker processes (``celery -A app worker --concurrency=...``), ready to take tasks."""
         started = []
         for i in range(len(self.workers) + 1, len(self.workers) + n + 1):
+            mover = self.certs["clients"]["mover"]
+            env = {**self.env(), "MIGRATOR_TOPOLOGY__TLS__CLIENT_CERT": str(mover["cert"]),
+                   "MIGRATOR_TOPOLOGY__TLS__CLIENT_KEY": str(mover["key"])}
             w = Proc([str(BIN / "celery"), "-A", app, "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
                       "-n", f"bench{i}-{self.prefix}@%h", "--without-gossip", "--without-mingle"],
-                     self.env(), self.workdir / f"worker-{i}.log").start()
+                     env, self.workdir / f"worker-{i}.log").start()
             self.workers.append(w)
             started.append(w)
         for w in started:

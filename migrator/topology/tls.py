@@ -11,7 +11,6 @@ that a server without TLS listens on loopback only (docs/adr/0012-topology-mtls.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from migrator.errors import ConfigError
+from migrator.net import is_loopback_host
 from migrator.topology.certs import read_file
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,7 @@ def host_of(address: str) -> str | None:
 def is_local(address: str) -> bool:
     """A unix socket, or a loopback host (127.0.0.0/8, ::1, localhost)."""
     host = host_of(address)
-    if host is None:
-        return True
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return host is None or is_loopback_host(host)
 
 
 def _path(settings, value: str | None, key: str) -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.fleet import make_fleet
+from tests.support.fleet import fleet_certs, make_fleet
 from tests.support.moves import migrator
 from tests.support.processes import BIN, ROOT, RedisServer, base_env, free_port, wait_for
 
@@ -111,6 +111,7 @@ def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
         ports = {name: free_port() for name in ("api", "flower", "exporter", "control", "rows", "blobs")}
         _env_file(tmp_path / "deploy.env", {
             "MIGRATOR_CONFIG": str(fleet.config_path),
+            "TOPOLOGY_CERTS": str(fleet_certs()["ca"].parent),  # the API and the workers call as movers
             "MIGRATOR_API__TOKEN": TOKEN,
             "MIGRATOR_API__LISTEN_PORT": str(ports["api"]),
             "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),

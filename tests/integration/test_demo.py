@@ -90,6 +90,10 @@ def assert_isolated_config(root: Path) -> None:
         assert "127.0.0.1" not in dsn and "localhost" not in dsn
     assert cfg["broker_url"] == f"redis+socket://{root}/redis.sock"
     assert cfg["topology"]["address"] == f"unix:{root}/topology.sock"
+    # The Topology Service runs with mutual TLS, certificates in the demo's folder (issue 14).
+    tls = cfg["topology"]["tls"]
+    assert all((root / tls[key]).is_file() for key in ("ca", "server_cert", "server_key", "client_cert", "client_key"))
+    assert not cfg["topology"].get("insecure")
     assert cfg["celery"]["queue_prefix"].startswith("demo-")
     for cell in cfg["cells"].values():
         assert Path(cell["blobs"]["path"]).is_relative_to(root)
@@ -113,6 +117,7 @@ def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
     assert "NO" not in [cell.strip() for line in out.splitlines() for cell in line.split("│")]
 
     assert_isolated_config(root)
+    assert "mutual TLS" in (root / "logs" / "topology.log").read_text()
     assert not (root / "state.json").exists()  # the fleet is gone, and it says so
     assert_nothing_left(root)
     assert elapsed < 90, f"the demo took {elapsed:.0f} s"

@@ -12,7 +12,7 @@ import yaml
 
 from migrator.seed import seed_organizations
 from tests.support.moves import migrator
-from tests.support.processes import BIN, ManagedProcess, base_env, free_port, wait_for
+from tests.support.processes import BIN, ManagedProcess, base_env, free_port, listening_on, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,7 @@ def test_metrics_logs_and_flower_after_a_move(observed, tmp_path):
 
     status, text = _get(f"http://127.0.0.1:{worker_port}/metrics")
     assert status == 200
+    assert listening_on(worker_port) == {"127.0.0.1"}  # observability.worker_metrics_addr's default
     assert _sample(text, "migrator_rows_copied_total") == org.rows
     assert _sample(text, "migrator_bytes_copied_total") > 0
     assert _sample(text, "migrator_blob_bytes_copied_total") > 0
