@@ -36,25 +36,20 @@ def test_flower_binds_loopback_and_refuses_to_serve_others_without_authenticatio
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Flower refuses to listen on 0.0.0.0" in out.stderr and "--basic-auth" in out.stderr
-    # Without an address it binds 127.0.0.1 (Flower's own default is every interface).
-    port = free_port()
-    proc = _serve(fleet, tmp_path, "flower-default", [*flower, f"--port={port}"])
-    try:
-        assert _listening(proc, port) == {"127.0.0.1"}
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthcheck", timeout=2).status_code == 200,
-                 timeout=30, what="flower")
-    finally:
-        proc.stop()
-    # With authentication it may listen wider, and asks for the credentials.
-    port = free_port()
-    proc = _serve(fleet, tmp_path, "flower-auth", [*flower, "--address=0.0.0.0", f"--port={port}"],
-                  env={"FLOWER_BASIC_AUTH": "ops:pw-0123456789"})
-    try:
-        assert _listening(proc, port) == {"0.0.0.0"}
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=2).status_code == 401,
-                 timeout=30, what="flower asking for credentials")
-    finally:
-        proc.stop()
+    # Without an address it binds 127.0.0.1 (Flower's own default is every interface); with
+    # authentication it may listen wider, and asks for the credentials.
+    cases = [("flower-default", [], {}, {"127.0.0.1"}, "/healthcheck", 200),
+             ("flower-auth", ["--address=0.0.0.0"], {"FLOWER_BASIC_AUTH": "ops:pw-0123456789"}, {"0.0.0.0"},
+              "/api/workers", 401)]
+    for name, args, env, bound, path, status in cases:
+        port = free_port()
+        proc = _serve(fleet, tmp_path, name, [*flower, *args, f"--port={port}"], env=env)
+        try:
+            assert _listening(proc, port) == bound, name
+            wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == status,  # noqa: B023
+                     timeout=30, what=f"{name} answering {status}")
+        finally:
+            proc.stop()
 
 
 def test_the_exporter_and_the_api_bind_loopback_by_default(fleet, topology_server, tmp_path):
