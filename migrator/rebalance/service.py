@@ -380,7 +380,8 @@ class Rebalancer:
             "paused": bool(state.paused), "changed_by": state.changed_by or None, "reason": state.reason or None,
             "changed_at": state.changed_at.isoformat() if state.changed_at else None,
             "approval": r.approval, "max_moves_per_cell": r.max_moves_per_cell, "max_moves_total": r.max_moves_total,
-            "cooldown_hours": r.cooldown_hours, "readings_age_s": None if age is None else round(age, 1),
+            "cooldown_hours": r.cooldown_hours, "plan_cooldown_s": r.plan_cooldown_s,
+            "readings_age_s": None if age is None else round(age, 1),
             "open_plans": len(self.store.plans(statuses=("awaiting_approval", "applying"))),
             "pins": len(self.store.pins()),
         }
