@@ -24,7 +24,7 @@ from tests.faults.conftest import trials
 from tests.faults.invariants import check_completed, snapshot
 from tests.faults.report import ScenarioResult
 from tests.faults.writer import lost_writes
-from tests.support.moves import copied_rows, migrator, wait_move
+from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move
 from tests.support.processes import ROOT, base_env
 
 pytestmark = pytest.mark.faults
@@ -159,16 +159,18 @@ def test_connections_terminated_mid_batch(faults, which, strategy):
     faults.worker()
     dsn = {"source": faults.fleet.cell_dsns["cell-1"], "target": faults.fleet.cell_dsns["cell-2"],
            "control": faults.fleet.control_dsn}[which]
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"terminate {which}",
-                                             strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
     killed = 0
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        for _ in range(5):
-            killed += admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name LIKE 'cells-migrator%%' AND pid <> pg_backend_pid()").fetchone()[0]
-            time.sleep(0.3)
+    # The target's notes are held, so the connections die under a running copy (never after the move ended).
+    with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"terminate {which}",
+                                                 strategy=strategy)
+        wait_copying(settings, move.id)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for _ in range(5):
+                killed += admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'cells-migrator%%' AND pid <> pg_backend_pid()").fetchone()[0]
+                time.sleep(0.3)
     _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
     result.save()
     assert result.violations == []
@@ -279,12 +281,13 @@ def test_stale_worker_cannot_advance_or_flip(faults, strategy):
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
     ops = Operations(settings)
-    worker = faults.worker()
-    move = ops.request_move(org, "cell-2", actor="faults", reason="stale worker", strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
-    old = MoveStore(settings.control_dsn).get(move.id)
-    ops.pause(move.id)
-    worker.stop()
+    with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):  # the move cannot flip before the pause
+        worker = faults.worker()
+        move = ops.request_move(org, "cell-2", actor="faults", reason="stale worker", strategy=strategy)
+        wait_copying(settings, move.id)
+        old = MoveStore(settings.control_dsn).get(move.id)
+        ops.pause(move.id)
+        worker.kill(signal.SIGKILL)
     resumed = ops.resume(move.id)  # a new attempt: the old token is superseded
     assert resumed.token != old.token
     store = MoveStore(settings.control_dsn)
@@ -385,10 +388,14 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, st
         before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
         by = snapshot(settings, [(bystander, "cell-1")])
         ff.worker()
+        # The copy is held on the target (HeldTable), so the server stops under a running copy, never after
+        # the move finished; stopping the server ends the hold.
+        hold = HeldTable(cluster.dsn("cell2"), "notes")
         move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down",
                                                  strategy=strategy)
-        wait_move(settings, move.id, timeout=60, predicate=_in_copy)
+        wait_copying(settings, move.id)
         cluster.stop()
+        hold.release()
         time.sleep(4)
         cluster.start()
         _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
@@ -412,7 +419,12 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, st
 
 @pytest.mark.parametrize("strategy", ["frozen", "online"])
 def test_abort_under_fault_leaves_source_authoritative(faults, strategy):
-    """A move aborted while its worker is being killed: source unchanged and writable, target clean."""
+    """A move whose worker is SIGKILLed mid-copy, aborted while no worker runs, then a new worker takes over:
+    source unchanged and writable, target clean, state ``aborted``.
+
+    The target's ``notes`` table is held (``HeldTable``) so the copy cannot finish: the move is provably
+    before its flip when the worker dies and when the abort is requested (a fast copy used to flip first).
+    """
     from tests.faults.invariants import check_not_moved
 
     result = ScenarioResult(f"1b. abort while a worker is killed ({strategy})")
@@ -420,18 +432,23 @@ def test_abort_under_fault_leaves_source_authoritative(faults, strategy):
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
-    worker = faults.worker()
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault",
-                                             strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
-    worker.kill(signal.SIGKILL)
-    faults.worker()
-    assert migrator(faults.fleet, "abort", str(move.id)).returncode == 0
+    with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes") as hold:
+        worker = faults.worker()
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault",
+                                                 strategy=strategy)
+        wait_copying(settings, move.id)
+        worker.kill(signal.SIGKILL)
+        aborted = migrator(faults.fleet, "abort", str(move.id), "--no-wait", "--reason", "abort under fault")
+        assert aborted.returncode == 0, aborted.stderr
+        assert MoveStore(settings.control_dsn).get(move.id).state == "aborting"
+        hold.release()
+        faults.worker()
+        final = wait_move(settings, move.id, timeout=120)
     result.trials += 1
-    final = MoveStore(settings.control_dsn).get(move.id)
     violations = check_not_moved(settings, org, "cell-1", "cell-2", before, by)
     if final.state == "aborted" and not violations:
         result.aborted_clean += 1
     result.violations += violations
     result.save()
-    assert final.state == "aborted" and violations == []
+    assert final.state == "aborted", final.error
+    assert violations == []

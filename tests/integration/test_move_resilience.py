@@ -17,7 +17,7 @@ from migrator.moves.units import FAN_IN, PLANNERS, WORK
 from migrator.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import duplicate_keys, leftover_keys, org_checksums
-from tests.support.moves import copied_rows, migrator, wait_move
+from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +69,16 @@ def test_every_step_run_twice_gives_the_same_end_state(provisioned):
 
 
 def test_worker_killed_mid_copy_rows_resumes_with_identical_checksums(provisioned, worker_factory):
-    # Small batches so copy_rows lasts long enough to be interrupted.
-    settings, org = _seed(provisioned, rows=40_000, blobs=4, seed=12)
+    settings, org = _seed(provisioned, rows=8_000, blobs=4, seed=12)
     before = org_checksums(settings, "cell-1", org)
-    w1 = worker_factory("w1", concurrency=2)
-    move = Operations(settings).request_move(org, "cell-2", actor="test", reason="sigkill")
     store = MoveStore(settings.control_dsn)
-    wait_move(settings, move.id, timeout=120,
-              predicate=lambda m, s: (m.step == "copy_rows" and copied_rows(s, m.id) > 0) or m.state != "running"
-              and m.state != "queued")
-    assert store.get(move.id).step == "copy_rows", "copy finished before it could be interrupted"
-    w1.kill(signal.SIGKILL)
-    at_kill = copied_rows(store, move.id)
+    # The target's notes are held: the copy is provably running when the worker dies.
+    with HeldTable(provisioned.cell_dsns["cell-2"], "notes"):
+        w1 = worker_factory("w1", concurrency=2)
+        move = Operations(settings).request_move(org, "cell-2", actor="test", reason="sigkill")
+        wait_copying(settings, move.id)
+        w1.kill(signal.SIGKILL)
+        at_kill = copied_rows(store, move.id)
     worker_factory("w2", concurrency=2)
     final = wait_move(settings, move.id, timeout=240)
     assert final.state == "completed", final.error
@@ -93,16 +91,16 @@ def test_worker_killed_mid_copy_rows_resumes_with_identical_checksums(provisione
 
 
 def test_abort_mid_copy_leaves_source_writable_and_target_clean(provisioned, worker_factory):
-    settings, org = _seed(provisioned, rows=40_000, blobs=6, seed=13)
+    settings, org = _seed(provisioned, rows=8_000, blobs=6, seed=13)
     before = org_checksums(settings, "cell-1", org)
-    worker_factory("w1", concurrency=2)
-    move = Operations(settings).request_move(org, "cell-2", actor="test", reason="abort")
-    wait_move(settings, move.id, timeout=120,
-              predicate=lambda m, s: (m.step == "copy_rows" and copied_rows(s, m.id) > 0) or m.state != "running"
-              and m.state != "queued")
-    result = migrator(provisioned, "abort", str(move.id), "--reason", "operator changed their mind")
-    assert result.returncode == 0, result.stderr
-    final = MoveStore(settings.control_dsn).get(move.id)
+    # The target's notes are held until the abort is requested: the move cannot flip first.
+    with HeldTable(provisioned.cell_dsns["cell-2"], "notes"):
+        worker_factory("w1", concurrency=2)
+        move = Operations(settings).request_move(org, "cell-2", actor="test", reason="abort")
+        wait_copying(settings, move.id)
+        requested = migrator(provisioned, "abort", str(move.id), "--no-wait", "--reason", "operator changed their mind")
+        assert requested.returncode == 0, requested.stderr
+    final = wait_move(settings, move.id, timeout=120)
     assert final.state == "aborted"
     assert all(rows == 0 for rows, _ in org_checksums(settings, "cell-2", org).values())
     assert leftover_keys(settings, "cell-1", "cell-2", org) == {}  # no orphan child rows either
