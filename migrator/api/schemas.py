@@ -76,6 +76,7 @@ class MoveSummaryOut(_Out):
 class MoveDetailOut(MoveSummaryOut):
     plan: dict[str, Any] = {}
     report: dict[str, Any] = {}
+    freeze_lifted: bool = False
     progress: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
 

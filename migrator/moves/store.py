@@ -44,7 +44,7 @@ class MoveStore:
                strategy: str = "frozen", plan: dict | None = None) -> Move:
         move = Move(
             id=uuid.uuid4(), organization_id=organization_id, source_cell=source, target_cell=target,
-            strategy=strategy, state=wf.QUEUED, step=wf.STEPS[0], token=new_token(), attempt=1,
+            strategy=strategy, state=wf.QUEUED, step=wf.FIRST_STEP, token=new_token(), attempt=1,
             requested_by=requested_by, reason=reason, plan=plan or {}, report={},
         )
         with self.Session() as s:
@@ -178,17 +178,31 @@ class MoveStore:
 
     def rotate_token(self, move_id, old_token: str, new: str, *, state: str, step: str | None = None,
                      clear_error: bool = True) -> Move | None:
-        """A new attempt: a new token fences every worker of the old one (the old token is kept in the
-        report's ``tokens`` so cleanup of an abandoned freeze can recognise it)."""
+        """A new attempt: a new token fences every worker of the old one (the old token joins
+        ``previous_tokens``, so a freeze an earlier attempt left behind is still recognised as ours)."""
         values: dict[str, Any] = {"token": new, "attempt": Move.attempt + 1, "state": state,
                                   "lease_owner": None, "lease_until": None, "heartbeat_at": func.now(),
-                                  "report": _append_token(old_token)}
+                                  "previous_tokens": func.array_append(Move.previous_tokens, old_token)}
         if step is not None:
             values["step"] = step
             values["step_started_at"] = None
         if clear_error:
             values.update(error=None, error_code=None)
         return self._update(move_id, old_token, values)
+
+    def record_catch_up_round(self, move_id, token: str, *, upto: int, keys: int, blobs: int, seconds: float,
+                              keys_per_s: float | None) -> None:
+        """One round of the change log applied: the new position (control state, fenced) and the
+        round's figures in the report's ``catch_up`` (for humans)."""
+        move = self.require(move_id, token)
+        stats = dict((move.report or {}).get("catch_up") or {})
+        stats.update(rounds=int(stats.get("rounds", 0)) + 1, last_keys=keys, last_round_s=round(seconds, 3),
+                     keys_per_s=keys_per_s, keys_applied=int(stats.get("keys_applied", 0)) + keys,
+                     blobs_copied=int(stats.get("blobs_copied", 0)) + blobs)
+        values: dict[str, Any] = {"capture_applied": upto, "report": Move.report.op("||")(_jsonb({"catch_up": stats}))}
+        if keys_per_s:
+            values["catch_up_keys_per_s"] = keys_per_s
+        self._update(move_id, token, values)
 
     def stale(self, older_than_s: float, states: Iterable[str]) -> list[Move]:
         cutoff = func.now() - dt.timedelta(seconds=older_than_s)
@@ -320,13 +334,6 @@ class MoveStore:
     def now(self) -> dt.datetime:
         with self.Session() as s:
             return s.scalar(text("SELECT now()"))
-
-
-def _append_token(token: str):
-    """report || {"tokens": report.tokens + [token]}"""
-    return Move.report.op("||")(func.jsonb_build_object(
-        "tokens", func.coalesce(Move.report["tokens"], func.cast("[]", Move.report.type)).op("||")(
-            func.jsonb_build_array(token))))
 
 
 def _jsonb(data: dict):

@@ -77,7 +77,7 @@ def move_detail(store: MoveStore, move) -> dict:
     data = move_summary(store, move)
     data.update(
         plan=move.plan or {},
-        report={k: v for k, v in (move.report or {}).items() if k != "tokens"},
+        report=move.report or {},
         progress=progress(store, move),
         frozen_at=_iso(move.frozen_at),
         flipped_at=_iso(move.flipped_at),
@@ -86,6 +86,9 @@ def move_detail(store: MoveStore, move) -> dict:
         cleaned_at=_iso(move.cleaned_at),
         heartbeat_at=_iso(move.heartbeat_at),
         route_version=move.route_version,
+        freeze_lifted=move.freeze_lifted,
+        source_frozen_clock=_iso(move.source_frozen_clock),
+        capture_applied=move.capture_applied,
         history=[
             {"at": _iso(e.at), "step": e.step, "event": e.event, "actor": e.actor, "message": e.message,
              "detail": e.detail}

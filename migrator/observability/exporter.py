@@ -33,7 +33,7 @@ class ControlDatabaseCollector(Collector):
                 running = conn.execute(text(
                     "SELECT id::text, organization_id, step, source_cell, target_cell, "
                     "extract(epoch FROM now() - coalesce(step_started_at, updated_at)), "
-                    "CASE WHEN unfrozen_at IS NULL AND NOT coalesce((report->>'freeze_lifted')::boolean, false) "
+                    "CASE WHEN unfrozen_at IS NULL AND NOT freeze_lifted "
                     "THEN extract(epoch FROM now() - frozen_at) END "
                     "FROM moves WHERE state IN ('running', 'paused', 'failed')")).all()
                 capacity = _capacity(conn, self.settings)

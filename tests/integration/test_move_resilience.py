@@ -8,12 +8,11 @@ import signal
 import psycopg
 import pytest
 
+from migrator.moves import steps
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.operations import Operations
-from migrator.moves.runner import STEP_WORK
 from migrator.moves.store import MoveStore
-from migrator.moves.units import FAN_IN, PLANNERS, WORK
 from migrator.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import duplicate_keys, leftover_keys, org_checksums
@@ -35,25 +34,26 @@ def test_every_step_run_twice_gives_the_same_end_state(provisioned):
     store = MoveStore(settings.control_dsn)
     move = store.create(organization_id=org, source="cell-1", target="cell-2", requested_by="test", reason="twice")
     store.start(move.id, move.token)
-    for step in wf.STEPS:
+    for step in wf.FROZEN:
         current = store.claim_step(move.id, step, move.token, "t", 60)
         assert current is not None, step
         ctx = MoveContext(settings=settings, store=store, move=current, token=move.token, owner="t")
+        work = steps.get(step)
         try:
-            if step in wf.FAN_OUT:
-                store.ensure_units(move.id, move.token, step, PLANNERS[step](ctx))
-                store.ensure_units(move.id, move.token, step, PLANNERS[step](ctx))  # planning twice adds nothing
+            if work.fans_out:
+                store.ensure_units(move.id, move.token, step, work.plan(ctx))
+                store.ensure_units(move.id, move.token, step, work.plan(ctx))  # planning twice adds nothing
                 for unit in store.units(move.id, step):
                     assert store.claim_unit(move.id, step, unit.unit, move.token, "t", 60)
-                    WORK[step](ctx, unit)
-                    WORK[step](ctx, unit)  # the same unit again, from its original position
-                    assert store.finish_unit(move.id, step, unit.unit, move.token, "t", WORK[step](ctx, unit) or {})
-                FAN_IN[step](ctx)
-                FAN_IN[step](ctx)
+                    work.unit(ctx, unit)
+                    work.unit(ctx, unit)  # the same unit again, from its original position
+                    assert store.finish_unit(move.id, step, unit.unit, move.token, "t", work.unit(ctx, unit) or {})
+                work.fan_in(ctx)
+                work.fan_in(ctx)
             else:
-                STEP_WORK[step](ctx)
+                work.run(ctx)
                 ctx.move = store.get(move.id)
-                STEP_WORK[step](ctx)
+                work.run(ctx)
         finally:
             ctx.close()
         assert store.advance(move.id, move.token, step) is not None
