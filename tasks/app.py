@@ -46,6 +46,11 @@ app.conf.update(
         "reconcile-moves": {"task": "migrator.reconcile", "schedule": settings.moves.reconcile_every_s,
                             "options": {"queue": queue_name(settings, "control"),
                                         "expires": settings.moves.reconcile_every_s}},
+        # Moves inside their write window: every second (a crashed worker there costs refused writes).
+        "reconcile-window-moves": {"task": "migrator.reconcile", "schedule": settings.moves.window_reconcile_every_s,
+                                   "kwargs": {"window_only": True},
+                                   "options": {"queue": queue_name(settings, "control"),
+                                               "expires": settings.moves.window_reconcile_every_s}},
         # The rebalancer: capacity readings into the cache, and pending plan items started as slots free.
         "rebalance-readings": {"task": "migrator.rebalance_readings", "schedule": settings.rebalance.readings_every_s,
                                "options": {"queue": queue_name(settings, "control"),

@@ -57,6 +57,6 @@ def collect_captures_task():
 
 
 @app.task(name="migrator.reconcile")
-def reconcile_task():
+def reconcile_task(window_only: bool = False):
     settings = get_settings()
-    return reconcile(settings, Dispatcher(settings, app))
+    return reconcile(settings, Dispatcher(settings, app), window_only=window_only)

@@ -50,8 +50,13 @@ def _print_detail(data: dict) -> None:
         console.print(t)
         console.print(f"blobs verified: {ver.get('blobs_verified', 0)}")
     report = data.get("report") or {}
-    if "write_window_s" in report:
-        console.print(f"write window: {report['write_window_s']:.2f} s")
+    if data.get("write_window_s") is not None:
+        state = "open, writes refused" if data.get("write_window_open") else "frozen -> writable on the target" \
+            if data.get("flipped_at") else "frozen -> freeze lifted, source writable"
+        line = f"write window: {data['write_window_s']:.2f} s ({state})"
+        if "unfreeze_done_s" in report:
+            line += f"; unfreeze step done {report['unfreeze_done_s']:.2f} s after the freeze"
+        console.print(line)
     h = Table(title="history")
     for col in ("at", "step", "event", "actor", "message"):
         h.add_column(col)

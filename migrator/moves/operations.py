@@ -114,7 +114,7 @@ class Operations:
         updated = self._takeover(move, wf.RUNNING, step=step)
         if lifted:
             # The freeze was lifted: the next freeze starts a new write window.
-            self.store.set_fields(move.id, updated.token, frozen_at=None, freeze_lifted=False)
+            self.store.set_fields(move.id, updated.token, frozen_at=None, unfrozen_at=None, freeze_lifted=False)
             self.store.reset_units(move.id, ["verify"] if online else ["copy_rows", "copy_blobs", "verify"])
         self.store.event(move.id, step, "resumed", f"attempt {updated.attempt} from step {step}",
                          actor=actor or default_actor())

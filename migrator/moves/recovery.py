@@ -1,13 +1,14 @@
 """Putting things back, in one place: what an error means for a move, and how a freeze is lifted.
 
 - :func:`classify`: the one decision on an error inside a step: ``STOP`` (this worker acts for an
-  attempt that was superseded, or the move stopped), ``RETRY`` (a cell, the control database or the
-  Topology Service did not answer: the task retries with backoff), ``CONTINUE`` (a soft time limit:
+  attempt that was superseded, another execution took its lease over, or the move stopped),
+  ``RETRY`` (a cell, the control database or the Topology Service did not answer, or a concurrent
+  execution wrote the same keys: the task retries with backoff), ``CONTINUE`` (a soft time limit:
   the work is checkpointed and goes on in a fresh task), ``FAIL`` (anything else).
 - :func:`fail_move`: record a failure; before the flip the freeze is lifted, so the source is
   writable again (a failed move never leaves its organization read-only).
 - :func:`lift_freeze`: the guard off in the given cells and the route's freeze released, if this
-  move (any of its attempts) holds it. Used by failures, abort and unfreeze.
+  move (any of its attempts) holds it. Used by failures, abort, flip and unfreeze.
 - :func:`take_over_freeze`: hand the route's freeze from an earlier attempt to a new token.
 - :func:`attempt_tokens`: every token the move has had (the fencing set).
 """
@@ -17,12 +18,14 @@ from __future__ import annotations
 import enum
 import logging
 
+import psycopg
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import func
 
 from migrator.cells.guard import unfreeze_org
 from migrator.config import Settings
 from migrator.db import connection, first_line, is_transient
-from migrator.errors import InvalidMoveState, MigratorError, StaleToken
+from migrator.errors import InvalidMoveState, LeaseLost, MigratorError, StaleToken
 from migrator.moves import workflow as wf
 from migrator.moves.store import MoveStore
 from migrator.observability import metrics
@@ -46,13 +49,21 @@ def classify(exc: BaseException, step: str, *, attempt_is_current=lambda: False)
     """
     if isinstance(exc, SoftTimeLimitExceeded):
         return Disposition.CONTINUE
-    if isinstance(exc, InvalidMoveState):
+    if isinstance(exc, InvalidMoveState | LeaseLost):
         return Disposition.STOP
     if isinstance(exc, StaleToken):
         return Disposition.FAIL if attempt_is_current() else Disposition.STOP
-    if is_transient(exc) and step != wf.FIRST_STEP:
+    if step != wf.FIRST_STEP and (is_transient(exc) or _concurrent_write(exc)):
         return Disposition.RETRY
     return Disposition.FAIL
+
+
+def _concurrent_write(exc: BaseException) -> bool:
+    """A unique violation while copying: another execution of the same unit or round wrote the same keys
+    first (it took over a lease that lapsed). The retry takes the idempotent upsert path. A real
+    conflict with another organization's rows keeps failing and ends the move after the last retry."""
+    orig = getattr(exc, "orig", None) or exc
+    return isinstance(orig, psycopg.errors.UniqueViolation)
 
 
 def failure(exc: BaseException, where: str) -> tuple[str, str]:
@@ -157,7 +168,10 @@ def fail_move(settings: Settings, move_id: str, token: str, step: str, message: 
     if wf.is_before_flip(step, move.flipped_at is not None) and not _route_flipped(settings, move):
         problems = lift_freeze(settings, move, token, cells=(move.source_cell, move.target_cell),
                                reason="move failed before the flip", best_effort=True)
-        store.set_fields(move_id, token, freeze_lifted=True)
+        lifted: dict = {"freeze_lifted": True}
+        if move.frozen_at is not None and move.unfrozen_at is None:
+            lifted["unfrozen_at"] = func.now()  # the write window closes here (migrator/moves/window.py)
+        store.set_fields(move_id, token, **lifted)
         if problems:
             store.merge_json(move_id, token, "report", {"freeze_lift_problems": problems})
     store.fail(move_id, token, step, message, code)

@@ -8,6 +8,7 @@ under ``migrator/moves/steps/``; this file only sequences it, and hands errors t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from migrator.config import Settings
 from migrator.db import first_line
 from migrator.errors import MigratorError
-from migrator.moves import recovery, steps
+from migrator.moves import recovery, steps, window
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
+from migrator.moves.lease import LeaseKeeper
 from migrator.moves.recovery import Disposition
 from migrator.moves.store import MoveStore
 from migrator.observability import metrics
@@ -87,27 +89,43 @@ def _measured(step: str, kind: str, move_id: str, unit: str | None, body) -> Out
         metrics.steps_finished.labels(step, outcome_label).inc()
 
 
+def _lease_ttl(settings: Settings, move, step: str) -> float:
+    """Short inside the write window (renewed by a LeaseKeeper thread), long outside it."""
+    m = settings.moves
+    return m.window_lease_ttl_s if window.inside(move.strategy, step) else m.lease_ttl_s
+
+
+def _keeper(settings: Settings, store: MoveStore, move, token: str, owner: str, ttl: float, step: str,
+            unit: str | None = None):
+    """A LeaseKeeper while the lease is short (inside the write window); else nothing to keep."""
+    if ttl >= settings.moves.lease_ttl_s:
+        return contextlib.nullcontext()
+    return LeaseKeeper(store, move.id, token, owner, ttl, step=step, unit=unit)
+
+
 def _run_step(settings: Settings, move_id: str, step: str, token: str, owner: str) -> Outcome:
     store = MoveStore(settings.control_dsn)
     if step == wf.FIRST_STEP:
         store.start(move_id, token)
-    move = store.claim_step(move_id, step, token, owner, settings.moves.lease_ttl_s)
+    ttl = _lease_ttl(settings, store.get(move_id), step)
+    move = store.claim_step(move_id, step, token, owner, ttl)
     if move is None:
         return Outcome(skipped=f"step {step} is not claimable (done, fenced, paused or leased elsewhere)")
-    ctx = MoveContext(settings=settings, store=store, move=move, token=token, owner=owner)
+    ctx = MoveContext(settings=settings, store=store, move=move, token=token, owner=owner, lease_ttl_s=ttl)
     work = steps.get(step)
     try:
-        ctx.event(step, "started", detail={"owner": owner, "attempt": move.attempt})
-        if work.fans_out:
-            if not store.has_units(move.id, step):
-                store.ensure_units(move.id, token, step, work.plan(ctx))
-            pending = store.pending_units(move.id, step)
-            store.release_step(move.id, token, owner)
-            if pending:
-                return Outcome(step=step, units=[u.unit for u in pending])
-            return _finish_fan_out(ctx, step)
-        work.run(ctx)
-        return _advance(ctx, step)
+        with _keeper(settings, store, move, token, owner, ttl, step):
+            ctx.event(step, "started", detail={"owner": owner, "attempt": move.attempt})
+            if work.fans_out:
+                if not store.has_units(move.id, step):
+                    store.ensure_units(move.id, token, step, work.plan(ctx))
+                pending = store.pending_units(move.id, step)
+                store.release_step(move.id, token, owner)
+                if pending:
+                    return Outcome(step=step, units=[u.unit for u in pending])
+                return _finish_fan_out(ctx, step)
+            work.run(ctx)
+            return _advance(ctx, step)
     except Exception as exc:
         return _on_error(ctx, step, exc)
     finally:
@@ -116,19 +134,21 @@ def _run_step(settings: Settings, move_id: str, step: str, token: str, owner: st
 
 def _run_unit(settings: Settings, move_id: str, step: str, unit: str, token: str, owner: str) -> Outcome:
     store = MoveStore(settings.control_dsn)
-    row = store.claim_unit(move_id, step, unit, token, owner, settings.moves.lease_ttl_s)
+    ttl = _lease_ttl(settings, store.get(move_id), step)
+    row = store.claim_unit(move_id, step, unit, token, owner, ttl)
     if row is None:
         return Outcome(skipped=f"unit {step}/{unit} is done, fenced or leased elsewhere")
     move = store.get(move_id)
     if move.step != step or move.state != wf.RUNNING:
         return Outcome(skipped=f"move is at {move.step} ({move.state})")
-    ctx = MoveContext(settings=settings, store=store, move=move, token=token, owner=owner)
+    ctx = MoveContext(settings=settings, store=store, move=move, token=token, owner=owner, lease_ttl_s=ttl)
     try:
-        result = steps.get(step).unit(ctx, row) or {}
-        store.finish_unit(move.id, step, unit, token, owner, result)
-        if store.count_pending(move.id, step) == 0:
-            return _finish_fan_out(ctx, step)
-        return Outcome()
+        with _keeper(settings, store, move, token, owner, ttl, step, unit):
+            result = steps.get(step).unit(ctx, row) or {}
+            store.finish_unit(move.id, step, unit, token, owner, result)
+            if store.count_pending(move.id, step) == 0:
+                return _finish_fan_out(ctx, step)
+            return Outcome()
     except Exception as exc:
         return _on_error(ctx, step, exc, unit=unit)
     finally:

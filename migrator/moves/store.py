@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from migrator.control.engine import session_factory
 from migrator.control.models import Move, MoveEvent, MoveUnit
-from migrator.errors import InvalidMoveState, MoveConflict, StaleToken, UnknownMove
+from migrator.errors import InvalidMoveState, LeaseLost, MoveConflict, StaleToken, UnknownMove
 from migrator.moves import workflow as wf
 
 
@@ -204,10 +204,18 @@ class MoveStore:
             values["catch_up_keys_per_s"] = keys_per_s
         self._update(move_id, token, values)
 
-    def stale(self, older_than_s: float, states: Iterable[str]) -> list[Move]:
+    def stale(self, older_than_s: float, states: Iterable[str], *, in_window: bool | None = None) -> list[Move]:
+        """Moves in ``states`` whose heartbeat is older than ``older_than_s``. ``in_window``: only moves
+        whose write window is open (True), or only the others (False)."""
         cutoff = func.now() - dt.timedelta(seconds=older_than_s)
+        q = select(Move).where(Move.state.in_(list(states)), Move.heartbeat_at < cutoff)
+        window_open = and_(Move.frozen_at.is_not(None), Move.unfrozen_at.is_(None), Move.freeze_lifted.is_(False))
+        if in_window is True:
+            q = q.where(window_open)
+        elif in_window is False:
+            q = q.where(~window_open)
         with self.Session() as s:
-            return list(s.scalars(select(Move).where(Move.state.in_(list(states)), Move.heartbeat_at < cutoff)))
+            return list(s.scalars(q))
 
     def touch(self, move_id) -> None:
         with self.Session() as s:
@@ -291,7 +299,7 @@ class MoveStore:
             MoveUnit.lease_owner == owner,
         )
         if row is None:
-            raise StaleToken(f"move {move_id}: lost the lease of unit {step}/{unit}",
+            raise LeaseLost(f"move {move_id}: lost the lease of unit {step}/{unit}",
                              "another worker or a newer attempt owns it; this worker stops")
         return row
 
@@ -301,6 +309,20 @@ class MoveStore:
             {"state": "done", "lease_owner": None, "lease_until": None, "result": result or {}},
             MoveUnit.lease_owner == owner,
         )
+        return row is not None
+
+    def renew_step_lease(self, move_id, token: str, owner: str, ttl_s: float) -> bool:
+        """Renew ``owner``'s lease of the move's current step (and its heartbeat); False if the lease is
+        not its own any more (another execution took the step over) or the move stopped."""
+        row = self._update(move_id, token, {"lease_until": func.now() + dt.timedelta(seconds=ttl_s),
+                                            "heartbeat_at": func.now()},
+                           Move.lease_owner == owner, Move.state.in_([wf.RUNNING, wf.ABORTING]))
+        return row is not None
+
+    def extend_unit_lease(self, move_id, step: str, unit: str, token: str, owner: str, ttl_s: float) -> bool:
+        """Renew ``owner``'s lease of a unit (and the move's heartbeat); False if the lease is not its own."""
+        row = self._unit_update(move_id, step, unit, token, {"lease_until": func.now() + dt.timedelta(seconds=ttl_s)},
+                                MoveUnit.lease_owner == owner, MoveUnit.state != "done")
         return row is not None
 
     def release_unit(self, move_id, step: str, unit: str, owner: str) -> None:

@@ -51,7 +51,8 @@ class ControlDatabaseCollector(Collector):
         step = GaugeMetricFamily("migrator_move_step_seconds", "Seconds an unfinished move has spent in its step",
                                  labels=["move_id", "organization", "step", "source", "target"])
         frozen = GaugeMetricFamily("migrator_move_frozen_seconds",
-                                   "Seconds an unfinished move has kept its organization read-only",
+                                   "Seconds an unfinished move has kept its organization read-only (its open write "
+                                   "window: frozen, and not yet writable on the target or the source)",
                                    labels=["move_id", "organization", "source", "target"])
         for move_id, org, st, src, tgt, in_step, frozen_s in running:
             step.add_metric([move_id, str(org), st, src, tgt], float(in_step or 0))

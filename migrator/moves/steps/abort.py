@@ -74,7 +74,8 @@ def run_abort(settings, move_id: str, token: str, owner: str) -> str:
                              reason="move aborted", leave_foreign=True, topology=ctx.topology,
                              cell_conn=ctx.cell_conn)
         store.reset_units(move.id, ["copy_rows", "copy_blobs", "verify"])
-        store.set_fields(move.id, token, state=wf.ABORTED, lease_owner=None, lease_until=None)
+        closed = {"unfrozen_at": func.now()} if move.frozen_at and move.unfrozen_at is None else {}
+        store.set_fields(move.id, token, state=wf.ABORTED, lease_owner=None, lease_until=None, **closed)
         store.event(move.id, move.step, "aborted", "target cleaned, source writable",
                     {"target_rows_deleted": deleted})
         return ABORTED

@@ -32,7 +32,7 @@ def unit(ctx, unit) -> dict:
 
     def checkpoint(last_key, count, nbytes):
         ctx.store.checkpoint_unit(ctx.move.id, "copy_blobs", unit.unit, ctx.token, ctx.owner, position=last_key,
-                                  done_delta=count, bytes_delta=nbytes, ttl_s=m.lease_ttl_s)
+                                  done_delta=count, bytes_delta=nbytes, ttl_s=ctx.ttl_s)
         metrics.blobs_copied.labels("checked").inc(count)
         metrics.blob_bytes_copied.inc(nbytes)
 

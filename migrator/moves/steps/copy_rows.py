@@ -26,7 +26,7 @@ def unit(ctx, unit) -> dict:
 
     def checkpoint(last_key, rows, nbytes):
         ctx.store.checkpoint_unit(ctx.move.id, "copy_rows", unit.unit, ctx.token, ctx.owner, position=last_key,
-                                  done_delta=rows, bytes_delta=nbytes, ttl_s=m.lease_ttl_s)
+                                  done_delta=rows, bytes_delta=nbytes, ttl_s=ctx.ttl_s)
         metrics.rows_copied.labels(unit.table_name).inc(rows)
         metrics.bytes_copied.inc(nbytes)
 
