@@ -188,7 +188,15 @@ class MoveStore:
             values["step_started_at"] = None
         if clear_error:
             values.update(error=None, error_code=None)
-        return self._update(move_id, old_token, values)
+        row = self._update(move_id, old_token, values)
+        if row is not None:
+            # The old attempt's unit leases go with it (its executions are fenced by the token at their
+            # next write), so the new attempt's units are claimable at once, not after lease_ttl_s.
+            with self.Session() as s:
+                s.execute(update(MoveUnit).where(MoveUnit.move_id == _uuid(move_id), MoveUnit.lease_owner.is_not(None))
+                          .values(lease_owner=None, lease_until=None))
+                s.commit()
+        return row
 
     def record_catch_up_round(self, move_id, token: str, *, upto: int, keys: int, blobs: int, seconds: float,
                               keys_per_s: float | None) -> None:

@@ -133,3 +133,25 @@ def test_abort_after_flip_is_refused_and_cleanup_respects_retention(provisioned,
     # After cleanup the organization can move back to its old cell.
     back = migrator(provisioned, "move", "--org", str(org), "--to", "cell-1", "--wait", "--json")
     assert back.returncode == 0, back.stderr
+
+
+def test_resume_after_pause_continues_at_once(provisioned, worker_factory):
+    """A move paused mid-copy and resumed carries on at once: the new attempt's units are claimable
+    (the old attempt's unit leases went with its token), so no reconciler pass is needed."""
+    settings, org = _seed(provisioned, rows=6_000, blobs=2, seed=15)
+    before = org_checksums(settings, "cell-1", org)
+    ops = Operations(settings)
+    store = MoveStore(settings.control_dsn)
+    with HeldTable(provisioned.cell_dsns["cell-2"], "notes"):  # a notes unit is mid-batch when paused
+        worker_factory("w1", concurrency=2)
+        move = ops.request_move(org, "cell-2", actor="test", reason="pause, then resume", strategy="frozen")
+        wait_copying(settings, move.id)
+        ops.pause(move.id, actor="test")
+    resumed = ops.resume(move.id, actor="test")
+    final = wait_move(settings, move.id, timeout=120)
+    assert final.state == "completed", final.error
+    assert org_checksums(settings, "cell-2", org) == before
+    events = [e.event for e in store.events(move.id)]
+    after_resume = events[events.index("resumed"):]
+    assert "reconciled" not in after_resume, f"the resumed attempt waited for the reconciler: {after_resume}"
+    assert resumed.attempt == 2
