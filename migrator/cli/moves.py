@@ -77,7 +77,7 @@ def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: b
         table_tasks: dict[str, int] = {}
         blob_task = None
         while True:
-            move = store.get(move_id)
+            move = store.get(move.id)
             p = progress(store, move)
             idx = len(steps) if move.state in (wf.COMPLETED, wf.CLEANED) else (
                 steps.index(move.step) if move.step in steps else 0)

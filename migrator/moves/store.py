@@ -8,11 +8,12 @@ move backwards or twice. The broker only carries wake-up calls; this is the sour
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import Text, and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -24,6 +25,20 @@ from migrator.moves import workflow as wf
 
 def new_token() -> str:
     return uuid.uuid4().hex
+
+
+MIN_PREFIX = 4
+MAX_CANDIDATES = 5
+_HEX_PREFIX = re.compile(r"[0-9a-f-]+")
+
+
+def _uuid_or_none(move_id) -> uuid.UUID | None:
+    if isinstance(move_id, uuid.UUID):
+        return move_id
+    try:
+        return uuid.UUID(str(move_id))
+    except ValueError:
+        return None
 
 
 def _uuid(move_id) -> uuid.UUID:
@@ -68,11 +83,36 @@ class MoveStore:
         return move
 
     def get(self, move_id) -> Move:
+        """The move with this id, or with the one id that starts with this prefix (as git takes commits)."""
+        key = _uuid_or_none(move_id)
+        if key is None:
+            key = self.resolve(move_id)
         with self.Session() as s:
-            move = s.get(Move, _uuid(move_id))
+            move = s.get(Move, key)
         if move is None:
             raise UnknownMove(f"no move {move_id}", "list moves with `migrator status`")
         return move
+
+    def resolve(self, move_id) -> uuid.UUID:
+        """A full move id from an id or a unique prefix of one (at least 4 hex digits, dashes optional)."""
+        key = _uuid_or_none(move_id)
+        if key is not None:
+            return key
+        text_id = str(move_id).strip().lower()
+        if len(text_id.replace("-", "")) < MIN_PREFIX or not _HEX_PREFIX.fullmatch(text_id):
+            raise UnknownMove(f"{move_id!r} is not a move id",
+                              f"give a move id or at least {MIN_PREFIX} of its first hex digits; see `migrator status`")
+        with self.Session() as s:
+            found = list(s.scalars(select(Move).where(func.cast(Move.id, Text).like(text_id + "%"))
+                                   .order_by(Move.created_at.desc()).limit(MAX_CANDIDATES + 1)))
+        if not found:
+            raise UnknownMove(f"no move id starts with {text_id!r}", "list moves with `migrator status`")
+        if len(found) > 1:
+            shown = ", ".join(f"{m.id} (organization {m.organization_id}, {m.state})" for m in found[:MAX_CANDIDATES])
+            more = " and more" if len(found) > MAX_CANDIDATES else ""
+            raise UnknownMove(f"{text_id!r} is ambiguous: it starts {len(found)}{'+' if more else ''} move ids: "
+                              f"{shown}{more}", "give more digits of the id")
+        return found[0].id
 
     def active_for(self, organization_id: int) -> Move | None:
         with self.Session() as s:
