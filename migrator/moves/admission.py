@@ -1,4 +1,4 @@
-"""Whether a new move may start: the fleet's concurrency guardrails, for every move (docs/adr/0013).
+"""Whether a new move may start: the fleet's concurrency guardrails, for every move (docs/adr/0014).
 
 ``rebalance.max_moves_per_cell`` (or a cell's ``max_concurrent_moves``) bounds the active moves from
 or to one cell, ``rebalance.max_moves_total`` those of the whole fleet, whoever asked: the rebalancer,

@@ -1,4 +1,4 @@
-"""Certificates of the Topology Service's mutual TLS (docs/adr/0012-topology-mtls.md).
+"""Certificates of the Topology Service's mutual TLS (docs/adr/0013-topology-mtls.md).
 
 One private CA signs a server certificate (SANs for loopback, this host and any name given) and one
 client certificate per caller. A client certificate says who calls (subject CN) and in which role

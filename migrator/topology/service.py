@@ -426,7 +426,7 @@ def live_move_owning(conn: Connection, organization_id: int, token: str | None) 
     earlier attempt's), or None. Live: any state but the terminal ones."""
     if not token:
         return None
-    owns = (Move.token == token) | Move.report["tokens"].contains([token])
+    owns = (Move.token == token) | Move.previous_tokens.any(token)
     row = conn.execute(select(Move.id, Move.state).where(
         Move.organization_id == organization_id, Move.state.in_(ACTIVE_STATES), owns).limit(1)).first()
     return (str(row.id), row.state) if row is not None else None

@@ -1,5 +1,5 @@
 """Transport security of the Topology Service: gRPC credentials from ``topology.tls``, and the rule
-that a server without TLS listens on loopback only (docs/adr/0012-topology-mtls.md).
+that a server without TLS listens on loopback only (docs/adr/0013-topology-mtls.md).
 
 - The server requires a client certificate signed by the configured CA; it re-reads its certificate,
   key and CA when their files change, so certificates rotate without a restart.

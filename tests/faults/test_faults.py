@@ -24,8 +24,8 @@ from tests.faults.conftest import trials
 from tests.faults.invariants import check_completed, snapshot
 from tests.faults.report import ScenarioResult
 from tests.faults.writer import lost_writes
-from tests.support.moves import copied_rows, migrator, wait_move
-from tests.support.processes import ROOT, base_env
+from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move
+from tests.support.processes import ROOT, base_env, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -159,16 +159,18 @@ def test_connections_terminated_mid_batch(faults, which, strategy):
     faults.worker()
     dsn = {"source": faults.fleet.cell_dsns["cell-1"], "target": faults.fleet.cell_dsns["cell-2"],
            "control": faults.fleet.control_dsn}[which]
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"terminate {which}",
-                                             strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
     killed = 0
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        for _ in range(5):
-            killed += admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name LIKE 'cells-migrator%%' AND pid <> pg_backend_pid()").fetchone()[0]
-            time.sleep(0.3)
+    # The target's notes are held, so the connections die under a running copy (never after the move ended).
+    with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"terminate {which}",
+                                                 strategy=strategy)
+        wait_copying(settings, move.id)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for _ in range(5):
+                killed += admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'cells-migrator%%' AND pid <> pg_backend_pid()").fetchone()[0]
+                time.sleep(0.3)
     _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
     result.save()
     assert result.violations == []
@@ -279,12 +281,13 @@ def test_stale_worker_cannot_advance_or_flip(faults, strategy):
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
     ops = Operations(settings)
-    worker = faults.worker()
-    move = ops.request_move(org, "cell-2", actor="faults", reason="stale worker", strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
-    old = MoveStore(settings.control_dsn).get(move.id)
-    ops.pause(move.id)
-    worker.stop()
+    with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):  # the move cannot flip before the pause
+        worker = faults.worker()
+        move = ops.request_move(org, "cell-2", actor="faults", reason="stale worker", strategy=strategy)
+        wait_copying(settings, move.id)
+        old = MoveStore(settings.control_dsn).get(move.id)
+        ops.pause(move.id)
+        worker.kill(signal.SIGKILL)
     resumed = ops.resume(move.id)  # a new attempt: the old token is superseded
     assert resumed.token != old.token
     store = MoveStore(settings.control_dsn)
@@ -385,10 +388,14 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, st
         before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
         by = snapshot(settings, [(bystander, "cell-1")])
         ff.worker()
+        # The copy is held on the target (HeldTable), so the server stops under a running copy, never after
+        # the move finished; stopping the server ends the hold.
+        hold = HeldTable(cluster.dsn("cell2"), "notes")
         move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down",
                                                  strategy=strategy)
-        wait_move(settings, move.id, timeout=60, predicate=_in_copy)
+        wait_copying(settings, move.id)
         cluster.stop()
+        hold.release()
         time.sleep(4)
         cluster.start()
         _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
@@ -412,7 +419,12 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, st
 
 @pytest.mark.parametrize("strategy", ["frozen", "online"])
 def test_abort_under_fault_leaves_source_authoritative(faults, strategy):
-    """A move aborted while its worker is being killed: source unchanged and writable, target clean."""
+    """A move whose worker is SIGKILLed mid-copy, aborted while no worker runs, then a new worker takes over:
+    source unchanged and writable, target clean, state ``aborted``.
+
+    The target's ``notes`` table is held (``HeldTable``) so the copy cannot finish: the move is provably
+    before its flip when the worker dies and when the abort is requested (a fast copy used to flip first).
+    """
     from tests.faults.invariants import check_not_moved
 
     result = ScenarioResult(f"1b. abort while a worker is killed ({strategy})")
@@ -420,18 +432,82 @@ def test_abort_under_fault_leaves_source_authoritative(faults, strategy):
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
-    worker = faults.worker()
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault",
-                                             strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
-    worker.kill(signal.SIGKILL)
-    faults.worker()
-    assert migrator(faults.fleet, "abort", str(move.id)).returncode == 0
+    with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes") as hold:
+        worker = faults.worker()
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault",
+                                                 strategy=strategy)
+        wait_copying(settings, move.id)
+        worker.kill(signal.SIGKILL)
+        aborted = migrator(faults.fleet, "abort", str(move.id), "--no-wait", "--reason", "abort under fault")
+        assert aborted.returncode == 0, aborted.stderr
+        assert MoveStore(settings.control_dsn).get(move.id).state == "aborting"
+        hold.release()
+        faults.worker()
+        final = wait_move(settings, move.id, timeout=120)
     result.trials += 1
-    final = MoveStore(settings.control_dsn).get(move.id)
     violations = check_not_moved(settings, org, "cell-1", "cell-2", before, by)
     if final.state == "aborted" and not violations:
         result.aborted_clean += 1
     result.violations += violations
     result.save()
-    assert final.state == "aborted" and violations == []
+    assert final.state == "aborted", final.error
+    assert violations == []
+
+
+def _worker_running(faults, task_id: str):
+    """The live worker whose log shows it received Celery task ``task_id``."""
+    for w in faults.workers:
+        if w.alive() and task_id in w.log():
+            return w
+    return None
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_worker_killed_inside_the_write_window(faults, strategy):
+    """SIGKILL the worker running ``drain`` (inside the write window): another worker takes the step over
+    within seconds (short lease renewed by a heartbeat thread, the reconciler's window pass), not after
+    the minutes of the long lease.
+
+    Held deterministically: a transaction the test opened on the source before the freeze keeps drain
+    waiting (drain waits out every transaction older than the freeze), so the kill lands while drain
+    runs; the test commits it right after the kill. Online moves wait for transactions older than the
+    capture too, so there the transaction is opened while the copy is held (HeldTable), after capture.
+    """
+    result = ScenarioResult(f"9. worker SIGKILLed inside the write window ({strategy})")
+    org, bystander = _seed(faults, 2, rows=2000)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    faults.worker()
+    faults.worker()
+    store = MoveStore(settings.control_dsn)
+    old_tx = psycopg.connect(faults.fleet.cell_dsns["cell-1"], application_name="test-old-transaction")
+    try:
+        if strategy == "online":
+            with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):
+                move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="kill in window",
+                                                         strategy=strategy)
+                wait_copying(settings, move.id)
+                old_tx.execute("SELECT txid_current()")  # begun after the capture, before the freeze
+        else:
+            old_tx.execute("SELECT txid_current()")
+            move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="kill in window",
+                                                     strategy=strategy)
+        draining = wait_move(settings, move.id, timeout=120,
+                             predicate=lambda m, s: m.step == "drain" and m.lease_owner is not None)
+        task_id = draining.lease_owner.split(":")[0]
+        victim = wait_for(lambda: _worker_running(faults, task_id), timeout=30, what=f"the worker of {task_id}")
+        victim.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+    finally:
+        old_tx.rollback()
+        old_tx.close()
+    wait_move(settings, move.id, timeout=120, predicate=lambda m, s: m.step != "drain" or m.state != "running")
+    result.takeover_s.append(round(time.monotonic() - killed_at, 2))
+    final = _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
+    events = [(e.step, e.event) for e in store.events(move.id)]
+    result.save()
+    print(f"{strategy}: drain taken over {result.takeover_s[0]} s after the kill; write window "
+          f"{(final.report or {}).get('write_window_s')} s")
+    assert result.violations == [] and final.state == "completed", final.error
+    assert ("drain", "reconciled") in events, "the window pass of the reconciler should have re-enqueued drain"

@@ -101,9 +101,7 @@ def assert_isolated_config(root: Path) -> None:
 
 def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
     root = tmp_path / "demo"
-    started = time.monotonic()
     result = run_demo(root, "--exit")
-    elapsed = time.monotonic() - started
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
 
@@ -120,7 +118,6 @@ def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
     assert "mutual TLS" in (root / "logs" / "topology.log").read_text()
     assert not (root / "state.json").exists()  # the fleet is gone, and it says so
     assert_nothing_left(root)
-    assert elapsed < 90, f"the demo took {elapsed:.0f} s"
 
 
 def test_crashed_demo_and_stale_files_do_not_block_the_next(tmp_path):

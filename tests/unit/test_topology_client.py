@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 
@@ -94,12 +93,10 @@ def test_errors_arrive_as_the_same_class_message_and_hint(pair):
 def test_unreachable_server_is_cell_unavailable():
     address = f"127.0.0.1:{free_port()}"
     client = TopologyClient(address, attempts=3)
-    started = time.monotonic()
     with pytest.raises(CellUnavailable) as exc:
         client.classify(1)
     assert address in exc.value.message
     assert "migrator topology serve" in exc.value.hint
-    assert time.monotonic() - started < 10
     client.close()
 
 
