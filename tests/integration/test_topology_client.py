@@ -23,6 +23,8 @@ from migrator.topology.server import build_server
 from migrator.topology.service import RouteConflict, TopologyService, token_digest
 from tests.support.processes import free_port
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def pair(scratch_db):

@@ -21,6 +21,8 @@ from migrator.errors import (
 from migrator.topology.service import RouteConflict, RouteInfo, TopologyService, token_digest
 from tests.support.processes import free_port
 
+pytestmark = pytest.mark.integration
+
 BLOCK = 1000
 
 
