@@ -59,11 +59,12 @@ def _follow(outcome: Outcome, move_id: str, token: str) -> dict:
 
 
 def _retry_or_fail(task: Task, exc: Exception, move_id: str, token: str, step: str):
-    if is_transient(exc) and task.request.retries < task.max_retries:
-        countdown = min(2 ** task.request.retries, 60)
-        raise task.retry(exc=exc, countdown=countdown)
+    retries = get_settings().moves.task_retries
+    if is_transient(exc) and task.request.retries < retries:
+        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries, 60), max_retries=retries)
     fail_move(get_settings(), move_id, token, step, f"{step}: gave up after {task.request.retries} retries: "
-              f"{first_line(exc)}", "cell_unavailable" if is_transient(exc) else "internal_error")
+              f"{first_line(exc)}", getattr(exc, "code", None) or ("cell_unavailable" if is_transient(exc)
+                                                                    else "internal_error"))
     return {"failed": first_line(exc)}
 
 

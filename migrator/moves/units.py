@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from migrator.blobs.copier import blob_units, copy_blob_range, find_blob, iter_refs, verify_blob
+from migrator.blobs.copier import blob_units, copy_blob_range, find_blob, verify_blob_range
 from migrator.blobs.store import open_store, same_store
 from migrator.copy.rows import copy_range, delete_range, plan_ranges
 from migrator.errors import ChecksumMismatch
@@ -82,9 +82,9 @@ def copy_blobs_unit(ctx, unit) -> dict:
         metrics.blobs_copied.labels("checked").inc(count)
         metrics.blob_bytes_copied.inc(nbytes)
 
-    copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
-                    batch=m.blob_batch, checkpoint=checkpoint)
-    return {}
+    return copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
+                           batch=m.blob_batch, checkpoint=checkpoint, workers=m.blob_workers,
+                           fresh=unit.attempts <= 1 and ctx.move.attempt <= 1, heartbeat_s=m.lease_ttl_s / 3)
 
 
 def fan_in_copy_blobs(ctx) -> None:
@@ -138,13 +138,9 @@ def _verify_blobs(ctx, unit) -> dict:
     src_store, dst_store = _stores(ctx)
     table, key_column = unit.unit[len(BLOB_PREFIX):].split(".", 1)
     blob = find_blob(ctx.dictionary, table, key_column)
-    count = 0
-    for refs in iter_refs(ctx.source(), ctx.specs[table], blob, ctx.org, after=None, hi=None,
-                          batch=ctx.settings.moves.blob_batch):
-        for ref in refs:
-            verify_blob(dst_store, ref)
-        count += len(refs)
-        ctx.heartbeat()
+    m = ctx.settings.moves
+    count = verify_blob_range(ctx.source(), dst_store, ctx.specs[table], blob, ctx.org, batch=m.blob_batch,
+                              workers=m.blob_workers, heartbeat=ctx.heartbeat)
     return {"blobs": count, "verified": True}
 
 
