@@ -8,7 +8,8 @@ Cells 1-3 keep their blobs in three buckets of it. Two organizations are seeded 
 ``--small`` objects of ``--small-kb`` KB, one with ``--large`` objects of ``--large-mb`` MB. Then:
 
 1. **streamed** (the bytes pass through the worker: cell-2 has ``server_side_copy: false``):
-   raw boto3 copies each organization's objects from cell-1's bucket to a scratch bucket (small: a GET and
+   raw boto3 copies each organization's objects from cell-1's bucket to a scratch bucket, before and after
+   the move (their mean is the yardstick: the machine's load drifts) (small: a GET and
    the transfer manager's upload, ``--parallelism`` threads; large: one object at a time, GET streamed into
    ``upload_fileobj`` with the transfer manager's ``--parallelism`` parts at a time), then a move of each
    organization to cell-2 (one Celery worker, ``--concurrency 1``: one unit at a time, each with
@@ -185,10 +186,14 @@ def run(args) -> dict:
         # 1. streamed: cell-1 -> cell-2, the bytes through the worker
         for kind, org in orgs.items():
             objs, nbytes = objects[kind], result[kind]["bytes"]
-            raw_s = raw_streamed(server.endpoint_url, buckets["cell-1"], buckets["raw"], objs, args.parallelism,
-                                 large=kind == "large")
+
+            raw = (server.endpoint_url, buckets["cell-1"], buckets["raw"], objs, args.parallelism)
+            before = raw_streamed(*raw, large=kind == "large")
             moved = move_blobs(fleet, org.organization_id, "cell-2", sample=kind == "large", timeout=args.timeout)
-            result[kind]["streamed"] = {"raw": rates(len(objs), nbytes, raw_s),
+            after = raw_streamed(*raw, large=kind == "large")
+            raw_s = (before + after) / 2
+            result[kind]["streamed"] = {"raw": {**rates(len(objs), nbytes, raw_s), "before_after_s": [
+                                                round(before, 3), round(after, 3)]},
                                         "move": {**moved, **rates(len(objs), nbytes, moved["copy_blobs_s"])},
                                         "ratio": round(raw_s / moved["copy_blobs_s"], 2)}
 
@@ -198,15 +203,19 @@ def run(args) -> dict:
         for kind, org in orgs.items():
             objs, nbytes = objects[kind], result[kind]["bytes"]
             proxy.reset_counts()
-            raw_s = raw_server_side(proxy.endpoint_url, buckets["cell-2"], buckets["raw"], objs, args.parallelism,
-                                    large=kind == "large")
+            raw = (proxy.endpoint_url, buckets["cell-2"], buckets["raw"], objs, args.parallelism)
+            before = raw_server_side(*raw, large=kind == "large")
             raw_bytes = proxy.to_client
             proxy.reset_counts()
             moved = move_blobs(fleet, org.organization_id, "cell-3", sample=kind == "large", timeout=args.timeout)
+            moved_bytes = proxy.to_client
+            after = raw_server_side(*raw, large=kind == "large")
+            raw_s = (before + after) / 2
             result[kind]["server_side"] = {
-                "raw": {**rates(len(objs), nbytes, raw_s), "bytes_from_server": raw_bytes},
+                "raw": {**rates(len(objs), nbytes, raw_s), "before_after_s": [round(before, 3), round(after, 3)],
+                        "bytes_from_server": raw_bytes},
                 "move": {**moved, **rates(len(objs), nbytes, moved["copy_blobs_s"]),
-                         "bytes_from_server": proxy.to_client},
+                         "bytes_from_server": moved_bytes},
                 "ratio": round(raw_s / moved["copy_blobs_s"], 2)}
         proxy.stop()
     return result

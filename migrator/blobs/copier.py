@@ -15,8 +15,9 @@ failure).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 from psycopg import sql
@@ -161,34 +162,52 @@ def copy_in_batches(batches: Iterable[list], copy_one: Callable[[object], Receiv
                     checkpoint: Callable[[list | None, int, int], None], position: list | None = None,
                     heartbeat_s: float = 10.0) -> BlobCopyStats:
     """Copy each batch's objects with ``workers`` threads; ``checkpoint(last_row_key, count, bytes)`` once
-    all of a batch has finished. On a failure, the objects finished before the first failed one (in key
-    order) are checkpointed, then the failure is raised. While a batch runs longer than ``heartbeat_s``,
-    ``checkpoint(position, 0, 0)`` renews the unit's lease without moving its position."""
+    all of a batch has finished (and every batch before it).
+
+    With more than one thread, the next batch is read and started while one finishes, so threads do not
+    idle at the end of each batch. On a failure, the objects of the batch finished before the first failed
+    one (in key order) are checkpointed, objects not started yet are never started, then the failure is
+    raised. While a batch runs longer than ``heartbeat_s``, ``checkpoint(position, 0, 0)`` renews the
+    unit's lease without moving its position."""
     stats = BlobCopyStats()
+    depth = 2 if workers > 1 else 1
+    running: deque[tuple[list, list[Future]]] = deque()
+
+    def finish_oldest() -> None:
+        nonlocal position
+        refs, futures = running.popleft()
+        while True:
+            done, pending = wait(futures, timeout=heartbeat_s, return_when=FIRST_EXCEPTION)
+            if not pending or any(f.exception() is not None for f in done):
+                break
+            checkpoint(position, 0, 0)
+        if pending:  # one failed: start nothing more
+            for f in [*futures, *(f for _, later in running for f in later)]:
+                f.cancel()  # running ones finish (a multipart upload completes or aborts)
+            wait([*futures, *(f for _, later in running for f in later)])
+        finished, nbytes = 0, 0
+        for f in futures:
+            if f.cancelled() or f.exception() is not None:
+                break
+            got = f.result()
+            stats.add(got)
+            finished += 1
+            nbytes += got.written
+        if finished:
+            position = refs[finished - 1].row_key
+            checkpoint(position, finished, nbytes)
+        if finished < len(refs):
+            raise next(f.exception() for f in futures if not f.cancelled() and f.exception() is not None)
+
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blob-copy") as pool:
         for refs in batches:
-            futures = [pool.submit(copy_one, ref) for ref in refs]
-            while True:
-                done, pending = wait(futures, timeout=heartbeat_s, return_when=FIRST_EXCEPTION)
-                if not pending or any(f.exception() is not None for f in done):
-                    break
-                checkpoint(position, 0, 0)
-            for f in futures:
-                f.cancel()  # not started yet: never will; running ones finish (a multipart upload completes or aborts)
-            wait(futures)
-            finished, nbytes = 0, 0
-            for f in futures:
-                if f.cancelled() or f.exception() is not None:
-                    break
-                got = f.result()
-                stats.add(got)
-                finished += 1
-                nbytes += got.written
-            if finished:
-                position = refs[finished - 1].row_key
-                checkpoint(position, finished, nbytes)
-            if finished < len(refs):  # something failed (the rest was cancelled because of it)
-                raise next(f.exception() for f in futures if not f.cancelled() and f.exception() is not None)
+            if any(f.done() and f.exception() is not None for _, fs in running for f in fs if not f.cancelled()):
+                break  # something failed already: finish (and raise) before starting more
+            running.append((refs, [pool.submit(copy_one, ref) for ref in refs]))
+            if len(running) >= depth:
+                finish_oldest()
+        while running:
+            finish_oldest()
     return stats
 
 

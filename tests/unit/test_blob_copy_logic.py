@@ -48,6 +48,20 @@ def test_a_failure_checkpoints_only_the_objects_finished_before_it_in_key_order(
     assert checkpoints == [([1], 2, 10)]  # objects 0 and 1; never 3 or 4, even if they were copied
 
 
+def test_the_next_batch_runs_while_one_finishes_and_a_failure_there_keeps_earlier_checkpoints():
+    checkpoints = []
+
+    def copy(ref):
+        if ref.row_key[0] == 5:
+            raise ConnectionResetError("reset")
+        return Received(written=1, read=1)
+
+    with pytest.raises(ConnectionResetError):
+        copy_in_batches([_refs(4), _refs(4, 4), _refs(4, 8)], copy, workers=2,
+                        checkpoint=lambda pos, n, b: checkpoints.append((pos, n, b)))
+    assert checkpoints == [([3], 4, 4), ([4], 1, 1)]
+
+
 def test_a_long_batch_renews_the_lease_without_moving_the_position():
     release = threading.Event()
     checkpoints = []
