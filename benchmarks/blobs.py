@@ -57,6 +57,7 @@ def _client(endpoint: str, parallelism: int):
 
 
 def _transfer(client, parallelism: int):
+    """boto3's transfer manager with the settings the move uses (8 MB threshold and parts)."""
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
     config = TransferConfig(multipart_threshold=8 * MB, multipart_chunksize=8 * MB, max_concurrency=parallelism,
@@ -71,44 +72,42 @@ def _empty(client, bucket: str) -> None:
         client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
 
 
-def raw_streamed(endpoint: str, src: str, dst: str, objects: list[tuple[str, int]], parallelism: int,
-                 large: bool) -> float:
-    """GET from ``src`` streamed into the transfer manager's upload to ``dst``; seconds."""
+def _raw(endpoint: str, objects: list[tuple[str, int]], parallelism: int, large: bool, copy) -> float:
+    """``copy(client, tm, key)`` for every object: one at a time (large; the transfer manager runs the parts
+    in parallel) or in ``parallelism`` threads (small); seconds."""
     client = _client(endpoint, parallelism)
-    config, tm = _transfer(client, parallelism)
+    _, tm = _transfer(client, parallelism)
     t0 = time.perf_counter()
     if large:
         for key, _ in objects:
-            body = client.get_object(Bucket=src, Key=key)["Body"]
-            client.upload_fileobj(body, dst, key, Config=config)
+            copy(client, tm, key)
     else:
-        def one(key):
-            body = client.get_object(Bucket=src, Key=key)["Body"]
-            tm.upload(body, dst, key).result()
-
         with ThreadPoolExecutor(parallelism) as pool:
-            list(pool.map(one, [k for k, _ in objects]))
+            list(pool.map(lambda k: copy(client, tm, k), [k for k, _ in objects]))
     elapsed = time.perf_counter() - t0
     tm.shutdown()
-    _empty(client, dst)
+    return elapsed
+
+
+def raw_streamed(endpoint: str, src: str, dst: str, objects: list[tuple[str, int]], parallelism: int,
+                 large: bool) -> float:
+    """GET from ``src`` streamed into the transfer manager's upload to ``dst``; seconds."""
+    def copy(client, tm, key):
+        tm.upload(client.get_object(Bucket=src, Key=key)["Body"], dst, key).result()
+
+    elapsed = _raw(endpoint, objects, parallelism, large, copy)
+    _empty(_client(endpoint, parallelism), dst)
     return elapsed
 
 
 def raw_server_side(endpoint: str, src: str, dst: str, objects: list[tuple[str, int]], parallelism: int,
                     large: bool) -> float:
     """The transfer manager's managed copy (CopyObject, or UploadPartCopy parts above its threshold)."""
-    client = _client(endpoint, parallelism)
-    _, tm = _transfer(client, parallelism)
-    t0 = time.perf_counter()
-    if large:
-        for key, _ in objects:
-            tm.copy({"Bucket": src, "Key": key}, dst, key).result()
-    else:
-        with ThreadPoolExecutor(parallelism) as pool:
-            list(pool.map(lambda k: tm.copy({"Bucket": src, "Key": k}, dst, k).result(), [k for k, _ in objects]))
-    elapsed = time.perf_counter() - t0
-    tm.shutdown()
-    _empty(client, dst)
+    def copy(client, tm, key):
+        tm.copy({"Bucket": src, "Key": key}, dst, key).result()
+
+    elapsed = _raw(endpoint, objects, parallelism, large, copy)
+    _empty(_client(endpoint, parallelism), dst)
     return elapsed
 
 

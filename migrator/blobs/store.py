@@ -61,21 +61,13 @@ class DigestMismatch(Exception):
         self.key, self.digest, self.size = key, digest, size
 
 
-class CountingStream(io.RawIOBase):
-    """A read-only stream that tells ``on_read`` how many bytes each read returned."""
+class _Wrapper(io.RawIOBase):
+    """A read-only stream over another one (``read`` is the subclass's); closing it closes that one."""
 
-    def __init__(self, stream, on_read: Callable[[int], None]):
-        super().__init__()
-        self._stream, self._on_read = stream, on_read
+    _stream: BinaryIO
 
     def readable(self) -> bool:
         return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        data = self._stream.read() if n is None or n < 0 else self._stream.read(n)
-        if data:
-            self._on_read(len(data))
-        return data
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
@@ -88,7 +80,21 @@ class CountingStream(io.RawIOBase):
         super().close()
 
 
-class HashingReader(io.RawIOBase):
+class CountingStream(_Wrapper):
+    """A read-only stream that tells ``on_read`` how many bytes each read returned."""
+
+    def __init__(self, stream, on_read: Callable[[int], None]):
+        super().__init__()
+        self._stream, self._on_read = stream, on_read
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = self._stream.read() if n is None or n < 0 else self._stream.read(n)
+        if data:
+            self._on_read(len(data))
+        return data
+
+
+class HashingReader(_Wrapper):
     """Reads a stream through, hashing and counting the bytes; ``read(n)`` returns ``n`` bytes unless
     the stream ends (so a multipart upload reading parts from it gets full-sized parts).
 
@@ -102,9 +108,6 @@ class HashingReader(io.RawIOBase):
         self._stream, self.key, self.expect = stream, key, expect_sha256
         self._digest = hashlib.sha256()
         self.size = 0
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, n: int | None = -1) -> bytes:
         if n is None or n < 0:
@@ -127,22 +130,12 @@ class HashingReader(io.RawIOBase):
             self._check()
         return data
 
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
 
     def _check(self) -> None:
         if self.expect and self.hexdigest() != self.expect:
             raise DigestMismatch(self.key, self.hexdigest(), self.size)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._stream.close()
-        super().close()
 
 
 class BlobStore(ABC):

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.support.processes import BIN, free_port, wait_for
+from tests.support.processes import BIN, free_port, terminate, wait_for
 
 # Credentials for the test server (moto accepts any); the worker processes inherit them.
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -72,15 +72,7 @@ class MotoServer:
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL): the endpoint refuses connections until restarted."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def restart(self) -> None:
