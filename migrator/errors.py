@@ -94,6 +94,13 @@ class BlobStoreUnavailable(CellUnavailable):
     code = "blob_store_unavailable"
 
 
+class BlobStoreRefused(MigratorError):
+    """A cell's object store answered with a refusal that retrying will not change (access denied, no such
+    bucket, invalid request)."""
+
+    code = "blob_store_refused"
+
+
 class DrainTimeout(MigratorError):
     code = "drain_timeout"
 

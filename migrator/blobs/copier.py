@@ -26,7 +26,7 @@ from migrator.blobs.s3 import is_transient_s3_error, retrying
 from migrator.blobs.store import BlobStore, DigestMismatch, Received
 from migrator.copy.spec import TableSpec, json_key
 from migrator.db import first_line
-from migrator.errors import BlobChecksumMismatch, BlobMissing, BlobStoreUnavailable
+from migrator.errors import BlobChecksumMismatch, BlobMissing, BlobStoreRefused, BlobStoreUnavailable
 from migrator.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,17 @@ def _retried(fn: Callable[[], Received | None], ref: BlobRef, what: str, *stores
             with attempt:
                 return fn()
     except Exception as exc:
+        where = f"{what} blob {ref.key!r} ({_where(ref)}): {' / '.join(s.describe() for s in stores)}"
         if is_transient_s3_error(exc):
             raise BlobStoreUnavailable(
-                f"{what} blob {ref.key!r} ({_where(ref)}): {' / '.join(s.describe() for s in stores)} "
-                f"does not answer after {attempts} tries: {first_line(exc)}",
+                f"{where} does not answer after {attempts} tries: {first_line(exc)}",
                 "see docs/runbooks/object-store-down.md; once it answers, `migrator resume MOVE_ID`",
+            ) from exc
+        if type(exc).__module__.startswith("botocore"):
+            raise BlobStoreRefused(
+                f"{where} refused: {first_line(exc)}",
+                "check the bucket names and the workers' S3 permissions (docs/deploy.md, Object storage), "
+                "then `migrator resume MOVE_ID`",
             ) from exc
         raise
 

@@ -47,7 +47,7 @@ from migrator.blobs.store import (
     _safe_relpath,
 )
 from migrator.db import first_line
-from migrator.errors import BlobMissing, BlobStoreUnavailable
+from migrator.errors import BlobMissing, BlobStoreRefused, BlobStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ class S3BlobStore(BlobStore):
         except BlobStoreUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - any other failure: missing bucket, no permission
-            raise BlobStoreUnavailable(
+            raise BlobStoreRefused(
                 f"{self.describe()} cannot be used: {first_line(exc)}",
                 "check blobs.bucket / blobs.endpoint_url of the cell and the S3 credentials "
                 "(environment or instance role; docs/deploy.md)",

@@ -13,7 +13,7 @@ import pytest
 from migrator.blobs.copier import BlobRef, copy_blob, verify_blob
 from migrator.blobs.s3 import S3BlobStore
 from migrator.blobs.store import LocalBlobStore
-from migrator.errors import BlobChecksumMismatch, BlobMissing, BlobStoreUnavailable
+from migrator.errors import BlobChecksumMismatch, BlobMissing, BlobStoreRefused, BlobStoreUnavailable
 from tests.support.s3 import MotoServer, TcpProxy, use_test_credentials
 
 pytestmark = pytest.mark.integration
@@ -145,6 +145,12 @@ def test_transient_errors_are_retried_and_then_reported_as_the_store_unavailable
             dst.stat("d/1")
     finally:
         proxy.stop()
+    # A refusal that retrying will not change fails at once, naming the store.
+    missing = _store(s3_server.endpoint_url, f"missing-{buckets[0]}")
+    with pytest.raises(BlobStoreRefused, match=rf"missing-{buckets[0]}.* refused: .*NoSuchBucket"):
+        copy_blob(src, missing, _ref("d/1", data), fresh=True)
+    with pytest.raises(BlobStoreRefused, match="cannot be used"):
+        missing.check()
 
 
 def test_server_stopped_mid_multipart_upload_leaves_no_object_and_the_next_copy_completes(tmp_path):
