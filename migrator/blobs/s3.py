@@ -27,7 +27,6 @@ role), never from the config file.
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +44,7 @@ from migrator.blobs.store import (
     Received,
     SourceObject,
     _safe_relpath,
+    _Wrapper,
 )
 from migrator.db import first_line
 from migrator.errors import BlobMissing, BlobStoreRefused, BlobStoreUnavailable
@@ -109,15 +109,12 @@ def _full_object_sha256(head: dict) -> str | None:
     return _hex(value)
 
 
-class _Prefixed(io.RawIOBase):
+class _Prefixed(_Wrapper):
     """``head`` bytes, then the rest of ``stream``."""
 
     def __init__(self, head: bytes, stream: BinaryIO):
         super().__init__()
         self._head, self._stream = memoryview(head), stream
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, n: int = -1) -> bytes:
         if self._head:
