@@ -61,17 +61,18 @@ def steps_of(strategy: str) -> tuple[str, ...]:
     """The move's steps in order (the online strategy has more of them)."""
     from migrator.moves import workflow as wf
 
-    steps_for = getattr(wf, "steps_for", None)
-    return tuple(steps_for(strategy)) if steps_for else tuple(wf.STEPS)
+    return wf.steps_for(strategy)
 
 
 def all_steps(runs) -> list[str]:
-    """The steps of every run, in workflow order."""
+    """The steps of every run, in workflow order (online's order first: it has every step)."""
     from migrator.moves import workflow as wf
 
     used = {s for r in runs for s in steps_of(r["strategy"])}
-    order = list(getattr(wf, "ALL_STEPS", ())) + [s for r in runs for s in steps_of(r["strategy"])]
+    order = list(wf.ONLINE) + [s for r in runs for s in steps_of(r["strategy"])]
     return [s for s in dict.fromkeys(order) if s in used]
+
+
 TARGETS = {"copy": 1.3, "verify": 1.3, "write_window": 1.5, "rss_mib": 300.0, "overhead_pct": 5.0}
 
 

@@ -130,6 +130,12 @@ class MoveConfig(_Strict):
     # The reconciler re-enqueues a running move whose heartbeat is older than this.
     stale_after_s: float = 90.0
     reconcile_every_s: float = 30.0
+    # Inside the write window (freeze … flip) a crash must cost seconds: a step or unit there holds a
+    # short lease that a heartbeat thread renews, the reconciler looks at such moves this often, and
+    # re-enqueues one whose heartbeat is older than window_stale_after_s (docs/adr/0012-the-write-window.md).
+    window_lease_ttl_s: float = Field(default=3.0, gt=0)
+    window_stale_after_s: float = Field(default=4.0, gt=0)
+    window_reconcile_every_s: float = Field(default=1.0, gt=0)
     retention_hours: float = 168.0
     # Estimates used by preflight until measured rates exist.
     est_rows_per_s: float = 100_000.0

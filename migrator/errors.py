@@ -111,6 +111,13 @@ class StaleToken(MigratorError):
     code = "stale_token"
 
 
+class LeaseLost(MigratorError):
+    """Another execution took over a unit or step this one worked on (its lease lapsed): this one stops,
+    the other carries on. Not a failure of the move."""
+
+    code = "lease_lost"
+
+
 class StaleVersion(MigratorError):
     """A compare-and-set on a route saw another version than expected."""
 

@@ -76,6 +76,9 @@ class MoveSummaryOut(_Out):
 class MoveDetailOut(MoveSummaryOut):
     plan: dict[str, Any] = {}
     report: dict[str, Any] = {}
+    freeze_lifted: bool = False
+    write_window_s: float | None = None
+    write_window_open: bool = False
     progress: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
 

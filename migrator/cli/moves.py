@@ -50,8 +50,13 @@ def _print_detail(data: dict) -> None:
         console.print(t)
         console.print(f"blobs verified: {ver.get('blobs_verified', 0)}")
     report = data.get("report") or {}
-    if "write_window_s" in report:
-        console.print(f"write window: {report['write_window_s']:.2f} s")
+    if data.get("write_window_s") is not None:
+        state = "open, writes refused" if data.get("write_window_open") else "frozen -> writable on the target" \
+            if data.get("flipped_at") else "frozen -> freeze lifted, source writable"
+        line = f"write window: {data['write_window_s']:.2f} s ({state})"
+        if "unfreeze_done_s" in report:
+            line += f"; unfreeze step done {report['unfreeze_done_s']:.2f} s after the freeze"
+        console.print(line)
     h = Table(title="history")
     for col in ("at", "step", "event", "actor", "message"):
         h.add_column(col)
@@ -72,7 +77,7 @@ def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: b
         table_tasks: dict[str, int] = {}
         blob_task = None
         while True:
-            move = store.get(move_id)
+            move = store.get(move.id)
             p = progress(store, move)
             idx = len(steps) if move.state in (wf.COMPLETED, wf.CLEANED) else (
                 steps.index(move.step) if move.step in steps else 0)

@@ -33,7 +33,7 @@ class ControlDatabaseCollector(Collector):
                 running = conn.execute(text(
                     "SELECT id::text, organization_id, step, source_cell, target_cell, "
                     "extract(epoch FROM now() - coalesce(step_started_at, updated_at)), "
-                    "CASE WHEN unfrozen_at IS NULL AND NOT coalesce((report->>'freeze_lifted')::boolean, false) "
+                    "CASE WHEN unfrozen_at IS NULL AND NOT freeze_lifted "
                     "THEN extract(epoch FROM now() - frozen_at) END "
                     "FROM moves WHERE state IN ('running', 'paused', 'failed')")).all()
                 capacity = _capacity(conn, self.settings)
@@ -51,7 +51,8 @@ class ControlDatabaseCollector(Collector):
         step = GaugeMetricFamily("migrator_move_step_seconds", "Seconds an unfinished move has spent in its step",
                                  labels=["move_id", "organization", "step", "source", "target"])
         frozen = GaugeMetricFamily("migrator_move_frozen_seconds",
-                                   "Seconds an unfinished move has kept its organization read-only",
+                                   "Seconds an unfinished move has kept its organization read-only (its open write "
+                                   "window: frozen, and not yet writable on the target or the source)",
                                    labels=["move_id", "organization", "source", "target"])
         for move_id, org, st, src, tgt, in_step, frozen_s in running:
             step.add_metric([move_id, str(org), st, src, tgt], float(in_step or 0))

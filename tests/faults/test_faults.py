@@ -25,7 +25,7 @@ from tests.faults.invariants import check_completed, snapshot
 from tests.faults.report import ScenarioResult
 from tests.faults.writer import lost_writes
 from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move
-from tests.support.processes import ROOT, base_env
+from tests.support.processes import ROOT, base_env, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -452,3 +452,62 @@ def test_abort_under_fault_leaves_source_authoritative(faults, strategy):
     result.save()
     assert final.state == "aborted", final.error
     assert violations == []
+
+
+def _worker_running(faults, task_id: str):
+    """The live worker whose log shows it received Celery task ``task_id``."""
+    for w in faults.workers:
+        if w.alive() and task_id in w.log():
+            return w
+    return None
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "online"])
+def test_worker_killed_inside_the_write_window(faults, strategy):
+    """SIGKILL the worker running ``drain`` (inside the write window): another worker takes the step over
+    within seconds (short lease renewed by a heartbeat thread, the reconciler's window pass), not after
+    the minutes of the long lease.
+
+    Held deterministically: a transaction the test opened on the source before the freeze keeps drain
+    waiting (drain waits out every transaction older than the freeze), so the kill lands while drain
+    runs; the test commits it right after the kill. Online moves wait for transactions older than the
+    capture too, so there the transaction is opened while the copy is held (HeldTable), after capture.
+    """
+    result = ScenarioResult(f"9. worker SIGKILLed inside the write window ({strategy})")
+    org, bystander = _seed(faults, 2, rows=2000)
+    settings = faults.settings
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+    by = snapshot(settings, [(bystander, "cell-1")])
+    faults.worker()
+    faults.worker()
+    store = MoveStore(settings.control_dsn)
+    old_tx = psycopg.connect(faults.fleet.cell_dsns["cell-1"], application_name="test-old-transaction")
+    try:
+        if strategy == "online":
+            with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):
+                move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="kill in window",
+                                                         strategy=strategy)
+                wait_copying(settings, move.id)
+                old_tx.execute("SELECT txid_current()")  # begun after the capture, before the freeze
+        else:
+            old_tx.execute("SELECT txid_current()")
+            move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="kill in window",
+                                                     strategy=strategy)
+        draining = wait_move(settings, move.id, timeout=120,
+                             predicate=lambda m, s: m.step == "drain" and m.lease_owner is not None)
+        task_id = draining.lease_owner.split(":")[0]
+        victim = wait_for(lambda: _worker_running(faults, task_id), timeout=30, what=f"the worker of {task_id}")
+        victim.kill(signal.SIGKILL)
+        killed_at = time.monotonic()
+    finally:
+        old_tx.rollback()
+        old_tx.close()
+    wait_move(settings, move.id, timeout=120, predicate=lambda m, s: m.step != "drain" or m.state != "running")
+    result.takeover_s.append(round(time.monotonic() - killed_at, 2))
+    final = _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
+    events = [(e.step, e.event) for e in store.events(move.id)]
+    result.save()
+    print(f"{strategy}: drain taken over {result.takeover_s[0]} s after the kill; write window "
+          f"{(final.report or {}).get('write_window_s')} s")
+    assert result.violations == [] and final.state == "completed", final.error
+    assert ("drain", "reconciled") in events, "the window pass of the reconciler should have re-enqueued drain"

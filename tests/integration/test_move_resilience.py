@@ -8,12 +8,11 @@ import signal
 import psycopg
 import pytest
 
+from migrator.moves import steps
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.operations import Operations
-from migrator.moves.runner import STEP_WORK
 from migrator.moves.store import MoveStore
-from migrator.moves.units import FAN_IN, PLANNERS, WORK
 from migrator.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import duplicate_keys, leftover_keys, org_checksums
@@ -35,25 +34,26 @@ def test_every_step_run_twice_gives_the_same_end_state(provisioned):
     store = MoveStore(settings.control_dsn)
     move = store.create(organization_id=org, source="cell-1", target="cell-2", requested_by="test", reason="twice")
     store.start(move.id, move.token)
-    for step in wf.STEPS:
+    for step in wf.FROZEN:
         current = store.claim_step(move.id, step, move.token, "t", 60)
         assert current is not None, step
         ctx = MoveContext(settings=settings, store=store, move=current, token=move.token, owner="t")
+        work = steps.get(step)
         try:
-            if step in wf.FAN_OUT:
-                store.ensure_units(move.id, move.token, step, PLANNERS[step](ctx))
-                store.ensure_units(move.id, move.token, step, PLANNERS[step](ctx))  # planning twice adds nothing
+            if work.fans_out:
+                store.ensure_units(move.id, move.token, step, work.plan(ctx))
+                store.ensure_units(move.id, move.token, step, work.plan(ctx))  # planning twice adds nothing
                 for unit in store.units(move.id, step):
                     assert store.claim_unit(move.id, step, unit.unit, move.token, "t", 60)
-                    WORK[step](ctx, unit)
-                    WORK[step](ctx, unit)  # the same unit again, from its original position
-                    assert store.finish_unit(move.id, step, unit.unit, move.token, "t", WORK[step](ctx, unit) or {})
-                FAN_IN[step](ctx)
-                FAN_IN[step](ctx)
+                    work.unit(ctx, unit)
+                    work.unit(ctx, unit)  # the same unit again, from its original position
+                    assert store.finish_unit(move.id, step, unit.unit, move.token, "t", work.unit(ctx, unit) or {})
+                work.fan_in(ctx)
+                work.fan_in(ctx)
             else:
-                STEP_WORK[step](ctx)
+                work.run(ctx)
                 ctx.move = store.get(move.id)
-                STEP_WORK[step](ctx)
+                work.run(ctx)
         finally:
             ctx.close()
         assert store.advance(move.id, move.token, step) is not None
@@ -133,3 +133,25 @@ def test_abort_after_flip_is_refused_and_cleanup_respects_retention(provisioned,
     # After cleanup the organization can move back to its old cell.
     back = migrator(provisioned, "move", "--org", str(org), "--to", "cell-1", "--wait", "--json")
     assert back.returncode == 0, back.stderr
+
+
+def test_resume_after_pause_continues_at_once(provisioned, worker_factory):
+    """A move paused mid-copy and resumed carries on at once: the new attempt's units are claimable
+    (the old attempt's unit leases went with its token), so no reconciler pass is needed."""
+    settings, org = _seed(provisioned, rows=6_000, blobs=2, seed=15)
+    before = org_checksums(settings, "cell-1", org)
+    ops = Operations(settings)
+    store = MoveStore(settings.control_dsn)
+    with HeldTable(provisioned.cell_dsns["cell-2"], "notes"):  # a notes unit is mid-batch when paused
+        worker_factory("w1", concurrency=2)
+        move = ops.request_move(org, "cell-2", actor="test", reason="pause, then resume", strategy="frozen")
+        wait_copying(settings, move.id)
+        ops.pause(move.id, actor="test")
+    resumed = ops.resume(move.id, actor="test")
+    final = wait_move(settings, move.id, timeout=120)
+    assert final.state == "completed", final.error
+    assert org_checksums(settings, "cell-2", org) == before
+    events = [e.event for e in store.events(move.id)]
+    after_resume = events[events.index("resumed"):]
+    assert "reconciled" not in after_resume, f"the resumed attempt waited for the reconciler: {after_resume}"
+    assert resumed.attempt == 2

@@ -12,18 +12,18 @@ from sqlalchemy import func
 
 from migrator.blobs.copier import blob_units, delete_org_blobs
 from migrator.blobs.store import open_store, same_store
+from migrator.cells.guard import unfreeze_org
 from migrator.copy.rows import delete_range
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.operations import check_cleanup_allowed
+from migrator.moves.steps.base import Step
 from migrator.moves.store import MoveStore
 
 log = logging.getLogger(__name__)
 
 
 def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str) -> dict:
-    from migrator.cells.guard import unfreeze_org
-
     store = MoveStore(settings.control_dsn)
     move = store.get(move_id)
     if move.state == wf.CLEANED:
@@ -50,3 +50,6 @@ def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str) 
         return {"state": "cleaned", **detail}
     finally:
         ctx.close()
+
+
+STEP = Step("cleanup", operator=True, summary="after the retention period: the source copy deleted")

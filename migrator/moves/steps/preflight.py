@@ -26,6 +26,7 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
+from migrator.moves.steps.base import Step
 
 log = logging.getLogger(__name__)
 MAX_COLLISIONS_SHOWN = 5
@@ -178,4 +179,14 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     }
 
 
-__all__ = ["run_preflight", "validate_request", "find_collisions", "CellUnavailable"]
+def run(ctx) -> None:
+    """The step: every check against the live cells; the plan is recorded on the move."""
+    move = ctx.move
+    plan = run_preflight(ctx.settings, ctx.topology, ctx.dictionary, ctx.org, move.source_cell, move.target_cell,
+                         connect_cell=ctx.cell_conn, heartbeat=ctx.heartbeat)
+    ctx.store.set_fields(move.id, ctx.token, plan=plan, route_version=plan["route_version"])
+
+
+STEP = Step("preflight", run=run, summary="every check before anything changes; the move's plan")
+
+__all__ = ["run_preflight", "validate_request", "find_collisions", "CellUnavailable", "STEP"]
