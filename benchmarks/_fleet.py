@@ -258,6 +258,7 @@ class BenchFleet:
 
     cells: int = 3
     moves: dict = field(default_factory=dict)  # overrides of the `moves:` config section
+    blobs: dict = field(default_factory=dict)  # cell -> its `blobs:` config (default: a local directory)
     keep: bool = False  # keep the work directory (logs) after close
     workdir: Path | None = None
 
@@ -302,7 +303,8 @@ class BenchFleet:
         config = {
             "control_dsn": self.control_dsn,
             "broker_url": self.broker_url,
-            "cells": {name: {"dsn": dsn, "blobs": {"kind": "local", "path": str(self.workdir / "blobs" / name)}}
+            "cells": {name: {"dsn": dsn, "blobs": self.blobs.get(name) or {"kind": "local",
+                                                                            "path": str(self.workdir / "blobs" / name)}}
                       for name, dsn in self.cell_dsns.items()},
             "topology": {"address": listen, "listen": listen, "tls": {
                 "ca": str(self.certs["ca"]), "server_cert": str(self.certs["server"]["cert"]),
@@ -314,7 +316,8 @@ class BenchFleet:
             "rebalance": {"max_moves_per_cell": 64, "max_moves_total": 64},
             "celery": {"queue_prefix": self.prefix + "-"},
         }
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.config = config
+        self.write_config()
         os.environ["MIGRATOR_CONFIG"] = str(self.config_path)
         from migrator.config import clear_settings_cache
         from migrator.control.engine import upgrade_control_db
@@ -365,6 +368,13 @@ class BenchFleet:
         self.dbs.clear()
         if self._own_workdir and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def write_config(self) -> None:
+        """Write ``self.config`` (changed by a benchmark between phases; workers started later read it)."""
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        from migrator.config import clear_settings_cache
+
+        clear_settings_cache()
 
     # -- use
     def env(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ import pytest
 from tests.support.databases import create_database, drop_database, unique_name
 from tests.support.fleet import make_fleet
 from tests.support.processes import RedisServer, start_topology_server
+from tests.support.s3 import MotoServer, use_test_credentials
 
 
 @pytest.fixture
@@ -52,3 +53,11 @@ def topology_server(fleet, tmp_path):
     proc = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server as a real process on a loopback port (tests use buckets of their own)."""
+    use_test_credentials()
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server

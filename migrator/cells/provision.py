@@ -197,7 +197,7 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequ
         "sequences_unbounded": [s.as_dict() for s in states if s.status == UNBOUNDED],
         "sequences_ok": not outside,
         "range": [lo, hi],
-        "blob_store": store.name,
+        "blob_store": store.describe(),
     }
     log.info("cell %s provisioned: %s", name, result)
     return result

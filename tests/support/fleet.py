@@ -81,7 +81,9 @@ class Fleet:
 
 
 def make_fleet(root: Path, *, cells: int = 3, broker_url: str = "redis://127.0.0.1:6379/0",
-               topology: bool = True, overrides: dict | None = None) -> Fleet:
+               topology: bool = True, overrides: dict | None = None, blobs: dict[str, dict] | None = None) -> Fleet:
+    """``blobs``: the ``blobs:`` config of some cells (e.g. an S3 bucket, tests/support/s3.py); the others
+    get a local directory under ``root``."""
     root = Path(root)
     prefix = unique_name("cmt")
     control_db = f"{prefix}_control"
@@ -96,7 +98,8 @@ def make_fleet(root: Path, *, cells: int = 3, broker_url: str = "redis://127.0.0
         "control_dsn": control_dsn,
         "broker_url": broker_url,
         "cells": {
-            name: {"dsn": dsn, "blobs": {"kind": "local", "path": str(root / "blobs" / name)}}
+            name: {"dsn": dsn, "blobs": (blobs or {}).get(name) or {"kind": "local",
+                                                                     "path": str(root / "blobs" / name)}}
             for name, dsn in cell_dsns.items()
         },
         "topology": {"address": listen if topology else None, "listen": listen, "tls": tls_config()},

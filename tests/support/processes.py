@@ -37,6 +37,18 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc}" if last_exc else ""))
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the process to be gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class RedisServer:
     """A redis-server of our own on a free port (so tests can restart or flush it freely)."""
 
@@ -64,13 +76,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def restart(self) -> None:
