@@ -24,7 +24,7 @@ from tests.faults.conftest import trials
 from tests.faults.invariants import check_completed, snapshot
 from tests.faults.report import ScenarioResult
 from tests.faults.writer import lost_writes
-from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move
+from tests.support.moves import HeldTable, migrator, wait_copying, wait_move
 from tests.support.processes import ROOT, base_env, wait_for
 
 pytestmark = pytest.mark.faults
@@ -55,10 +55,6 @@ def _finish(ff, result: ScenarioResult, move_id, org, source, target, before, by
     return move
 
 
-def _in_copy(move, store) -> bool:
-    return (move.step == "copy_rows" and copied_rows(store, move.id) > 0) or move.state not in ("queued", "running")
-
-
 def test_worker_sigkill_at_random_moments(faults):
     n = trials(5, 50)
     result = ScenarioResult("1. worker SIGKILL at a random moment")
@@ -84,58 +80,52 @@ def test_worker_sigkill_at_random_moments(faults):
 
 
 def _redis_fault(faults, action: str, strategy: str):
+    """Redis restarted (it keeps nothing on disk) or flushed while the copy runs.
+
+    The target's ``issues`` and ``notes`` are held (HeldTable), so both worker slots are busy with units
+    of those tables while the other tables' unit messages wait in the queue: the fault happens under a
+    running copy, and a flush provably loses messages the move needs, which only the reconciler can
+    send again (flushing only the running tasks' messages would lose nothing)."""
     result = ScenarioResult(f"2. Redis {action} mid-move ({strategy})")
     org, bystander = _seed(faults, 2)
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
     faults.worker()
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"redis {action}",
-                                             strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
-    lost = 0
-    if action == "restarted":
-        faults.redis.restart()
-    else:
-        lost = _flush_with_messages(faults, settings, move.id)
-        print(f"flushed {lost} message(s)")
+    target = faults.fleet.cell_dsns["cell-2"]
+    with HeldTable(target, "issues"), HeldTable(target, "notes"):
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"redis {action}",
+                                                 strategy=strategy)
+        wait_copying(settings, move.id)
+        lost = 0
+        if action == "restarted":
+            faults.redis.restart()
+        else:
+            lost = _flush_queued(faults, settings)
+            print(f"flushed {lost} queued message(s)")
     _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
     events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
     result.worker_restarts = faults.restarts
     result.save()
     assert result.violations == []
-    if lost:
-        assert "reconciled" in events, f"{lost} message(s) flushed: the reconciler should have rebuilt the queue"
+    if action == "flushed":
+        assert lost > 0, "no unit message was waiting in the queue when Redis was flushed"
+        assert "reconciled" in events, f"{lost} queued message(s) flushed: the reconciler should have sent them again"
 
 
-def _flush_with_messages(faults, settings, move_id, timeout: float = 30.0) -> int:
-    """FLUSHALL at a moment when the broker holds messages (queued or delivered but unacknowledged),
-    so the flush really loses work: fast units can leave Redis empty between two of them. Atomic
-    with the count (WATCH/MULTI). Returns how many messages were flushed (0: the move finished first)."""
+def _flush_queued(faults, settings, timeout: float = 60.0) -> int:
+    """FLUSHALL once unit messages wait in the queues (the two held units occupy both worker slots; the
+    rest of the copy's units are queued behind them). Returns how many queued messages were flushed."""
     import redis as redis_lib
 
     from migrator.moves.dispatch import all_queues
 
     client = redis_lib.Redis.from_url(faults.redis.url)
-    keys = [*all_queues(settings), "unacked"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if MoveStore(settings.control_dsn).get(move_id).state != "running":
-            return 0
-        with client.pipeline() as pipe:
-            try:
-                pipe.watch(*keys)
-                held = sum(pipe.llen(q) for q in keys[:-1]) + pipe.hlen("unacked")
-                if held:
-                    pipe.multi()
-                    pipe.flushall()
-                    pipe.execute()
-                    return held
-                pipe.unwatch()
-            except redis_lib.WatchError:
-                continue  # a message moved between the count and the flush: count again
-        time.sleep(0.01)
-    return 0
+    queues = all_queues(settings)
+    queued = wait_for(lambda: sum(client.llen(q) for q in queues), timeout=timeout,
+                      what="unit messages waiting in the queues")
+    client.flushall()
+    return queued
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "online"])
