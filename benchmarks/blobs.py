@@ -41,8 +41,8 @@ sys.path.insert(0, str(_HERE.parent))
 
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, MemorySampler, machine, stop_on_signals, wait_moves  # noqa: E402
-from tests.support.s3 import MotoServer, TcpProxy, use_test_credentials  # noqa: E402
+from benchmarks._fleet import BenchFleet, MemorySampler, bench_fleet, machine, stop_on_signals, wait_moves  # noqa: E402
+from migrator.fleet.s3_server import MotoServer, TcpProxy, use_test_credentials  # noqa: E402
 
 MB = 1024 * 1024
 TARGETS = {"ratio": 0.8, "rss_mib": 300.0}
@@ -152,7 +152,7 @@ def run(args) -> dict:
     use_test_credentials()
     lo_kb, hi_kb = (int(x) for x in args.small_kb.split("-"))
     result: dict = {"machine": machine(), "parallelism": args.parallelism, "small": {}, "large": {}}
-    with BenchFleet(cells=3, keep=args.keep) as fleet, MotoServer(fleet.workdir / "moto") as server:
+    with bench_fleet(cells=3, keep=args.keep) as fleet, MotoServer(fleet.workdir / "moto") as server:
         proxy = TcpProxy(server.port).start()
         buckets = {"cell-1": "bench-cell-1", "cell-2": "bench-cell-2", "cell-3": "bench-cell-3", "raw": "bench-raw"}
         server.create_buckets(*buckets.values())

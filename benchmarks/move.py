@@ -49,6 +49,7 @@ from psycopg import sql  # noqa: E402
 from benchmarks._fleet import (  # noqa: E402
     BenchFleet,
     MemorySampler,
+    bench_fleet,
     checkpoint,
     machine,
     probe_lines,
@@ -355,7 +356,7 @@ def run_config(strategy: str, workers: int, args, probe_file: Path) -> dict:
         moves["batch_rows"] = args.batch_rows
     if args.chunk_rows:
         moves["chunk_rows"] = args.chunk_rows
-    with BenchFleet(cells=3, moves=moves, keep=args.keep) as fleet:
+    with bench_fleet(cells=3, moves=moves, keep=args.keep) as fleet:
         tag = f"[{strategy}, {workers} worker(s)]"
         print(f"{tag} fleet {fleet.prefix} in {fleet.workdir}", file=sys.stderr, flush=True)
         fleet.init()

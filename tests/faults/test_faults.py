@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from migrator.fleet.processes import wait_for
+from migrator.fleet.services import child_env
 from migrator.moves.dispatch import Dispatcher
 from migrator.moves.operations import Operations
 from migrator.moves.runner import run_step
@@ -24,8 +26,8 @@ from tests.faults.conftest import trials
 from tests.faults.invariants import check_completed, snapshot
 from tests.faults.report import ScenarioResult
 from tests.faults.writer import lost_writes
+from tests.support import ROOT
 from tests.support.moves import HeldTable, migrator, wait_copying, wait_move
-from tests.support.processes import ROOT, base_env, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -203,7 +205,7 @@ def test_two_operators_at_the_same_moment(faults):
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
-    env = base_env(faults.fleet.config_path)
+    env = child_env(faults.fleet.config_path)
     cmd = [str(Path(sys.executable).parent / "migrator"), "move", "--org", str(org), "--json"]
     procs = [subprocess.Popen([*cmd, "--to", cell], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cell in ("cell-2", "cell-3")]
@@ -221,7 +223,7 @@ def test_two_operators_at_the_same_moment(faults):
 
 
 def _writer(faults, org: int, seconds: float, out: Path, seed: int) -> subprocess.Popen:
-    env = base_env(faults.fleet.config_path)
+    env = child_env(faults.fleet.config_path)
     return subprocess.Popen([sys.executable, "-m", "tests.faults.writer", "--org", str(org), "--seconds",
                              str(seconds), "--out", str(out), "--seed", str(seed), "--rate", "80"], env=env, cwd=ROOT)
 
@@ -338,68 +340,51 @@ class OwnCluster:
 def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, strategy):
     """Cell-2 runs on a PostgreSQL server of its own, stopped mid-copy and started again."""
     import shutil
+    import tempfile
 
-    from migrator.config import clear_settings_cache
-    from migrator.control.engine import upgrade_control_db
-    from tests.support.fleet import make_fleet
-    from tests.support.processes import RedisServer, free_port, start_topology_server
+    import yaml
+
+    from migrator.fleet.processes import free_port
+    from tests.faults.conftest import fault_fleet
 
     if shutil.which("runuser") is None:
         pytest.skip("runuser not available")
-    import tempfile
-
     # Outside pytest's root-only tmp tree: the postgres user must reach its data directory.
     cluster_root = Path(tempfile.mkdtemp(prefix="cm-pg-target-"))
     cluster = OwnCluster(cluster_root, free_port()).init()
     cluster.start()
-    redis = RedisServer(tmp_path / "redis").start()
-    fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url, overrides={
-        "moves": {"batch_rows": 250, "chunk_rows": 1500, "blob_batch": 5, "lease_ttl_s": 3, "stale_after_s": 5,
-                  "reconcile_every_s": 1}})
-    import yaml
 
-    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-        c.execute("CREATE DATABASE cell2")
-    cfg = yaml.safe_load(fleet.config_path.read_text())
-    cfg["cells"]["cell-2"]["dsn"] = cluster.dsn("cell2")
-    fleet.config_path.write_text(yaml.safe_dump(cfg))
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
-    clear_settings_cache()
-    from tests.faults.conftest import FaultFleet
+    def cell2_on_its_own_server(fleet):
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE cell2")
+        cfg = yaml.safe_load(fleet.config_path.read_text())
+        cfg["cells"]["cell-2"]["dsn"] = cluster.dsn("cell2")
+        fleet.config_path.write_text(yaml.safe_dump(cfg))
 
-    upgrade_control_db(fleet.control_dsn)
-    topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
-    ff = FaultFleet(fleet, redis, tmp_path)
     result = ScenarioResult(f"7. target database stopped mid-copy, then started ({strategy})")
     try:
-        fleet.init()
-        org, bystander = _seed(ff, 2, rows=5000)
-        settings = ff.settings
-        before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-        by = snapshot(settings, [(bystander, "cell-1")])
-        ff.worker()
-        # The copy is held on the target (HeldTable), so the server stops under a running copy, never after
-        # the move finished; stopping the server ends the hold.
-        hold = HeldTable(cluster.dsn("cell2"), "notes")
-        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down",
-                                                 strategy=strategy)
-        wait_copying(settings, move.id)
-        cluster.stop()
-        hold.release()
-        time.sleep(4)
-        cluster.start()
-        _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
-        events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
-        result.save()
-        assert result.violations == []
-        assert "retry" in events or result.failed_then_resumed, "the outage was never seen by the move"
+        with fault_fleet(tmp_path, monkeypatch, customize=cell2_on_its_own_server) as ff:
+            org, bystander = _seed(ff, 2, rows=5000)
+            settings = ff.settings
+            before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+            by = snapshot(settings, [(bystander, "cell-1")])
+            ff.worker()
+            # The copy is held on the target (HeldTable), so the server stops under a running copy, never
+            # after the move finished; stopping the server ends the hold.
+            hold = HeldTable(cluster.dsn("cell2"), "notes")
+            move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down",
+                                                     strategy=strategy)
+            wait_copying(settings, move.id)
+            cluster.stop()
+            hold.release()
+            time.sleep(4)
+            cluster.start()
+            _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
+            events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
+            result.save()
+            assert result.violations == []
+            assert "retry" in events or result.failed_then_resumed, "the outage was never seen by the move"
     finally:
-        for w in ff.workers:
-            w.kill()
-        topo.stop()
-        redis.stop()
-        clear_settings_cache()
-        fleet.drop()
         try:
             cluster.stop()
         except subprocess.CalledProcessError:

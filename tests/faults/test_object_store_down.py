@@ -2,7 +2,7 @@
 back, it completes without writing again any object that was finished before the stop.
 
 Everything is real: moto_server is a process, stopped (SIGTERM) and started again on the same port with
-the objects it had (tests/support/s3.py); the worker is a Celery process. The test holds the move at the
+the objects it had (migrator/fleet/s3_server.py); the worker is a Celery process. The test holds the move at the
 moment it acts (locks it takes and releases itself), so it never races the worker:
 
 1. a worker for the control and row queues only: the move stops at copy_blobs with its units queued;
@@ -20,63 +20,37 @@ import uuid
 import psycopg
 import pytest
 
+from migrator.fleet.processes import wait_for
+from migrator.fleet.s3_server import MotoServer, s3_blobs, use_test_credentials
 from migrator.seed import seed_organizations
+from tests.faults.conftest import fault_fleet
 from tests.integration.test_s3_moves import assert_blobs, blob_refs
 from tests.support.checks import org_checksums
-from tests.support.fleet import make_fleet
 from tests.support.moves import migrator, wait_move
-from tests.support.processes import RedisServer, start_topology_server, start_worker, wait_for
-from tests.support.s3 import MotoServer, s3_blobs, use_test_credentials
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.fixture
 def s3_fault_fleet(tmp_path, monkeypatch):
-    from migrator.config import clear_settings_cache
-    from migrator.control.engine import upgrade_control_db
-
     use_test_credentials(monkeypatch)
     server = MotoServer(tmp_path / "moto", record=True).start()
-    redis = RedisServer(tmp_path / "redis").start()
     tag = uuid.uuid4().hex[:10]
     buckets = {"cell-1": f"src-{tag}", "cell-2": f"dst-{tag}"}
     server.create_buckets(*buckets.values())
-    # One object at a time, two per checkpoint; one task retry, so an outage fails the move in seconds.
-    fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url, cells=2,
-                       blobs={c: s3_blobs(server, b) for c, b in buckets.items()},
-                       overrides={"moves": {"blob_batch": 2, "blob_workers": 1, "task_retries": 1,
-                                            "lease_ttl_s": 60, "stale_after_s": 120}})
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
-    clear_settings_cache()
-    upgrade_control_db(fleet.control_dsn)
-    topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
-    workers = []
     try:
-        fleet.init()
-        yield fleet, server, buckets, workers
+        # One object at a time, two per checkpoint; one task retry, so an outage fails the move in seconds.
+        with fault_fleet(tmp_path, monkeypatch, cells=2, blobs={c: s3_blobs(server, b) for c, b in buckets.items()},
+                         overrides={"moves": {"blob_batch": 2, "blob_workers": 1, "task_retries": 1,
+                                              "lease_ttl_s": 60, "stale_after_s": 120}}) as ff:
+            yield ff, server, buckets
     finally:
-        for w in workers:
-            w.kill()
-        topo.stop()
-        redis.stop()
         server.stop()
-        clear_settings_cache()
-        fleet.drop()
-
-
-def _worker(fleet, tmp_path, name: str, queues: str, concurrency: int):
-    from tests.integration.conftest import wait_until_ready
-
-    proc = start_worker(fleet.config_path, tmp_path / f"worker-{name}.log", name=name, concurrency=concurrency,
-                        queues=queues)
-    wait_until_ready(proc)
-    return proc
 
 
 def test_object_store_stopped_mid_copy_fails_resumably_and_resume_copies_nothing_twice(s3_fault_fleet, tmp_path):
-    fleet, server, buckets, workers = s3_fault_fleet
-    settings = fleet.settings()
+    ff, server, buckets = s3_fault_fleet
+    fleet, settings = ff.fleet, ff.settings
     [seeded] = seed_organizations(settings, "cell-1", orgs=1, rows=300, blobs=12, skew=False, seed=41)
     org = seeded.organization_id
     refs = blob_refs(settings, "cell-1", org)
@@ -90,7 +64,7 @@ def test_object_store_stopped_mid_copy_fails_resumably_and_resume_copies_nothing
         return {r.key for r in refs if _exists(target, buckets["cell-2"], r.key)}
 
     # 1. The move runs up to copy_blobs, whose units wait in the blob queue.
-    workers.append(_worker(fleet, tmp_path, "control", f"{prefix}control,{prefix}rows", 2))
+    ff.worker(concurrency=2, beat=False, queues=f"{prefix}control,{prefix}rows")
     started = migrator(fleet, "move", "--org", str(org), "--to", "cell-2", "--strategy", "frozen", "--json")
     assert started.returncode == 0, started.stderr
     move_id = json.loads(started.stdout)["id"]
@@ -101,7 +75,7 @@ def test_object_store_stopped_mid_copy_fails_resumably_and_resume_copies_nothing
           psycopg.connect(settings.control_dsn) as unit_lock):
         # 2. The uploads unit cannot read its first batch; the other two units copy everything.
         source_lock.execute("LOCK TABLE uploads IN ACCESS EXCLUSIVE MODE")
-        workers.append(_worker(fleet, tmp_path, "blobs", f"{prefix}blobs", 3))
+        ff.worker(concurrency=3, beat=False, queues=f"{prefix}blobs")
 
         def others_done_uploads_claimed(move, s) -> bool:
             units = {u.unit: u for u in s.units(move.id, "copy_blobs")}

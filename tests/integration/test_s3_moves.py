@@ -18,14 +18,13 @@ from migrator.blobs.store import open_store
 from migrator.cells.introspect import introspect
 from migrator.copy.spec import table_specs
 from migrator.dictionary import load_dictionary
+from migrator.fleet.processes import BIN, Process
+from migrator.fleet.s3_server import s3_blobs, use_test_credentials
+from migrator.fleet.services import child_env, wait_worker_ready
 from migrator.moves.store import MoveStore
 from migrator.seed import seed_organizations
-from tests.integration.conftest import wait_until_ready
 from tests.support.checks import org_checksums
-from tests.support.fleet import make_fleet
 from tests.support.moves import migrator
-from tests.support.processes import BIN, ManagedProcess, base_env
-from tests.support.s3 import s3_blobs, use_test_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +32,15 @@ MB = 1024 * 1024
 
 
 @pytest.fixture
-def fleet(tmp_path, redis_server, s3_server, monkeypatch):
+def fleet(fleet_factory, s3_server, monkeypatch):
     """Overrides conftest's fleet: cell-1 and cell-2 keep their blobs in two buckets of one S3 endpoint,
     cell-3 in a local directory."""
-    from migrator.config import clear_settings_cache
-
     use_test_credentials(monkeypatch)
     tag = uuid.uuid4().hex[:10]
     buckets = {"cell-1": f"cell-1-{tag}", "cell-2": f"cell-2-{tag}"}
     s3_server.create_buckets(*buckets.values())
-    f = make_fleet(tmp_path / "fleet", broker_url=redis_server.url, overrides={"moves": {"blob_workers": 4}},
-                   blobs={cell: s3_blobs(s3_server, bucket) for cell, bucket in buckets.items()})
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(f.config_path))
-    clear_settings_cache()
-    yield f
-    clear_settings_cache()
-    f.drop()
+    return fleet_factory(overrides={"moves": {"blob_workers": 4}},
+                         blobs={cell: s3_blobs(s3_server, bucket) for cell, bucket in buckets.items()})
 
 
 def blob_refs(settings, cell: str, org: int) -> list:
@@ -151,12 +143,12 @@ def test_units_on_two_workers_that_share_no_path(provisioned, s3_server, tmp_pat
             home = tmp_path / f"host-{name}"
             home.mkdir()
             (home / "migrator.yaml").write_text(yaml.safe_dump(config))
-            proc = ManagedProcess([str(BIN / "celery"), "-A", "tasks", "worker", "--loglevel=INFO", "--concurrency=2",
-                                   "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-Q", queues],
-                                  base_env(home / "migrator.yaml"), home / "worker.log", cwd=home).start()
+            proc = Process([str(BIN / "celery"), "-A", "tasks", "worker", "--loglevel=INFO", "--concurrency=2",
+                           "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-Q", queues],
+                           child_env(home / "migrator.yaml"), home / "worker.log", cwd=home).start()
             workers.append(proc)
         for proc in workers:
-            wait_until_ready(proc)
+            wait_worker_ready(proc)
         [seeded] = seed_organizations(settings, "cell-1", orgs=1, rows=300, blobs=9, skew=False, seed=32)
         org = seeded.organization_id
         refs = blob_refs(settings, "cell-1", org)

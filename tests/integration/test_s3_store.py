@@ -14,7 +14,7 @@ from migrator.blobs.copier import BlobRef, copy_blob, verify_blob
 from migrator.blobs.s3 import S3BlobStore
 from migrator.blobs.store import LocalBlobStore
 from migrator.errors import BlobChecksumMismatch, BlobMissing, BlobStoreRefused, BlobStoreUnavailable
-from tests.support.s3 import MotoServer, TcpProxy, use_test_credentials
+from migrator.fleet.s3_server import MotoServer, TcpProxy, use_test_credentials
 
 pytestmark = pytest.mark.integration
 

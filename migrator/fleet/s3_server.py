@@ -1,5 +1,6 @@
-"""A real S3-compatible server for tests and benchmarks: moto's standalone server (``moto_server``) as a
-process on a loopback port, reached over HTTP like any object store. Never an in-process mock.
+"""A real S3-compatible server for tests and benchmarks: moto's standalone server (``moto_server``, from the
+``moto[server]`` dev dependency) as a process on a loopback port, reached over HTTP like any object store.
+Never an in-process mock.
 
 moto keeps objects in memory. With ``record=True`` its recorder (``MOTO_ENABLE_RECORDING``) appends every
 request to a file and :meth:`MotoServer.restart` replays that file into the new process, so a server
@@ -15,12 +16,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.support.processes import BIN, free_port, terminate, wait_for
+from migrator.fleet.processes import BIN, Process, ProcessExited, free_port, wait_for
 
 # Credentials for the test server (moto accepts any); the worker processes inherit them.
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -44,7 +44,7 @@ class MotoServer:
         self.port = port or free_port()
         self.record = record
         self.recording = self.workdir / "moto-recording.jsonl"
-        self.proc: subprocess.Popen | None = None
+        self.proc: Process | None = None
         self.log_path = self.workdir / "moto.log"
 
     @property
@@ -56,14 +56,12 @@ class MotoServer:
         env = {**os.environ, **TEST_CREDENTIALS}
         if self.record:
             env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(self.recording))
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
-                                         env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self.proc = Process([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)], env, self.log_path,
+                            cwd=self.workdir).start()
 
         def up() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited:\n{self.log_path.read_text()[-2000:]}")
+            if not self.proc.alive():
+                raise ProcessExited(f"moto_server exited:\n{self.proc.log()[-2000:]}")
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
 
@@ -72,7 +70,8 @@ class MotoServer:
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL): the endpoint refuses connections until restarted."""
-        terminate(self.proc)
+        if self.proc is not None:
+            self.proc.stop(timeout=10)
         self.proc = None
 
     def restart(self) -> None:
