@@ -147,7 +147,7 @@ def rates(count: int, nbytes: int, seconds: float) -> dict:
 
 
 def run(args) -> dict:
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     use_test_credentials()
     lo_kb, hi_kb = (int(x) for x in args.small_kb.split("-"))

@@ -55,7 +55,7 @@ def _stats(values: list[float]) -> dict:
 
 def run(args) -> dict:
     from migrator.moves.operations import Operations
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     moves_cfg = {}
     if args.batch_rows:

@@ -102,7 +102,7 @@ def run(args) -> dict:
     from migrator.cells.guard import freeze_org, install_guard, unfreeze_org, uninstall_guard
     from migrator.cells.introspect import introspect
     from migrator.dictionary import load_dictionary
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     with bench_fleet(cells=1, keep=args.keep) as fleet:
         fleet.init()

@@ -5,7 +5,7 @@
 For each worker count W in ``--workers`` (a fresh set of cells each time, so every run starts equal):
 
 1. seed one organization of ``--rows`` rows and ``--blobs`` blobs into a source cell
-   (``migrator.seed``), then ``VACUUM ANALYZE`` it (a settled cell, as in production);
+   (``migrator.sample.seed``), then ``VACUUM ANALYZE`` it (a settled cell, as in production);
 2. **raw copy**: per organization table, in copy order, ``COPY (SELECT cols FROM t WHERE <org
    predicate>) TO STDOUT (FORMAT BINARY)`` on the source piped into ``COPY t FROM STDIN (FORMAT
    BINARY)`` on a scratch cell (an empty database with the target's schema, guard and indexes), one
@@ -349,7 +349,7 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
 
 # ----------------------------------------------------------------------------- one configuration
 def run_config(strategy: str, workers: int, args, probe_file: Path) -> dict:
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     moves = {}
     if args.batch_rows:

@@ -100,7 +100,7 @@ def verify_tasks(probe_file: Path | None, move_id) -> dict | None:
 def one_move(fleet: BenchFleet, strategy: str, rows: int, rate: float, seed: int, workdir: Path,
              probe_file: Path | None = None) -> dict:
     from migrator.moves.operations import Operations
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
     from migrator.topology.client import topology_client
     from tests.faults.writer import lost_writes
 

@@ -339,7 +339,7 @@ class Settings(BaseSettings):
             if not path.is_absolute() and self.config_path:
                 path = Path(self.config_path).parent / path
             return path
-        from migrator.dictionary import SAMPLE_DICTIONARY_PATH
+        from migrator.sample import SAMPLE_DICTIONARY_PATH
 
         return SAMPLE_DICTIONARY_PATH
 

@@ -37,8 +37,10 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-# Move states in which a move holds its organization (at most one per organization).
+# Move states in which a move holds its organization (at most one per organization: the partial unique
+# index below), and the ones it ends in. ``migrator/moves/workflow.py`` names them for the workflow.
 ACTIVE_MOVE_STATES = ("queued", "running", "paused", "failed", "aborting")
+TERMINAL_MOVE_STATES = ("completed", "aborted", "rejected", "cleaned")
 
 
 class Base(DeclarativeBase):

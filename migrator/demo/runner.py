@@ -158,9 +158,9 @@ def _print_seeded(seeded: list, out: Console) -> None:
 
 def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
     from migrator.cells.provision import init_cells
-    from migrator.cli.moves import watch_move
     from migrator.moves.operations import Operations
-    from migrator.seed import seed_organizations
+    from migrator.moves.watch import watch_move
+    from migrator.sample.seed import seed_organizations
     from migrator.topology.client import topology_client
 
     settings = fleet.settings()

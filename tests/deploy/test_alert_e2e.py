@@ -21,7 +21,7 @@ import yaml
 from migrator.fleet.processes import BIN, Process, free_port, wait_for
 from migrator.fleet.services import child_env
 from migrator.moves.store import MoveStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from tests.deploy.conftest import DEPLOY
 from tests.support.fleet import start_worker
 

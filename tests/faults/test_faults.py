@@ -20,7 +20,7 @@ from migrator.moves.dispatch import Dispatcher
 from migrator.moves.operations import Operations
 from migrator.moves.runner import run_step
 from migrator.moves.store import MoveStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.faults.conftest import trials
 from tests.faults.invariants import check_completed, snapshot

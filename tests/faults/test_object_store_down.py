@@ -22,7 +22,7 @@ import pytest
 
 from migrator.fleet.processes import wait_for
 from migrator.fleet.s3_server import MotoServer, s3_blobs, use_test_credentials
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from tests.faults.conftest import fault_fleet
 from tests.integration.test_s3_moves import assert_blobs, blob_refs
 from tests.support.checks import org_checksums

@@ -206,7 +206,7 @@ def test_preflight_names_a_missing_table_and_a_missing_column_and_refuses(adopte
 
 
 def test_a_schema_named_migrator_of_the_application_is_never_taken_over(scratch_db):
-    from migrator.cells.provision import claim_namespace, namespace_state
+    from migrator.cells.namespace import claim_namespace, namespace_state
     from migrator.cells.uninstall import uninstall_cell
     from migrator.errors import MigratorError
 

@@ -11,7 +11,7 @@ import pytest
 from migrator.blobs.store import open_store
 from migrator.fleet.processes import BIN
 from migrator.fleet.services import child_env
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import duplicate_keys, org_checksums
 

@@ -11,7 +11,7 @@ import pytest
 
 from migrator.blobs.store import open_store
 from migrator.moves.operations import Operations
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import org_checksums
 from tests.support.moves import migrator, wait_move

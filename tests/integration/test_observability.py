@@ -12,7 +12,7 @@ import yaml
 
 from migrator.fleet.processes import BIN, Process, free_port, wait_for
 from migrator.fleet.services import child_env
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from tests.support.listeners import listening_on
 from tests.support.moves import migrator
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from migrator.fleet.services import child_env
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.faults.invariants import blob_violations
 from tests.faults.writer import lost_writes

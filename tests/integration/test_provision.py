@@ -9,8 +9,9 @@ import pytest
 from psycopg import sql
 
 from migrator.cells.guard import FROZEN_SQLSTATE, freeze_org
-from migrator.cells.provision import SAMPLE_SCHEMA_PATH, cell_stats, init_cells
+from migrator.cells.provision import cell_stats, init_cells
 from migrator.errors import ConfigError, UnknownCell
+from migrator.sample import SAMPLE_SCHEMA_PATH
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import pytest
 from migrator.fleet.processes import wait_for
 from migrator.rebalance.readings import refresh_readings
 from migrator.rebalance.store import RebalanceStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.api import TOKEN, alertmanager_payload, auth, configure, start_api
 from tests.support.moves import migrator, wait_move

@@ -22,7 +22,7 @@ from migrator.fleet.processes import BIN, Process
 from migrator.fleet.s3_server import s3_blobs, use_test_credentials
 from migrator.fleet.services import child_env, wait_worker_ready
 from migrator.moves.store import MoveStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from tests.support.checks import org_checksums
 from tests.support.moves import migrator
 

@@ -9,8 +9,9 @@ import pytest
 
 from migrator.cells.introspect import introspect
 from migrator.cells.provision import apply_sample_schema
-from migrator.dictionary import SAMPLE_DICTIONARY_PATH, load_dictionary
+from migrator.dictionary import load_dictionary
 from migrator.dictionary.check import check_schema
+from migrator.sample import SAMPLE_DICTIONARY_PATH
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration

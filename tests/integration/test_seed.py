@@ -13,7 +13,7 @@ from migrator.blobs.store import open_store
 from migrator.errors import MigratorError
 from migrator.fleet.processes import BIN
 from migrator.fleet.services import child_env
-from migrator.seed import (
+from migrator.sample.seed import (
     MIN_ORG_ROWS,
     ORG_TABLES,
     plan_blob_counts,

@@ -1,6 +1,6 @@
 """Seed a provisioned cell with sample organizations (``migrator seed``).
 
-Each organization gets a tree of rows over the sample schema (migrator/cells/sample_schema.sql) in
+Each organization gets a tree of rows over the sample schema (migrator/sample/schema.sql) in
 realistic proportions (notes and issues largest, label links and CI builds sizeable), plus blobs
 in the cell's blob store that its uploads, LFS objects and some CI builds reference by key, sha256
 and size. Rows are generated *inside* PostgreSQL (``INSERT ... SELECT FROM generate_series``), one
