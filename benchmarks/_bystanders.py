@@ -69,7 +69,7 @@ def _clone_sql(conn, table: str) -> sql.Composable:
 
 def seed_template(settings, cell: str, rows: int = TEMPLATE_ROWS):
     """The organization every bystander is a clone of (the cell must hold no other organization yet)."""
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     (org,) = seed_organizations(settings, cell, orgs=1, rows=rows, blobs=0, skew=False, seed=7)
     return org

@@ -4,7 +4,7 @@
 each pool process it wraps, without changing what they do:
 
 * the data work of a unit: ``copy_range`` (copy_rows) and ``range_checksum(s)`` (verify), as
-  called from ``migrator.moves.units``;
+  called from the step modules ``migrator.moves.steps.copy_rows`` and ``…steps.verify``;
 * the checkpoints written to the control database in between (``MoveStore.checkpoint_unit``),
 
 and appends one JSON line per task to ``$BENCH_PROBE_FILE``: task name, unit, wall-clock start and
@@ -47,13 +47,14 @@ def _timed(fn, name: str):
 
 
 def install() -> None:
-    from migrator.moves import units
+    from migrator.moves.steps import copy_rows, verify
     from migrator.moves.store import MoveStore
 
-    for attr, name in (("copy_range", "copy"), ("range_checksum", "checksum"), ("range_checksums", "checksum")):
-        fn = getattr(units, attr, None)
-        if fn is not None and not getattr(fn, "__bench_probe__", False):
-            setattr(units, attr, _timed(fn, name))
+    for module in (copy_rows, verify):
+        for attr, name in (("copy_range", "copy"), ("range_checksum", "checksum"), ("range_checksums", "checksum")):
+            fn = getattr(module, attr, None)
+            if fn is not None and not getattr(fn, "__bench_probe__", False):
+                setattr(module, attr, _timed(fn, name))
     if not getattr(MoveStore.checkpoint_unit, "__bench_probe__", False):
         MoveStore.checkpoint_unit = _timed(MoveStore.checkpoint_unit, "checkpoint")
 

@@ -13,7 +13,7 @@ One run, one fleet (databases ``cmb_<hex>_*``, dropped at the end):
 - **grown** phase: the same source grown to ``--growth`` times its bystanders (same target).
 
 In each phase a ``--small`` (``--repeat`` times, medians reported) and a ``--large`` organization are
-moved with each strategy (a fresh organization per move, seeded with ``migrator.seed``), then cleaned
+moved with each strategy (a fresh organization per move, seeded with ``migrator.sample.seed``), then cleaned
 up (``run_cleanup``, forced).
 For each move, measured in the same run on the same rows:
 
@@ -45,7 +45,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from benchmarks import _bystanders as bystanders  # noqa: E402
-from benchmarks._fleet import BenchFleet, checkpoint, machine, stop_on_signals, wait_moves  # noqa: E402
+from benchmarks._fleet import BenchFleet, bench_fleet, checkpoint, machine, stop_on_signals, wait_moves  # noqa: E402
 from benchmarks.move import _specs, quiet_autovacuum, raw_copy, step_times, truncate_org_tables  # noqa: E402
 
 STEPS = ("preflight", "copy_rows", "verify", "catch_up", "cleanup")
@@ -80,7 +80,7 @@ def analyze_org_tables(dsn: str) -> None:
 
 # ----------------------------------------------------------------------------- one move
 def seed(fleet: BenchFleet, cell: str, rows: int, blobs: int) -> int:
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     (org,) = seed_organizations(fleet.settings(), cell, orgs=1, rows=rows, blobs=blobs, skew=False, seed=rows)
     return org.organization_id
@@ -103,8 +103,8 @@ def quiet_machine(max_load: float | None, max_wait: float) -> float:
 def measure(fleet: BenchFleet, phase: str, size: str, strategy: str, org: int, source: str, target: str,
             args) -> dict:
     """Raw copy, the move, raw checksum, cleanup: one organization, one strategy."""
-    from migrator.moves.cleanup import run_cleanup
     from migrator.moves.operations import Operations
+    from migrator.moves.steps.cleanup import run_cleanup
     from migrator.moves.store import MoveStore
 
     settings = fleet.settings()
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "scale", "command": " ".join(["benchmarks/scale.py", *(argv or sys.argv[1:])]),
               "machine": machine(), "params": {k: v for k, v in vars(args).items() if k != "json_path"},
               "targets": TARGETS, "cells": {}, "runs": []}
-    with BenchFleet(cells=5, keep=args.keep) as fleet:
+    with bench_fleet(cells=5, keep=args.keep) as fleet:
         log(f"fleet {fleet.prefix} in {fleet.workdir}")
         fleet.init()
         settings = fleet.settings()

@@ -30,15 +30,60 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Keys that would put a credential into the config file: refused with a message saying where they go.
+_CREDENTIAL_KEYS = {"access_key", "access_key_id", "aws_access_key_id", "secret_key", "secret_access_key",
+                    "aws_secret_access_key", "session_token", "aws_session_token", "password", "credentials"}
+
+
 class BlobStoreConfig(_Strict):
-    """Where a cell keeps its objects. ``local``: a directory; ``s3``: an S3-compatible bucket."""
+    """Where a cell keeps its objects. ``local``: a directory; ``s3``: an S3-compatible bucket.
+
+    S3 credentials never go in this file: boto3 finds them in the environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), a shared profile (``profile``), or the instance or
+    container role. See docs/deploy.md, "Object storage".
+    """
 
     kind: Literal["local", "s3"] = "local"
     path: str | None = None
     bucket: str | None = None
     prefix: str = ""
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None  # None: AWS S3 itself (region picks the endpoint)
     region: str | None = None
+    # A named profile of ~/.aws/config (its credentials or role); None: boto3's default chain.
+    profile: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    ca_bundle: str | None = None  # a CA file for a TLS endpoint with a private CA
+    # Copy inside the object store (CopyObject / UploadPartCopy) when source and target share an endpoint
+    # and profile: no object byte passes through the workers. False: always stream through the worker.
+    server_side_copy: bool = True
+    # Objects from this size on are uploaded in parts of multipart_chunk_mb, max_concurrency parts at a
+    # time (boto3's transfer manager; at most max_concurrency parts in memory). S3's smallest part is 5 MiB.
+    multipart_threshold_mb: int = Field(default=8, ge=5)
+    multipart_chunk_mb: int = Field(default=8, ge=5)
+    max_concurrency: int = Field(default=8, ge=1, le=64)
+    # Tries of each S3 call or object copy on a transient error (5xx, throttling, connection refused or
+    # reset, timeout), with exponential backoff; then the task is retried (moves.task_retries).
+    retry_attempts: int = Field(default=5, ge=1, le=20)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            found = sorted(k for k in data if str(k).lower() in _CREDENTIAL_KEYS)
+            if found:
+                raise ValueError(
+                    f"{', '.join(found)}: credentials are never read from the config file; set "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment, name a profile, or use an "
+                    "instance role (docs/deploy.md)")
+        return data
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> BlobStoreConfig:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("kind s3 needs a bucket")
+        return self
 
 
 class CellConfig(_Strict):
@@ -52,13 +97,36 @@ class CellConfig(_Strict):
         return mask_dsn(self.dsn)
 
 
+class TopologyTlsConfig(_Strict):
+    """Mutual TLS of the Topology Service (docs/adr/0013-topology-mtls.md); paths are relative to the
+    config file. ``migrator topology certs init DIR`` makes all of them."""
+
+    # The CA that signs the server's and every client's certificate (both sides trust only it).
+    ca: str
+    # The server's certificate and key (`migrator topology serve`).
+    server_cert: str | None = None
+    server_key: str | None = None
+    # This process's client certificate and key; the certificate's OU is its role (reader, mover, admin).
+    client_cert: str | None = None
+    client_key: str | None = None
+    # The name clients expect in the server's certificate (default: the host of topology.address;
+    # "localhost" for a unix: address).
+    server_name: str | None = None
+
+
 class TopologyConfig(_Strict):
     # Where workers and the CLI reach the Topology Service (gRPC). None: use it in-process.
     address: str | None = "127.0.0.1:50051"
     listen: str = "127.0.0.1:50051"
+    # TLS with client certificates. Without it the server listens on loopback (or a unix socket)
+    # only, and every local caller may do anything, unless `insecure: true`.
+    tls: TopologyTlsConfig | None = None
+    # Serve (and call) without TLS on a non-loopback address: anyone who reaches the port may change
+    # any route. Only for a network where nothing else runs.
+    insecure: bool = False
     # Size of the ID range each cell's sequences get.
-    sequence_block: int = 1_000_000_000_000
-    notify_channel: str = "topology_routes"
+    sequence_block: int = Field(default=1_000_000_000_000, ge=1)
+    notify_channel: str = Field(default="topology_routes", min_length=1, max_length=63)
 
 
 class MoveConfig(_Strict):
@@ -67,23 +135,34 @@ class MoveConfig(_Strict):
     # Rows per COPY batch (one target transaction, one checkpoint) and per parallel key range (one
     # unit task). Equal by default: a range is copied as one batch, so its split needs no sorting
     # scan, and a crash re-copies at most one range (~1-2 s of work). See docs/performance.md.
-    batch_rows: int = 200_000
-    chunk_rows: int = 200_000
-    blob_batch: int = 200
+    batch_rows: int = Field(default=200_000, ge=1)
+    chunk_rows: int = Field(default=200_000, ge=1)
+    blob_batch: int = Field(default=200, ge=1)
+    # Threads copying (and verifying) one blob unit's objects at once; a batch's checkpoint waits for all of it.
+    blob_workers: int = Field(default=8, ge=1, le=64)
+    # Retries of a step or unit task after a transient error (a cell database or object store that does
+    # not answer), with backoff 1, 2, 4 … 60 s; then the move fails and can be resumed.
+    task_retries: int = Field(default=8, ge=0)
     # How verify hashes a row (docs/adr/0010-verify-row-hash.md): "hash" sums PostgreSQL's 64-bit
     # hash of the row's values (hash_record_extended; text form for columns it cannot hash), "text"
     # the 64-bit md5 prefix of the row's text form (3x slower; for cells on PostgreSQL < 14 or of
     # different byte order). Both sides of a move always use the same one.
     checksum: Literal["hash", "text"] = "hash"
-    drain_timeout_s: float = 60.0
-    lease_ttl_s: float = 60.0
+    drain_timeout_s: float = Field(default=60.0, gt=0)
+    lease_ttl_s: float = Field(default=60.0, gt=0)
     # The reconciler re-enqueues a running move whose heartbeat is older than this.
-    stale_after_s: float = 90.0
-    reconcile_every_s: float = 30.0
-    retention_hours: float = 168.0
+    stale_after_s: float = Field(default=90.0, gt=0)
+    reconcile_every_s: float = Field(default=30.0, gt=0)
+    # Inside the write window (freeze … flip) a crash must cost seconds: a step or unit there holds a
+    # short lease that a heartbeat thread renews, the reconciler looks at such moves this often, and
+    # re-enqueues one whose heartbeat is older than window_stale_after_s (docs/adr/0012-the-write-window.md).
+    window_lease_ttl_s: float = Field(default=3.0, gt=0)
+    window_stale_after_s: float = Field(default=4.0, gt=0)
+    window_reconcile_every_s: float = Field(default=1.0, gt=0)
+    retention_hours: float = Field(default=168.0, ge=0)
     # Estimates used by preflight until measured rates exist.
-    est_rows_per_s: float = 100_000.0
-    est_blob_bytes_per_s: float = 100_000_000.0
+    est_rows_per_s: float = Field(default=100_000.0, gt=0)
+    est_blob_bytes_per_s: float = Field(default=100_000_000.0, gt=0)
     # Copy with FK and user triggers disabled on the target session (needs superuser or
     # GRANT SET ON PARAMETER session_replication_role). See docs/adr/0004-copy-path.md.
     disable_target_triggers: bool = True
@@ -101,9 +180,9 @@ class MoveConfig(_Strict):
 class CeleryConfig(_Strict):
     result_backend: str | None = None
     queue_prefix: str = ""
-    visibility_timeout_s: int = 7200
-    task_soft_time_limit_s: int = 3000
-    task_time_limit_s: int = 3600
+    visibility_timeout_s: int = Field(default=7200, ge=1)
+    task_soft_time_limit_s: int = Field(default=3000, ge=1)
+    task_time_limit_s: int = Field(default=3600, ge=1)
 
 
 class ApiConfig(_Strict):
@@ -116,6 +195,8 @@ class ApiConfig(_Strict):
     previous_tokens: list[Annotated[str, Field(min_length=16)]] = Field(default_factory=list)
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=1, le=65535)
+    # Largest request body accepted (bytes); a bigger one is refused with 413 before it is read.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
 class CellThresholds(_Strict):
@@ -155,6 +236,9 @@ class RebalanceConfig(_Strict):
     readings_max_age_s: float = Field(default=120.0, ge=0)
     # At most this many organizations in one plan.
     max_plan_moves: int = Field(default=20, ge=1)
+    # At most one plan per cell from alerts and the tick in this many seconds: an alert storm for a
+    # cell costs one plan, the rest are noted against it (operators' plans are not limited).
+    plan_cooldown_s: float = Field(default=600.0, ge=0)
 
     def thresholds(self, cell: str) -> CellThresholds:
         override = self.cells.get(cell)
@@ -189,7 +273,9 @@ class OnlineConfig(_Strict):
 class ObservabilityConfig(_Strict):
     # Port on which each worker's main process serves its pool's metrics (None: no endpoint).
     # Several workers on one host: give each its own port (MIGRATOR_OBSERVABILITY__WORKER_METRICS_PORT).
-    worker_metrics_port: int | None = None
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Address of that endpoint (unauthenticated, so loopback unless Prometheus scrapes from elsewhere).
+    worker_metrics_addr: str = "127.0.0.1"
     # Directory for prometheus-client's multiprocess files (default: a fresh one per worker).
     multiproc_dir: str | None = None
     log_format: Literal["text", "json"] = "text"
@@ -253,7 +339,7 @@ class Settings(BaseSettings):
             if not path.is_absolute() and self.config_path:
                 path = Path(self.config_path).parent / path
             return path
-        from migrator.dictionary import SAMPLE_DICTIONARY_PATH
+        from migrator.sample import SAMPLE_DICTIONARY_PATH
 
         return SAMPLE_DICTIONARY_PATH
 
@@ -285,6 +371,18 @@ def _expand_env(value: Any, where: str = "") -> Any:
     return value
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where (line and column, 1-based) and what, instead of PyYAML's multi-line dump."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    context = getattr(exc, "context", None)
+    if context:
+        what = f"{what} ({context})"
+    if mark is None:
+        return what
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
 def config_path_from_env() -> Path:
     return Path(os.environ.get("MIGRATOR_CONFIG", DEFAULT_CONFIG_PATH))
 
@@ -297,7 +395,8 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
         try:
             loaded = yaml.safe_load(cfg_path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}", "fix the YAML syntax") from None
+            raise ConfigError(f"config file {cfg_path} is not valid YAML: {yaml_problem(exc)}",
+                              "fix the YAML syntax there") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {cfg_path} must be a mapping of keys", "see README.md, Configuration")
         data = _expand_env(loaded)

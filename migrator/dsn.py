@@ -12,19 +12,41 @@ import re
 
 MASK = "***"
 
-# scheme://user:password@  -> scheme://user:***@
-_URL_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
+# scheme://user:password@host  -> scheme://user:***@host; the password runs to the authority's last '@'
+_URL_USERINFO = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<rest>\S*)")
 # password=secret / password='sec ret'
 _KV_PASSWORD = re.compile(r"(?P<pre>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s]+)", re.IGNORECASE)
 # ?password=secret&...  in URL query strings
 _QUERY_PASSWORD = re.compile(r"(?P<pre>[?&]password=)(?P<pw>[^&\s]+)", re.IGNORECASE)
 
 
+def _password_end(rest: str) -> int | None:
+    """Index of the '@' that ends the password in ``rest`` (what follows ``scheme://user:``): the last
+    '@' of the authority. A password may hold unescaped '@', '/', ':' (libpq would choke on some, an
+    error message would still print them), so the authority is taken to run until a '?' or '#' that
+    follows an '@'; when in doubt more is masked, never less."""
+    cut = None
+    for i, ch in enumerate(rest):
+        if ch == "@":
+            cut = i
+        elif ch in "?#" and cut is not None:
+            break
+    return cut
+
+
+def _mask_userinfo(m: re.Match) -> str:
+    rest = m["rest"]
+    cut = _password_end(rest)
+    if cut is None:  # no credentials (scheme://host:port/...)
+        return m.group(0)
+    return f"{m['pre']}{MASK}{rest[cut:]}"
+
+
 def redact(text: str) -> str:
     """Return ``text`` with every password of every DSN in it replaced by ``***``."""
     if not text:
         return text
-    text = _URL_PASSWORD.sub(lambda m: f"{m['pre']}{MASK}{m['post']}", text)
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
     text = _QUERY_PASSWORD.sub(lambda m: f"{m['pre']}{MASK}", text)
     text = _KV_PASSWORD.sub(lambda m: f"{m['pre']}{MASK}", text)
     return text

@@ -12,16 +12,18 @@ class MigratorError(Exception):
     code = "migrator_error"
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, **extra):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # Plain data a script may need besides the message (e.g. the id of a move that was recorded).
+        self.extra = extra
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
     def as_dict(self) -> dict:
-        return {"code": self.code, "message": self.message, "hint": self.hint}
+        return {"code": self.code, "message": self.message, "hint": self.hint, **self.extra}
 
 
 class ConfigError(MigratorError):
@@ -87,6 +89,20 @@ class CellUnavailable(MigratorError):
     code = "cell_unavailable"
 
 
+class BlobStoreUnavailable(CellUnavailable):
+    """A cell's object store does not answer (after its retries). Transient like a cell database: the
+    task is retried with backoff, then the move fails and can be resumed (docs/runbooks/object-store-down.md)."""
+
+    code = "blob_store_unavailable"
+
+
+class BlobStoreRefused(MigratorError):
+    """A cell's object store answered with a refusal that retrying will not change (access denied, no such
+    bucket, invalid request)."""
+
+    code = "blob_store_refused"
+
+
 class DrainTimeout(MigratorError):
     code = "drain_timeout"
 
@@ -97,6 +113,13 @@ class StaleToken(MigratorError):
     code = "stale_token"
 
 
+class LeaseLost(MigratorError):
+    """Another execution took over a unit or step this one worked on (its lease lapsed): this one stops,
+    the other carries on. Not a failure of the move."""
+
+    code = "lease_lost"
+
+
 class StaleVersion(MigratorError):
     """A compare-and-set on a route saw another version than expected."""
 
@@ -105,3 +128,27 @@ class StaleVersion(MigratorError):
 
 class RouteFrozen(MigratorError):
     code = "route_frozen"
+
+
+class PermissionDenied(MigratorError):
+    """An authenticated caller whose role does not allow the call (Topology Service)."""
+
+    code = "permission_denied"
+
+
+class Unauthenticated(MigratorError):
+    """A caller without valid credentials."""
+
+    code = "unauthenticated"
+
+
+class GuardrailExceeded(MigratorError):
+    """A move would exceed a concurrency limit (rebalance.max_moves_per_cell / max_moves_total)."""
+
+    code = "guardrail_exceeded"
+
+
+class BrokerUnavailable(MigratorError):
+    """The broker (Redis) did not take a message; what was recorded stays recorded."""
+
+    code = "broker_unavailable"

@@ -11,7 +11,7 @@ from celery.signals import worker_process_init
 
 from migrator.config import get_settings
 from migrator.dsn import install_log_masking
-from migrator.moves.dispatch import TASK_QUEUES, broker_transport_options, kombu_queues, queue_name
+from migrator.moves.dispatch import broker_transport_options, kombu_queues, queue_name, task_queues
 from tasks import observability as worker_observability
 
 settings = get_settings()
@@ -37,7 +37,7 @@ app.conf.update(
     task_queues=kombu_queues(settings),
     task_create_missing_queues=False,
     task_default_queue=queue_name(settings, "control"),
-    task_routes={name: {"queue": queue_name(settings, q)} for name, q in TASK_QUEUES.items()},
+    task_routes={name: {"queue": queue_name(settings, q)} for name, q in task_queues().items()},
     worker_hijack_root_logger=True,
     beat_schedule={
         "collect-abandoned-captures": {"task": "migrator.collect_captures", "schedule": settings.online.collect_every_s,
@@ -46,6 +46,11 @@ app.conf.update(
         "reconcile-moves": {"task": "migrator.reconcile", "schedule": settings.moves.reconcile_every_s,
                             "options": {"queue": queue_name(settings, "control"),
                                         "expires": settings.moves.reconcile_every_s}},
+        # Moves inside their write window: every second (a crashed worker there costs refused writes).
+        "reconcile-window-moves": {"task": "migrator.reconcile", "schedule": settings.moves.window_reconcile_every_s,
+                                   "kwargs": {"window_only": True},
+                                   "options": {"queue": queue_name(settings, "control"),
+                                               "expires": settings.moves.window_reconcile_every_s}},
         # The rebalancer: capacity readings into the cache, and pending plan items started as slots free.
         "rebalance-readings": {"task": "migrator.rebalance_readings", "schedule": settings.rebalance.readings_every_s,
                                "options": {"queue": queue_name(settings, "control"),

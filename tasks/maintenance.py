@@ -6,14 +6,15 @@ import uuid
 
 from migrator.config import get_settings
 from migrator.db import is_transient
-from migrator.moves.abort import run_abort
-from migrator.moves.cleanup import run_cleanup
+from migrator.moves import steps
 from migrator.moves.dispatch import Dispatcher
 from migrator.moves.reconciler import reconcile
+from migrator.moves.steps.abort import FLIPPED, run_abort
+from migrator.moves.steps.cleanup import run_cleanup
 from tasks.app import app
 
 
-@app.task(name="migrator.abort", bind=True, max_retries=20)
+@app.task(name=steps.get("abort").task, bind=True, max_retries=20)
 def abort_task(self, move_id: str, organization_id: int, token: str):
     try:
         result = run_abort(get_settings(), move_id, token, owner=f"{self.request.id}:{uuid.uuid4().hex[:12]}")
@@ -21,7 +22,7 @@ def abort_task(self, move_id: str, organization_id: int, token: str):
         if is_transient(exc):
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60)) from None
         raise
-    if result == "flipped":
+    if result == FLIPPED:
         move_store_dispatch(move_id, "unfreeze")
     return result
 
@@ -34,7 +35,7 @@ def move_store_dispatch(move_id: str, step: str) -> None:
     Dispatcher(settings, app).step(move, step)
 
 
-@app.task(name="migrator.cleanup", bind=True, max_retries=10)
+@app.task(name=steps.get("cleanup").task, bind=True, max_retries=10)
 def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, actor: str = ""):
     try:
         owner = f"{self.request.id}:{uuid.uuid4().hex[:12]}"
@@ -48,7 +49,7 @@ def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, 
 @app.task(name="migrator.collect_captures")
 def collect_captures_task():
     """Remove change captures (and their logs) whose online move ended without removing them."""
-    from migrator.moves.online import collect_abandoned
+    from migrator.moves.change_log import collect_abandoned
     from migrator.moves.store import MoveStore
 
     settings = get_settings()
@@ -56,6 +57,6 @@ def collect_captures_task():
 
 
 @app.task(name="migrator.reconcile")
-def reconcile_task():
+def reconcile_task(window_only: bool = False):
     settings = get_settings()
-    return reconcile(settings, Dispatcher(settings, app))
+    return reconcile(settings, Dispatcher(settings, app), window_only=window_only)

@@ -1,5 +1,7 @@
-"""Worker-side observability: multiprocess metrics served by the worker's main process, JSON logs,
-Flower's basic auth from the config. ``prepare`` runs before any metric is created."""
+"""Worker-side observability: multiprocess metrics served by the worker's main process (on
+``observability.worker_metrics_addr``, loopback by default), JSON logs, Flower's basic auth from the
+config and its refusal to serve unauthenticated beyond loopback. ``prepare`` runs before any metric
+is created."""
 
 from __future__ import annotations
 
@@ -15,11 +17,41 @@ def _is_worker() -> bool:
     return "worker" in sys.argv[1:]
 
 
+def _is_flower() -> bool:
+    return "flower" in sys.argv[1:]
+
+
+def guard_flower() -> None:
+    """Wrap Flower's start so it binds loopback by default and refuses to serve unauthenticated elsewhere
+    (migrator/observability/flower.py). Runs when this app is loaded by ``celery ... flower``."""
+    from flower.app import Flower
+
+    if getattr(Flower.start_http_server, "_migrator_guarded", False):
+        return
+    original = Flower.start_http_server
+
+    def start_http_server(self):
+        import logging
+
+        from migrator.observability.flower import check_flower
+
+        problem = check_flower(self.options)
+        if problem:
+            logging.getLogger("flower").error(problem)
+            raise SystemExit(2)
+        return original(self)
+
+    start_http_server._migrator_guarded = True
+    Flower.start_http_server = start_http_server
+
+
 def prepare(settings) -> None:
     """Environment that must exist before prometheus-client and Flower read it."""
     obs = settings.observability
     if obs.flower_basic_auth:
         os.environ.setdefault("FLOWER_BASIC_AUTH", obs.flower_basic_auth)
+    if _is_flower():
+        guard_flower()
     if obs.worker_metrics_port and _is_worker():
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             path = obs.multiproc_dir or os.path.join(tempfile.gettempdir(),
@@ -49,7 +81,7 @@ def connect(settings) -> None:
                 os.unlink(full)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        start_http_server(obs.worker_metrics_port, registry=registry)
+        start_http_server(obs.worker_metrics_port, addr=obs.worker_metrics_addr, registry=registry)
 
     @worker_process_shutdown.connect(weak=False)
     def _child_gone(pid=None, **_):

@@ -1,7 +1,8 @@
 """One Celery task per move step (``migrator.preflight`` … ``migrator.unfreeze``) plus unit tasks.
 
-Thin: each calls ``migrator.moves.runner`` and enqueues what the outcome says, after the state
-change has committed. Arguments carry the move id and organization so Flower shows them.
+Made from the step registry (``migrator/moves/steps/``). Thin: each calls ``migrator.moves.runner``
+and enqueues what the outcome says, after the state change has committed. Arguments carry the move
+id and organization so Flower shows them. ``abort`` and ``cleanup`` are in ``tasks/maintenance.py``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from migrator.config import get_settings
-from migrator.db import first_line, is_transient
-from migrator.moves import workflow as wf
+from migrator.db import first_line
+from migrator.moves import recovery, steps
 from migrator.moves.dispatch import Dispatcher
-from migrator.moves.runner import Outcome, fail_move, run_step, run_unit
+from migrator.moves.recovery import Disposition
+from migrator.moves.runner import Outcome, run_step, run_unit
 from migrator.moves.store import MoveStore
 from migrator.observability.logs import log_context
 from tasks.app import app
@@ -59,16 +61,16 @@ def _follow(outcome: Outcome, move_id: str, token: str) -> dict:
 
 
 def _retry_or_fail(task: Task, exc: Exception, move_id: str, token: str, step: str):
-    if is_transient(exc) and task.request.retries < task.max_retries:
-        countdown = min(2 ** task.request.retries, 60)
-        raise task.retry(exc=exc, countdown=countdown)
-    fail_move(get_settings(), move_id, token, step, f"{step}: gave up after {task.request.retries} retries: "
-              f"{first_line(exc)}", "cell_unavailable" if is_transient(exc) else "internal_error")
+    """Errors the runner raised (transient ones) or that came before it: retry with backoff, then give up."""
+    retries = get_settings().moves.task_retries
+    if recovery.classify(exc, step) is Disposition.RETRY and task.request.retries < retries:
+        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries, 60), max_retries=retries)
+    recovery.give_up(get_settings(), move_id, token, step, exc, task.request.retries)
     return {"failed": first_line(exc)}
 
 
 def _make_step_task(step: str):
-    @app.task(name=f"migrator.{step}", bind=True, base=MoveTask)
+    @app.task(name=steps.get(step).task, bind=True, base=MoveTask)
     def step_task(self, move_id: str, organization_id: int, token: str):
         _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step})
         try:
@@ -84,7 +86,7 @@ def _make_step_task(step: str):
 
 
 def _make_unit_task(step: str):
-    @app.task(name=f"migrator.{step}_unit", bind=True, base=MoveTask)
+    @app.task(name=steps.get(step).unit_task, bind=True, base=MoveTask)
     def unit_task(self, move_id: str, organization_id: int, unit: str, token: str):
         _progress(self, {"move_id": move_id, "organization_id": organization_id, "step": step, "unit": unit})
         try:
@@ -99,5 +101,5 @@ def _make_unit_task(step: str):
     return unit_task
 
 
-STEP_TASKS = {step: _make_step_task(step) for step in wf.ALL_STEPS}
-UNIT_TASKS = {step: _make_unit_task(step) for step in sorted(wf.FAN_OUT)}
+STEP_TASKS = {name: _make_step_task(name) for name, step in steps.registry().items() if not step.operator}
+UNIT_TASKS = {name: _make_unit_task(name) for name, step in steps.registry().items() if step.fans_out}

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from migrator import __version__
 from migrator.api import errors
 from migrator.api.auth import accepted_tokens, require_token
+from migrator.api.gate import RequestGate
 from migrator.api.schemas import HealthOut, responses
 from migrator.config import Settings, get_settings
 from migrator.errors import ConfigError
@@ -124,6 +125,8 @@ def create_app(settings: Settings | None = None, *, require_configured_token: bo
     app.state.settings = settings
     app.state.services = services
     errors.install(app)
+    # Authentication and the body limit before FastAPI reads anything (migrator/api/gate.py).
+    app.add_middleware(RequestGate, settings=settings)
 
     @app.get("/healthz", tags=["health"], response_model=None, responses=responses(ok=HealthOut),
              summary="The control database and the broker answer (no authentication)")

@@ -27,6 +27,8 @@ STATUS_BY_CODE = {
     "stale_token": 409,
     "stale_version": 409,
     "route_conflict": 409,
+    "guardrail_exceeded": 409,
+    "permission_denied": 503,  # the API's own certificate may not do this: an operator must fix it
     "cell_unavailable": 503,
     "broker_unavailable": 503,
     "config_error": 500,
@@ -52,7 +54,8 @@ def install(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if status >= 500:
             log.error("api: %s %s: %s", request.method, request.url.path, redact(str(exc)))
-        return JSONResponse(error_body(exc.code, exc.message, exc.hint), status_code=status, headers=headers)
+        return JSONResponse(error_body(exc.code, exc.message, exc.hint, **exc.extra), status_code=status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -67,9 +70,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail), "see /openapi.json for the endpoints"),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+        hint = "send a smaller body; the API takes JSON documents of a few KiB" if exc.status_code == 413 \
+            else "see /openapi.json for the endpoints"
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 413:
+            headers["connection"] = "close"  # the rest of the body is never read
+        return JSONResponse(error_body(code, str(exc.detail), hint), status_code=exc.status_code,
+                            headers=headers or None)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):

@@ -24,14 +24,19 @@ def _ops(request: Request):
 
 
 @router.post("", status_code=201, response_model=None,
-             responses=responses(401, 404, 409, 422, 503, ok=MoveSummaryOut, ok_status=201),
-             summary="Move an organization to another cell (or dry-run its preflight)")
+             responses=responses(401, 404, 409, 413, 422, 503, ok=MoveSummaryOut, ok_status=201),
+             summary="Move an organization to another cell (or dry-run its preflight)",
+             description="409 `guardrail_exceeded` when the source, the target or the fleet already has as many "
+                         "active moves as the guardrails allow (unless `force` with a `reason`); 503 "
+                         "`broker_unavailable` with `move_id` when the move was recorded but its first step could "
+                         "not be sent (the reconciler sends it).")
 def create_move(body: MoveRequest, request: Request):
     ops = _ops(request)
     if body.dry_run:
         return JSONResponse(ops.dry_run(body.organization_id, body.target_cell), status_code=200)
     move = ops.request_move(body.organization_id, body.target_cell, actor="api",
-                            reason=body.reason or "requested through the API", strategy=body.strategy)
+                            reason=body.reason or "requested through the API", strategy=body.strategy,
+                            force=body.force)
     return move_summary(ops.store, move)
 
 

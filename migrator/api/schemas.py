@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from migrator.moves import workflow as wf
 from migrator.rebalance.alerts import SafeStr
@@ -30,6 +30,15 @@ class MoveRequest(_Body):
     strategy: Literal["online", "frozen"] | None = Field(
         None, description="online: copy while writable, freeze for the last delta; frozen: freeze, then copy. "
                           "Default: the config's moves.default_strategy.")
+    force: bool = Field(False, description="Start the move even past the concurrency guardrails "
+                                           "(rebalance.max_moves_per_cell, max_moves_total). Needs a reason, "
+                                           "which the move's history keeps.")
+
+    @model_validator(mode="after")
+    def _force_needs_a_reason(self) -> MoveRequest:
+        if self.force and not self.reason.strip():
+            raise ValueError("force needs a reason (kept in the move's history)")
+        return self
 
 
 class ReasonBody(_Body):
@@ -76,6 +85,9 @@ class MoveSummaryOut(_Out):
 class MoveDetailOut(MoveSummaryOut):
     plan: dict[str, Any] = {}
     report: dict[str, Any] = {}
+    freeze_lifted: bool = False
+    write_window_s: float | None = None
+    write_window_open: bool = False
     progress: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
 

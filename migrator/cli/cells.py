@@ -243,7 +243,7 @@ def orgs_list_command(
     finally:
         _close(client)
     rows = [{"organization_id": r.organization_id, "cell": r.cell, "state": r.state, "version": r.version,
-             "move_token": r.move_token} for r in routes if cell is None or r.cell == cell]
+             "token_digest": r.token_digest} for r in routes if cell is None or r.cell == cell]
     if cell is not None:
         from migrator.dictionary import load_dictionary
 
@@ -256,7 +256,7 @@ def orgs_list_command(
         for org in sorted(present - {r["organization_id"] for r in rows}):
             other = routed_to.get(org)
             rows.append({"organization_id": org, "cell": cell, "state": "routed_elsewhere" if other else "unrouted",
-                         "version": None, "move_token": None, "rows": counts.get(org, 0), "in_cell": True,
+                         "version": None, "token_digest": None, "rows": counts.get(org, 0), "in_cell": True,
                          "routed_to": other})
         rows.sort(key=lambda r: r["organization_id"])
     if json_output:

@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
     @group.command("serve")
     @handle_errors
     def serve_cmd(port: int = typer.Option(9700, "--port", help="Port of the /metrics endpoint."),
-                  addr: str = typer.Option("0.0.0.0", "--addr", help="Address to listen on."),  # noqa: S104
+                  addr: str = typer.Option("127.0.0.1", "--addr",
+                                           help="Address to listen on (the endpoint has no authentication: "
+                                                "widen it only for a Prometheus on another host)."),
                   config: str = CONFIG_OPTION):
         """Serve moves by state, per-move step and frozen seconds, and cell capacity gauges."""
         from migrator.observability.exporter import serve

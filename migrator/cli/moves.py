@@ -6,13 +6,13 @@ import time
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
 from migrator.moves import workflow as wf
 from migrator.moves.operations import Operations
 from migrator.moves.views import move_detail, move_summary, progress
+from migrator.moves.watch import watch_move
 
 
 def _ops(config) -> Operations:
@@ -53,45 +53,19 @@ def _print_detail(data: dict) -> None:
         console.print(t)
         console.print(f"blobs verified: {ver.get('blobs_verified', 0)}")
     report = data.get("report") or {}
-    if "write_window_s" in report:
-        console.print(f"write window: {report['write_window_s']:.2f} s")
+    if data.get("write_window_s") is not None:
+        state = "open, writes refused" if data.get("write_window_open") else "frozen -> writable on the target" \
+            if data.get("flipped_at") else "frozen -> freeze lifted, source writable"
+        line = f"write window: {data['write_window_s']:.2f} s ({state})"
+        if "unfreeze_done_s" in report:
+            line += f"; unfreeze step done {report['unfreeze_done_s']:.2f} s after the freeze"
+        console.print(line)
     h = Table(title="history")
     for col in ("at", "step", "event", "actor", "message"):
         h.add_column(col)
     for e in data["history"]:
         h.add_row(e["at"][:23], e["step"] or "", e["event"], e["actor"], e["message"])
     console.print(h)
-
-
-def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: bool = False) -> object:
-    """Live progress until the move stops moving; returns the final move."""
-    store = ops.store
-    move = store.get(move_id)
-    columns = (TextColumn("{task.description}", justify="left"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=False, disable=quiet) as bar:
-        steps = wf.steps_for(move.strategy)
-        step_task = bar.add_task("step", total=len(steps))
-        table_tasks: dict[str, int] = {}
-        blob_task = None
-        while True:
-            move = store.get(move_id)
-            p = progress(store, move)
-            idx = len(steps) if move.state in (wf.COMPLETED, wf.CLEANED) else (
-                steps.index(move.step) if move.step in steps else 0)
-            bar.update(step_task, completed=idx, description=f"step [cyan]{move.step}[/] ({move.state})")
-            for name, t in p["tables"].items():
-                if name not in table_tasks:
-                    table_tasks[name] = bar.add_task(f"  rows {name}", total=max(t["total"], 1))
-                bar.update(table_tasks[name], completed=min(t["copied"], t["total"]) if t["total"] else 0,
-                           total=max(t["total"], 1) if t["total"] else 1)
-            if p["blobs_total"]:
-                if blob_task is None:
-                    blob_task = bar.add_task("  blobs", total=p["blobs_total"])
-                bar.update(blob_task, completed=min(p["blobs_copied"], p["blobs_total"]))
-            if move.state not in (wf.QUEUED, wf.RUNNING, wf.ABORTING):
-                return move
-            time.sleep(interval)
 
 
 def _finish(ops: Operations, move_id: str, as_json: bool) -> None:
@@ -119,10 +93,16 @@ def register(app: typer.Typer) -> None:
             None, "--strategy",
             help="online: copy while writable, freeze only for the last delta; frozen: freeze, then copy. "
                  "Default: moves.default_strategy (online)."),
+        force: bool = typer.Option(False, "--force", help="Start it even past the concurrency guardrails "
+                                                          "(rebalance.max_moves_per_cell, max_moves_total); "
+                                                          "needs --reason, kept in the move's history."),
         as_json: bool = JSON_OPTION,
         config: str = CONFIG_OPTION,
     ):
-        """Move an organization to another cell (records the move and enqueues it)."""
+        """Move an organization to another cell (records the move and enqueues it).
+
+        Refused (exit 1, guardrail_exceeded) while the source, the target or the fleet already has as
+        many active moves as the guardrails allow, unless --force with --reason."""
         ops = _ops(config)
         if strategy is not None and strategy not in wf.STRATEGIES:
             raise typer.BadParameter(f"unknown strategy {strategy!r}; available: {', '.join(wf.STRATEGIES)}",
@@ -131,7 +111,9 @@ def register(app: typer.Typer) -> None:
             plan = ops.dry_run(org, to)
             print_json(plan) if as_json else _print_plan(plan)
             return
-        move = ops.request_move(org, to, reason=reason, strategy=strategy)
+        if force and not reason.strip():
+            raise typer.BadParameter("--force needs --reason (kept in the move's history)", param_hint="--reason")
+        move = ops.request_move(org, to, reason=reason, strategy=strategy, force=force)
         if not wait:
             if as_json:
                 print_json(move_summary(ops.store, move))

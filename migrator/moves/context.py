@@ -23,6 +23,7 @@ class MoveContext:
     move: Move
     token: str
     owner: str
+    lease_ttl_s: float | None = None  # this execution's lease (short inside the write window)
     _conns: list = field(default_factory=list)
 
     @property
@@ -93,8 +94,12 @@ class MoveContext:
     def copy_order(self) -> list[str]:
         return self.dictionary.copy_order(self.source_schema)
 
+    @property
+    def ttl_s(self) -> float:
+        return self.lease_ttl_s or self.settings.moves.lease_ttl_s
+
     def heartbeat(self) -> None:
-        self.store.heartbeat(self.move.id, self.token, self.owner, self.settings.moves.lease_ttl_s)
+        self.store.heartbeat(self.move.id, self.token, self.owner, self.ttl_s)
 
     def event(self, step: str | None, event: str, message: str = "", detail: dict | None = None) -> None:
         self.store.event(self.move.id, step, event, message, detail)

@@ -1,34 +1,23 @@
 """Sending wake-up calls to the workers: which Celery task runs a step, on which queue.
 
-The domain library never imports ``tasks/``: it sends tasks by name. ``TASK_QUEUES`` is the one
-routing table, used here and by the Celery app in ``tasks/`` (control steps, row copy, blob copy).
+The domain library never imports ``tasks/``: it sends tasks by name. ``task_queues()`` is the one
+routing table (from the step registry), used here and by the Celery app in ``tasks/``.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
 from celery import Celery
 
 from migrator.config import Settings
+from migrator.moves import steps
+from migrator.moves.steps.base import BLOBS, CONTROL, QUEUES, ROWS
 
-CONTROL, ROWS, BLOBS = "control", "rows", "blobs"
+__all__ = ["BLOBS", "CONTROL", "ROWS", "Dispatcher", "all_queues", "task_queues"]
 
-TASK_QUEUES: dict[str, str] = {
-    "migrator.preflight": CONTROL,
-    "migrator.capture": CONTROL,
-    "migrator.catch_up": CONTROL,
-    "migrator.final_delta": CONTROL,
-    "migrator.freeze": CONTROL,
-    "migrator.drain": CONTROL,
-    "migrator.copy_rows": CONTROL,
-    "migrator.copy_rows_unit": ROWS,
-    "migrator.copy_blobs": CONTROL,
-    "migrator.copy_blobs_unit": BLOBS,
-    "migrator.verify": CONTROL,
-    "migrator.verify_unit": ROWS,
-    "migrator.flip": CONTROL,
-    "migrator.unfreeze": CONTROL,
-    "migrator.abort": CONTROL,
-    "migrator.cleanup": CONTROL,
+# Tasks outside the step registry: the reconciler, capture collection and the rebalancer.
+OTHER_TASKS: dict[str, str] = {
     "migrator.reconcile": CONTROL,
     "migrator.collect_captures": CONTROL,
     # The rebalancer (migrator/rebalance/, tasks/rebalance.py).
@@ -39,12 +28,15 @@ TASK_QUEUES: dict[str, str] = {
 }
 
 
-def step_task(step: str) -> str:
-    return f"migrator.{step}"
-
-
-def unit_task(step: str) -> str:
-    return f"migrator.{step}_unit"
+@cache
+def task_queues() -> dict[str, str]:
+    """Task name -> queue: every step's task (and its unit task) from the step registry, and the rest."""
+    routes = {}
+    for step in steps.registry().values():
+        routes[step.task] = step.queue
+        if step.fans_out:
+            routes[step.unit_task] = step.unit_queue
+    return {**routes, **OTHER_TASKS}
 
 
 def queue_name(settings: Settings, queue: str) -> str:
@@ -52,7 +44,7 @@ def queue_name(settings: Settings, queue: str) -> str:
 
 
 def all_queues(settings: Settings) -> list[str]:
-    return [queue_name(settings, q) for q in (CONTROL, ROWS, BLOBS)]
+    return [queue_name(settings, q) for q in QUEUES]
 
 
 def kombu_queues(settings: Settings) -> list:
@@ -94,22 +86,22 @@ class Dispatcher:
         self.app = app or _client_app(settings)
 
     def send(self, name: str, **kwargs) -> str:
-        queue = queue_name(self.settings, TASK_QUEUES[name])
+        queue = queue_name(self.settings, task_queues()[name])
         result = self.app.send_task(name, kwargs=kwargs, queue=queue)
         return result.id
 
     def step(self, move, step: str, token: str | None = None) -> str:
-        return self.send(step_task(step), move_id=str(move.id), organization_id=int(move.organization_id),
+        return self.send(steps.get(step).task, move_id=str(move.id), organization_id=int(move.organization_id),
                          token=token or move.token)
 
     def unit(self, move, step: str, unit: str, token: str | None = None) -> str:
-        return self.send(unit_task(step), move_id=str(move.id), organization_id=int(move.organization_id),
+        return self.send(steps.get(step).unit_task, move_id=str(move.id), organization_id=int(move.organization_id),
                          unit=unit, token=token or move.token)
 
     def abort(self, move, token: str | None = None) -> str:
-        return self.send("migrator.abort", move_id=str(move.id), organization_id=int(move.organization_id),
+        return self.send(steps.get("abort").task, move_id=str(move.id), organization_id=int(move.organization_id),
                          token=token or move.token)
 
     def cleanup(self, move, force: bool = False, actor: str = "") -> str:
-        return self.send("migrator.cleanup", move_id=str(move.id), organization_id=int(move.organization_id),
+        return self.send(steps.get("cleanup").task, move_id=str(move.id), organization_id=int(move.organization_id),
                          force=force, actor=actor)

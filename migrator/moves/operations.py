@@ -7,10 +7,13 @@ import getpass
 import logging
 
 from migrator.config import Settings
-from migrator.errors import InvalidMoveState, MigratorError, StaleToken
+from migrator.db import first_line
+from migrator.errors import BrokerUnavailable, InvalidMoveState, MigratorError
+from migrator.moves import recovery
 from migrator.moves import workflow as wf
+from migrator.moves.admission import admit
 from migrator.moves.dispatch import Dispatcher
-from migrator.moves.preflight import validate_request
+from migrator.moves.steps.preflight import validate_request
 from migrator.moves.store import MoveStore, new_token
 
 log = logging.getLogger(__name__)
@@ -46,19 +49,36 @@ class Operations:
 
     # ------------------------------------------------------------------ start
     def request_move(self, org: int, target: str, *, actor: str | None = None, reason: str = "",
-                     strategy: str | None = None):
+                     strategy: str | None = None, force: bool = False):
+        """Record a move within the concurrency guardrails (``force`` with a reason: past them, kept in
+        its history) and send its first step. A broker that does not take the message leaves the move
+        recorded: BrokerUnavailable names it, and the reconciler sends it when the broker is back."""
+        if force and not reason.strip():
+            raise MigratorError("a forced move needs a reason", "say why with --reason (API: \"reason\")")
         route = validate_request(self.settings, self.topology, org, target)
+
+        def admission(session):
+            return admit(session, self.settings, organization_id=org, source=route.cell, target=target, force=force)
+
         move = self.store.create(organization_id=org, source=route.cell, target=target,
                                  requested_by=actor or default_actor(), reason=reason or "operator request",
-                                 strategy=strategy or self.settings.moves.default_strategy)
-        self.dispatcher.step(move, wf.STEPS[0])
+                                 strategy=strategy or self.settings.moves.default_strategy, admission=admission)
+        try:
+            self.dispatcher.step(move, wf.FIRST_STEP)
+        except Exception as exc:  # noqa: BLE001 - any broker failure: the move is recorded, the reconciler sends it
+            log.warning("move %s recorded but its first step was not sent: %s", move.id, exc)
+            raise BrokerUnavailable(
+                f"move {move.id} is recorded, but the broker did not take its first step ({first_line(exc)}); "
+                f"the reconciler sends it within {self.settings.moves.stale_after_s:g} s of the broker's return",
+                f"follow it with `migrator status {move.id}`; check the broker (Redis)", move_id=str(move.id)) \
+                from None
         return move
 
     def dry_run(self, org: int, target: str) -> dict:
         """Preflight only, in this process: nothing is recorded or changed."""
         from migrator.db import connect
         from migrator.dictionary import load_dictionary
-        from migrator.moves.preflight import run_preflight
+        from migrator.moves.steps.preflight import run_preflight
 
         route = validate_request(self.settings, self.topology, org, target)
         conns = []
@@ -79,21 +99,11 @@ class Operations:
     def _takeover(self, move, state: str, *, step: str | None = None):
         """Fence out every worker of the current attempt: the route's freeze first, then the move."""
         token = new_token()
-        try:
-            route = self.topology.classify(move.organization_id)
-            if route.state == "frozen" and route.move_token in self._tokens(move):
-                self.topology.refence(move.organization_id, route.move_token, token, actor="operator",
-                                      reason=f"move {move.id} -> {state}")
-        except StaleToken:
-            pass
+        recovery.take_over_freeze(self.topology, move, token, actor="operator", reason=f"move {move.id} -> {state}")
         updated = self.store.rotate_token(move.id, move.token, token, state=state, step=step)
         if updated is None:
             raise InvalidMoveState(f"move {move.id} changed while you asked; try again", "see `migrator status`")
         return updated
-
-    @staticmethod
-    def _tokens(move) -> set[str]:
-        return {move.token, *((move.report or {}).get("tokens") or [])}
 
     def pause(self, move_id, actor: str | None = None):
         move = self.store.get(move_id)
@@ -111,7 +121,7 @@ class Operations:
             raise InvalidMoveState(f"move {move.id} is {move.state}; nothing to resume",
                                    "start a new move with `migrator move`")
         step = move.step
-        lifted = (move.report or {}).get("freeze_lifted") and move.flipped_at is None
+        lifted = move.freeze_lifted and move.flipped_at is None
         steps = wf.steps_for(move.strategy)
         online = move.strategy == "online"
         # Where a move whose freeze was lifted (after a failure) starts again: the frozen strategy
@@ -123,9 +133,8 @@ class Operations:
         updated = self._takeover(move, wf.RUNNING, step=step)
         if lifted:
             # The freeze was lifted: the next freeze starts a new write window.
-            self.store.set_fields(move.id, updated.token, frozen_at=None)
+            self.store.set_fields(move.id, updated.token, frozen_at=None, unfrozen_at=None, freeze_lifted=False)
             self.store.reset_units(move.id, ["verify"] if online else ["copy_rows", "copy_blobs", "verify"])
-            self.store.merge_json(move.id, updated.token, "report", {"freeze_lifted": False})
         self.store.event(move.id, step, "resumed", f"attempt {updated.attempt} from step {step}",
                          actor=actor or default_actor())
         self.dispatcher.step(updated, step)

@@ -1,12 +1,14 @@
 """Runs one step (or one unit of a fan-out step) of a move, fenced and idempotent.
 
 The Celery tasks in ``tasks/`` call ``run_step`` / ``run_unit`` and enqueue what the returned
-:class:`Outcome` says, after the state change has committed. A step's work lives in the module
-named in ``workflow.STEP_MODULES``; this file only sequences it.
+:class:`Outcome` says, after the state change has committed. Each step's work lives in its module
+under ``migrator/moves/steps/``; this file only sequences it, and hands errors to
+``migrator/moves/recovery.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,14 +16,13 @@ from dataclasses import dataclass, field
 from celery.exceptions import SoftTimeLimitExceeded
 
 from migrator.config import Settings
-from migrator.db import first_line, is_transient
-from migrator.errors import InvalidMoveState, MigratorError, StaleToken
-from migrator.moves import online
-from migrator.moves import units as unit_work
+from migrator.db import first_line
+from migrator.errors import MigratorError
+from migrator.moves import recovery, steps, window
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
-from migrator.moves.cutover import flip, unfreeze
-from migrator.moves.freeze import drain, freeze
+from migrator.moves.lease import LeaseKeeper
+from migrator.moves.recovery import Disposition
 from migrator.moves.store import MoveStore
 from migrator.observability import metrics
 from migrator.observability.logs import log_context
@@ -38,31 +39,6 @@ class Outcome:
     skipped: str | None = None
 
 
-def _preflight(ctx: MoveContext) -> None:
-    from migrator.moves.preflight import run_preflight
-
-    move = ctx.move
-    plan = run_preflight(ctx.settings, ctx.topology, ctx.dictionary, ctx.org, move.source_cell, move.target_cell,
-                         connect_cell=ctx.cell_conn, heartbeat=ctx.heartbeat)
-    ctx.store.set_fields(move.id, ctx.token, plan=plan, route_version=plan["route_version"])
-
-
-STEP_WORK = {
-    "preflight": _preflight,
-    "capture": online.capture,
-    "catch_up": online.catch_up,
-    "freeze": freeze,
-    "drain": drain,
-    "final_delta": online.final_delta,
-    "flip": flip,
-    "unfreeze": unfreeze,
-}
-
-
-def _context(settings: Settings, store: MoveStore, move, token: str, owner: str) -> MoveContext:
-    return MoveContext(settings=settings, store=store, move=move, token=token, owner=owner)
-
-
 def _advance(ctx: MoveContext, step: str) -> Outcome:
     moved = ctx.store.advance(ctx.move.id, ctx.token, step)
     if moved is None:
@@ -76,7 +52,7 @@ def _advance(ctx: MoveContext, step: str) -> Outcome:
 
 
 def _finish_fan_out(ctx: MoveContext, step: str) -> Outcome:
-    unit_work.FAN_IN[step](ctx)
+    steps.get(step).fan_in(ctx)
     return _advance(ctx, step)
 
 
@@ -113,26 +89,43 @@ def _measured(step: str, kind: str, move_id: str, unit: str | None, body) -> Out
         metrics.steps_finished.labels(step, outcome_label).inc()
 
 
+def _lease_ttl(settings: Settings, move, step: str) -> float:
+    """Short inside the write window (renewed by a LeaseKeeper thread), long outside it."""
+    m = settings.moves
+    return m.window_lease_ttl_s if window.inside(move.strategy, step) else m.lease_ttl_s
+
+
+def _keeper(settings: Settings, store: MoveStore, move, token: str, owner: str, ttl: float, step: str,
+            unit: str | None = None):
+    """A LeaseKeeper while the lease is short (inside the write window); else nothing to keep."""
+    if ttl >= settings.moves.lease_ttl_s:
+        return contextlib.nullcontext()
+    return LeaseKeeper(store, move.id, token, owner, ttl, step=step, unit=unit)
+
+
 def _run_step(settings: Settings, move_id: str, step: str, token: str, owner: str) -> Outcome:
     store = MoveStore(settings.control_dsn)
-    if step == wf.STEPS[0]:
+    if step == wf.FIRST_STEP:
         store.start(move_id, token)
-    move = store.claim_step(move_id, step, token, owner, settings.moves.lease_ttl_s)
+    ttl = _lease_ttl(settings, store.get(move_id), step)
+    move = store.claim_step(move_id, step, token, owner, ttl)
     if move is None:
         return Outcome(skipped=f"step {step} is not claimable (done, fenced, paused or leased elsewhere)")
-    ctx = _context(settings, store, move, token, owner)
+    ctx = MoveContext(settings=settings, store=store, move=move, token=token, owner=owner, lease_ttl_s=ttl)
+    work = steps.get(step)
     try:
-        ctx.event(step, "started", detail={"owner": owner, "attempt": move.attempt})
-        if step in wf.FAN_OUT:
-            if not store.has_units(move.id, step):
-                store.ensure_units(move.id, token, step, unit_work.PLANNERS[step](ctx))
-            pending = store.pending_units(move.id, step)
-            store.release_step(move.id, token, owner)
-            if pending:
-                return Outcome(step=step, units=[u.unit for u in pending])
-            return _finish_fan_out(ctx, step)
-        STEP_WORK[step](ctx)
-        return _advance(ctx, step)
+        with _keeper(settings, store, move, token, owner, ttl, step):
+            ctx.event(step, "started", detail={"owner": owner, "attempt": move.attempt})
+            if work.fans_out:
+                if not store.has_units(move.id, step):
+                    store.ensure_units(move.id, token, step, work.plan(ctx))
+                pending = store.pending_units(move.id, step)
+                store.release_step(move.id, token, owner)
+                if pending:
+                    return Outcome(step=step, units=[u.unit for u in pending])
+                return _finish_fan_out(ctx, step)
+            work.run(ctx)
+            return _advance(ctx, step)
     except Exception as exc:
         return _on_error(ctx, step, exc)
     finally:
@@ -141,19 +134,21 @@ def _run_step(settings: Settings, move_id: str, step: str, token: str, owner: st
 
 def _run_unit(settings: Settings, move_id: str, step: str, unit: str, token: str, owner: str) -> Outcome:
     store = MoveStore(settings.control_dsn)
-    row = store.claim_unit(move_id, step, unit, token, owner, settings.moves.lease_ttl_s)
+    ttl = _lease_ttl(settings, store.get(move_id), step)
+    row = store.claim_unit(move_id, step, unit, token, owner, ttl)
     if row is None:
         return Outcome(skipped=f"unit {step}/{unit} is done, fenced or leased elsewhere")
     move = store.get(move_id)
     if move.step != step or move.state != wf.RUNNING:
         return Outcome(skipped=f"move is at {move.step} ({move.state})")
-    ctx = _context(settings, store, move, token, owner)
+    ctx = MoveContext(settings=settings, store=store, move=move, token=token, owner=owner, lease_ttl_s=ttl)
     try:
-        result = unit_work.WORK[step](ctx, row) or {}
-        store.finish_unit(move.id, step, unit, token, owner, result)
-        if store.count_pending(move.id, step) == 0:
-            return _finish_fan_out(ctx, step)
-        return Outcome()
+        with _keeper(settings, store, move, token, owner, ttl, step, unit):
+            result = steps.get(step).unit(ctx, row) or {}
+            store.finish_unit(move.id, step, unit, token, owner, result)
+            if store.count_pending(move.id, step) == 0:
+                return _finish_fan_out(ctx, step)
+            return Outcome()
     except Exception as exc:
         return _on_error(ctx, step, exc, unit=unit)
     finally:
@@ -171,94 +166,31 @@ def _release(ctx: MoveContext, step: str, unit: str | None) -> None:
         log.warning("move %s: could not release the lease of %s; it expires after lease_ttl_s", ctx.move_id, step)
 
 
+def _attempt_is_current(ctx: MoveContext) -> bool:
+    try:
+        return ctx.store.get(ctx.move.id).token == ctx.token
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def _on_error(ctx: MoveContext, step: str, exc: Exception, unit: str | None = None) -> Outcome:
     where = f"{step}/{unit}" if unit else step
-    if isinstance(exc, SoftTimeLimitExceeded):
+    disposition = recovery.classify(exc, step, attempt_is_current=lambda: _attempt_is_current(ctx))
+    if disposition is Disposition.CONTINUE:
         _release(ctx, step, unit)
         raise exc  # checkpointed: the task continues in a fresh execution
-    if isinstance(exc, StaleToken | InvalidMoveState):
-        current = _current_token(ctx)
-        if not (isinstance(exc, StaleToken) and current == ctx.token):
-            log.info("move %s %s: stopping: %s", ctx.move_id, where, exc)
-            return Outcome(skipped=str(exc))
-        # Our own attempt is current, yet something (the route's freeze) was changed out of band.
-    elif is_transient(exc) and step != wf.STEPS[0]:
-        # Mid-move outages are retried (Celery backoff); preflight rejects at once instead.
+    if disposition is Disposition.STOP:
+        log.info("move %s %s: stopping: %s", ctx.move_id, where, exc)
+        return Outcome(skipped=str(exc))
+    if disposition is Disposition.RETRY:
         _release(ctx, step, unit)
         try:
             ctx.event(step, "retry", f"{where}: transient error: {first_line(exc)}", {"unit": unit})
         except Exception:  # noqa: BLE001
             pass
-        raise exc  # the task retries with backoff; after the last retry it calls fail_move
-    if isinstance(exc, MigratorError):
-        fail_move(ctx.settings, ctx.move_id, ctx.token, step, exc.message + (f" ({exc.hint})" if exc.hint else ""),
-                  exc.code)
-    else:
+        raise exc  # the task retries with backoff; after the last retry it gives up (recovery.give_up)
+    if not isinstance(exc, MigratorError):
         log.exception("move %s %s: unexpected error", ctx.move_id, where)
-        fail_move(ctx.settings, ctx.move_id, ctx.token, step, f"internal error in {where}: {first_line(exc)}",
-                  "internal_error")
+    message, code = recovery.failure(exc, where)
+    recovery.fail_move(ctx.settings, ctx.move_id, ctx.token, step, message, code)
     return Outcome(skipped=f"failed: {first_line(exc)}")
-
-
-def _current_token(ctx: MoveContext) -> str | None:
-    try:
-        return ctx.store.get(ctx.move.id).token
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _route_flipped(settings: Settings, move) -> bool:
-    """Whether the route already points at the target (the flip may have committed even if its
-    reply was lost). When the Topology Service does not answer, assume it may have."""
-    from migrator.topology.client import topology_client
-
-    if move.flipped_at is not None:
-        return True
-    try:
-        return topology_client(settings).classify(int(move.organization_id)).cell == move.target_cell
-    except Exception:  # noqa: BLE001
-        return True
-
-
-def fail_move(settings: Settings, move_id: str, token: str, step: str, message: str, code: str) -> None:
-    """Record a failure. Before the flip the freeze is lifted so the source is writable again."""
-    store = MoveStore(settings.control_dsn)
-    move = store.get(move_id)
-    if move.token != token or move.state not in (wf.RUNNING, wf.QUEUED):
-        return
-    if step == "preflight":
-        store.fail(move_id, token, step, message, code, state=wf.REJECTED)
-        metrics.moves_finished.labels(wf.REJECTED).inc()
-        return
-    metrics.moves_finished.labels(wf.FAILED).inc()
-    if code == "checksum_mismatch":
-        metrics.verification_failures.inc()
-    if step in wf.BEFORE_FLIP | {"flip"} and not _route_flipped(settings, move):
-        lifted = lift_freeze(settings, move, token)
-        store.merge_json(move_id, token, "report", {"freeze_lifted": True, "freeze_lift_problems": lifted})
-    store.fail(move_id, token, step, message, code)
-
-
-def lift_freeze(settings: Settings, move, token: str) -> list[str]:
-    """Make the source writable again (guard off in both cells, route unfrozen). Best effort: a cell
-    that does not answer is reported (its guard stays on, which only refuses writes)."""
-    from migrator.cells.guard import unfreeze_org
-    from migrator.db import connection
-    from migrator.topology.client import topology_client
-
-    problems = []
-    org = int(move.organization_id)
-    for cell in (move.source_cell, move.target_cell):
-        try:
-            with connection(settings.cell(cell).dsn, what=f"cell {cell!r} database", autocommit=True) as conn:
-                unfreeze_org(conn, org)
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{cell}: {first_line(exc)}")
-    try:
-        topo = topology_client(settings)
-        route = topo.classify(org)
-        if route.state == "frozen" and route.move_token == token and route.cell == move.source_cell:
-            topo.unfreeze(org, token, actor=f"move {move.id}", reason="move failed before the flip")
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"topology: {first_line(exc)}")
-    return problems

@@ -8,22 +8,37 @@ move backwards or twice. The broker only carries wake-up calls; this is the sour
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import Text, and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
 from migrator.control.engine import session_factory
 from migrator.control.models import Move, MoveEvent, MoveUnit
-from migrator.errors import InvalidMoveState, MoveConflict, StaleToken, UnknownMove
+from migrator.errors import InvalidMoveState, LeaseLost, MoveConflict, StaleToken, UnknownMove
 from migrator.moves import workflow as wf
 
 
 def new_token() -> str:
     return uuid.uuid4().hex
+
+
+MIN_PREFIX = 4
+MAX_CANDIDATES = 5
+_HEX_PREFIX = re.compile(r"[0-9a-f-]+")
+
+
+def _uuid_or_none(move_id) -> uuid.UUID | None:
+    if isinstance(move_id, uuid.UUID):
+        return move_id
+    try:
+        return uuid.UUID(str(move_id))
+    except ValueError:
+        return None
 
 
 def _uuid(move_id) -> uuid.UUID:
@@ -41,19 +56,27 @@ class MoveStore:
 
     # ---------------------------------------------------------------- moves
     def create(self, *, organization_id: int, source: str, target: str, requested_by: str, reason: str,
-               strategy: str = "frozen", plan: dict | None = None) -> Move:
+               strategy: str = "frozen", plan: dict | None = None, admission=None) -> Move:
+        """Record a queued move. ``admission(session)`` runs first in the same transaction (the
+        guardrails, migrator/moves/admission.py): it raises to refuse, or returns the guardrail a
+        forced move exceeds, which the history keeps as a ``guardrail_overridden`` event."""
         move = Move(
             id=uuid.uuid4(), organization_id=organization_id, source_cell=source, target_cell=target,
-            strategy=strategy, state=wf.QUEUED, step=wf.STEPS[0], token=new_token(), attempt=1,
+            strategy=strategy, state=wf.QUEUED, step=wf.FIRST_STEP, token=new_token(), attempt=1,
             requested_by=requested_by, reason=reason, plan=plan or {}, report={},
         )
         with self.Session() as s:
             try:
+                overridden = admission(s) if admission is not None else None
                 s.add(move)
                 s.flush()
                 s.add(MoveEvent(move_id=move.id, step=None, event="requested", actor=requested_by,
                                 message=f"move of organization {organization_id} {source} -> {target}: {reason}",
                                 detail={"strategy": strategy}))
+                if overridden:
+                    s.add(MoveEvent(move_id=move.id, step=None, event="guardrail_overridden", actor=requested_by,
+                                    message=f"started with force despite {overridden}: {reason}",
+                                    detail={"guardrail": overridden, "force": True}))
                 s.commit()
             except IntegrityError as exc:
                 s.rollback()
@@ -68,11 +91,36 @@ class MoveStore:
         return move
 
     def get(self, move_id) -> Move:
+        """The move with this id, or with the one id that starts with this prefix (as git takes commits)."""
+        key = _uuid_or_none(move_id)
+        if key is None:
+            key = self.resolve(move_id)
         with self.Session() as s:
-            move = s.get(Move, _uuid(move_id))
+            move = s.get(Move, key)
         if move is None:
             raise UnknownMove(f"no move {move_id}", "list moves with `migrator status`")
         return move
+
+    def resolve(self, move_id) -> uuid.UUID:
+        """A full move id from an id or a unique prefix of one (at least 4 hex digits, dashes optional)."""
+        key = _uuid_or_none(move_id)
+        if key is not None:
+            return key
+        text_id = str(move_id).strip().lower()
+        if len(text_id.replace("-", "")) < MIN_PREFIX or not _HEX_PREFIX.fullmatch(text_id):
+            raise UnknownMove(f"{move_id!r} is not a move id",
+                              f"give a move id or at least {MIN_PREFIX} of its first hex digits; see `migrator status`")
+        with self.Session() as s:
+            found = list(s.scalars(select(Move).where(func.cast(Move.id, Text).like(text_id + "%"))
+                                   .order_by(Move.created_at.desc()).limit(MAX_CANDIDATES + 1)))
+        if not found:
+            raise UnknownMove(f"no move id starts with {text_id!r}", "list moves with `migrator status`")
+        if len(found) > 1:
+            shown = ", ".join(f"{m.id} (organization {m.organization_id}, {m.state})" for m in found[:MAX_CANDIDATES])
+            more = " and more" if len(found) > MAX_CANDIDATES else ""
+            raise UnknownMove(f"{text_id!r} is ambiguous: it starts {len(found)}{'+' if more else ''} move ids: "
+                              f"{shown}{more}", "give more digits of the id")
+        return found[0].id
 
     def active_for(self, organization_id: int) -> Move | None:
         with self.Session() as s:
@@ -178,22 +226,53 @@ class MoveStore:
 
     def rotate_token(self, move_id, old_token: str, new: str, *, state: str, step: str | None = None,
                      clear_error: bool = True) -> Move | None:
-        """A new attempt: a new token fences every worker of the old one (the old token is kept in the
-        report's ``tokens`` so cleanup of an abandoned freeze can recognise it)."""
+        """A new attempt: a new token fences every worker of the old one (the old token joins
+        ``previous_tokens``, so a freeze an earlier attempt left behind is still recognised as ours)."""
         values: dict[str, Any] = {"token": new, "attempt": Move.attempt + 1, "state": state,
                                   "lease_owner": None, "lease_until": None, "heartbeat_at": func.now(),
-                                  "report": _append_token(old_token)}
+                                  "previous_tokens": func.array_append(Move.previous_tokens, old_token)}
         if step is not None:
             values["step"] = step
             values["step_started_at"] = None
         if clear_error:
             values.update(error=None, error_code=None)
-        return self._update(move_id, old_token, values)
+        row = self._update(move_id, old_token, values)
+        if row is not None:
+            # The old attempt's unit leases go with it (its executions are fenced by the token at their
+            # next write), so the new attempt's units are claimable at once, not after lease_ttl_s.
+            with self.Session() as s:
+                s.execute(update(MoveUnit).where(MoveUnit.move_id == _uuid(move_id), MoveUnit.lease_owner.is_not(None))
+                          .values(lease_owner=None, lease_until=None))
+                s.commit()
+        return row
 
-    def stale(self, older_than_s: float, states: Iterable[str]) -> list[Move]:
+    def record_catch_up_round(self, move_id, token: str, *, snapshot: str, keys: int, blobs: int, seconds: float,
+                              keys_per_s: float | None) -> None:
+        """One round of the change log applied: the new position (control state, fenced) and the
+        round's figures in the report's ``catch_up`` (for humans)."""
+        move = self.require(move_id, token)
+        stats = dict((move.report or {}).get("catch_up") or {})
+        stats.update(rounds=int(stats.get("rounds", 0)) + 1, last_keys=keys, last_round_s=round(seconds, 3),
+                     keys_per_s=keys_per_s, keys_applied=int(stats.get("keys_applied", 0)) + keys,
+                     blobs_copied=int(stats.get("blobs_copied", 0)) + blobs)
+        values: dict[str, Any] = {"capture_snapshot": snapshot,
+                                  "report": Move.report.op("||")(_jsonb({"catch_up": stats}))}
+        if keys_per_s:
+            values["catch_up_keys_per_s"] = keys_per_s
+        self._update(move_id, token, values)
+
+    def stale(self, older_than_s: float, states: Iterable[str], *, in_window: bool | None = None) -> list[Move]:
+        """Moves in ``states`` whose heartbeat is older than ``older_than_s``. ``in_window``: only moves
+        whose write window is open (True), or only the others (False)."""
         cutoff = func.now() - dt.timedelta(seconds=older_than_s)
+        q = select(Move).where(Move.state.in_(list(states)), Move.heartbeat_at < cutoff)
+        window_open = and_(Move.frozen_at.is_not(None), Move.unfrozen_at.is_(None), Move.freeze_lifted.is_(False))
+        if in_window is True:
+            q = q.where(window_open)
+        elif in_window is False:
+            q = q.where(~window_open)
         with self.Session() as s:
-            return list(s.scalars(select(Move).where(Move.state.in_(list(states)), Move.heartbeat_at < cutoff)))
+            return list(s.scalars(q))
 
     def touch(self, move_id) -> None:
         with self.Session() as s:
@@ -277,7 +356,7 @@ class MoveStore:
             MoveUnit.lease_owner == owner,
         )
         if row is None:
-            raise StaleToken(f"move {move_id}: lost the lease of unit {step}/{unit}",
+            raise LeaseLost(f"move {move_id}: lost the lease of unit {step}/{unit}",
                              "another worker or a newer attempt owns it; this worker stops")
         return row
 
@@ -287,6 +366,20 @@ class MoveStore:
             {"state": "done", "lease_owner": None, "lease_until": None, "result": result or {}},
             MoveUnit.lease_owner == owner,
         )
+        return row is not None
+
+    def renew_step_lease(self, move_id, token: str, owner: str, ttl_s: float) -> bool:
+        """Renew ``owner``'s lease of the move's current step (and its heartbeat); False if the lease is
+        not its own any more (another execution took the step over) or the move stopped."""
+        row = self._update(move_id, token, {"lease_until": func.now() + dt.timedelta(seconds=ttl_s),
+                                            "heartbeat_at": func.now()},
+                           Move.lease_owner == owner, Move.state.in_([wf.RUNNING, wf.ABORTING]))
+        return row is not None
+
+    def extend_unit_lease(self, move_id, step: str, unit: str, token: str, owner: str, ttl_s: float) -> bool:
+        """Renew ``owner``'s lease of a unit (and the move's heartbeat); False if the lease is not its own."""
+        row = self._unit_update(move_id, step, unit, token, {"lease_until": func.now() + dt.timedelta(seconds=ttl_s)},
+                                MoveUnit.lease_owner == owner, MoveUnit.state != "done")
         return row is not None
 
     def release_unit(self, move_id, step: str, unit: str, owner: str) -> None:
@@ -320,13 +413,6 @@ class MoveStore:
     def now(self) -> dt.datetime:
         with self.Session() as s:
             return s.scalar(text("SELECT now()"))
-
-
-def _append_token(token: str):
-    """report || {"tokens": report.tokens + [token]}"""
-    return Move.report.op("||")(func.jsonb_build_object(
-        "tokens", func.coalesce(Move.report["tokens"], func.cast("[]", Move.report.type)).op("||")(
-            func.jsonb_build_array(token))))
 
 
 def _jsonb(data: dict):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 
+from migrator.moves import window
 from migrator.moves import workflow as wf
 from migrator.moves.store import MoveStore
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _iso(value):
@@ -77,7 +82,7 @@ def move_detail(store: MoveStore, move) -> dict:
     data = move_summary(store, move)
     data.update(
         plan=move.plan or {},
-        report={k: v for k, v in (move.report or {}).items() if k != "tokens"},
+        report=move.report or {},
         progress=progress(store, move),
         frozen_at=_iso(move.frozen_at),
         flipped_at=_iso(move.flipped_at),
@@ -86,6 +91,11 @@ def move_detail(store: MoveStore, move) -> dict:
         cleaned_at=_iso(move.cleaned_at),
         heartbeat_at=_iso(move.heartbeat_at),
         route_version=move.route_version,
+        write_window_s=_round(window.seconds(move, dt.datetime.now(dt.UTC))),
+        write_window_open=move.frozen_at is not None and window.closed_at(move) is None,
+        freeze_lifted=move.freeze_lifted,
+        source_frozen_clock=_iso(move.source_frozen_clock),
+        capture_snapshot=move.capture_snapshot,
         history=[
             {"at": _iso(e.at), "step": e.step, "event": e.event, "actor": e.actor, "message": e.message,
              "detail": e.detail}

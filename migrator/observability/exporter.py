@@ -1,8 +1,8 @@
 """``migrator metrics serve``: gauges read from the control database at scrape time.
 
 Moves by state, how long each running move has been in its step and how long it has been frozen,
-and per-cell capacity from the latest readings. One process serves them, so several workers never
-double-count a gauge.
+per-cell capacity from the latest readings, and when the Topology Service's certificates expire.
+One process serves them, so several workers never double-count a gauge.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from migrator.control.engine import control_engine
-from migrator.moves import workflow as wf
+from migrator.control.models import ACTIVE_MOVE_STATES, TERMINAL_MOVE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ControlDatabaseCollector(Collector):
                 running = conn.execute(text(
                     "SELECT id::text, organization_id, step, source_cell, target_cell, "
                     "extract(epoch FROM now() - coalesce(step_started_at, updated_at)), "
-                    "CASE WHEN unfrozen_at IS NULL AND NOT coalesce((report->>'freeze_lifted')::boolean, false) "
+                    "CASE WHEN unfrozen_at IS NULL AND NOT freeze_lifted "
                     "THEN extract(epoch FROM now() - frozen_at) END "
                     "FROM moves WHERE state IN ('running', 'paused', 'failed')")).all()
                 capacity = _capacity(conn, self.settings)
@@ -45,13 +45,14 @@ class ControlDatabaseCollector(Collector):
         up.add_metric([], 1)
         yield up
         moves = GaugeMetricFamily("migrator_moves", "Moves by state", labels=["state"])
-        for state in (*wf.ACTIVE_STATES, *wf.TERMINAL_STATES):
+        for state in (*ACTIVE_MOVE_STATES, *TERMINAL_MOVE_STATES):
             moves.add_metric([state], by_state.get(state, 0))
         yield moves
         step = GaugeMetricFamily("migrator_move_step_seconds", "Seconds an unfinished move has spent in its step",
                                  labels=["move_id", "organization", "step", "source", "target"])
         frozen = GaugeMetricFamily("migrator_move_frozen_seconds",
-                                   "Seconds an unfinished move has kept its organization read-only",
+                                   "Seconds an unfinished move has kept its organization read-only (its open write "
+                                   "window: frozen, and not yet writable on the target or the source)",
                                    labels=["move_id", "organization", "source", "target"])
         for move_id, org, st, src, tgt, in_step, frozen_s in running:
             step.add_metric([move_id, str(org), st, src, tgt], float(in_step or 0))
@@ -99,10 +100,41 @@ def _capacity(conn, settings) -> list:
     return [*families.values(), age, *marks.values()]
 
 
-def serve(settings, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics endpoint listens wide
+class CertificateCollector(Collector):
+    """When each certificate of ``topology.tls`` in this config expires (the CA, the server's, this
+    host's client certificate): the alert CertificateExpiresSoon pages two weeks ahead."""
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def collect(self):
+        from migrator.topology.certs import CertificateError, describe
+
+        gauge = GaugeMetricFamily("migrator_certificate_expiry_timestamp_seconds",
+                                  "When a certificate of topology.tls stops being valid (Unix time)",
+                                  labels=["which", "name", "role", "path"])
+        tls = self.settings.topology.tls
+        for which in ("ca", "server_cert", "client_cert"):
+            value = getattr(tls, which, None) if tls else None
+            if not value:
+                continue
+            path = self.settings.resolve_path(value)
+            if not path.exists():
+                continue  # e.g. the server's certificate, on a host that only runs clients
+            try:
+                info = describe(path)
+            except CertificateError as exc:
+                log.warning("metrics: %s", exc.message)
+                continue
+            gauge.add_metric([which, info["name"], info["role"] or "", str(path)], info["expires_at"])
+        yield gauge
+
+
+def serve(settings, port: int, addr: str = "127.0.0.1") -> None:
     from prometheus_client import REGISTRY, start_http_server
 
     REGISTRY.register(ControlDatabaseCollector(settings))
+    REGISTRY.register(CertificateCollector(settings))
     start_http_server(port, addr=addr)
     log.warning("metrics exporter listening on %s:%d", addr, port)
     while True:

@@ -17,14 +17,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from migrator.config import Settings
-from migrator.errors import MigratorError
+from migrator.errors import BrokerUnavailable
 from migrator.rebalance.store import RebalanceStore
 
 log = logging.getLogger(__name__)
-
-
-class BrokerUnavailable(MigratorError):
-    code = "broker_unavailable"
 
 
 def clean_text(value: str) -> str:

@@ -7,12 +7,15 @@
 - pins: organizations an operator pinned (``migrator orgs pin``);
 - moving: organizations with an active move;
 - the global pause is a flag in the control database (``migrator rebalance pause|resume``).
+
+The concurrency guardrails (``Guardrails``) live in :mod:`migrator.moves.admission`: they bound every
+move, operators' too, and are checked again under a lock when a move is recorded.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from migrator.config import Settings
 from migrator.rebalance.planner import CellLoad, InFlight, OrgLoad, Thresholds
@@ -24,41 +27,6 @@ def thresholds(settings: Settings, cell: str) -> Thresholds:
     t = settings.rebalance.thresholds(cell)
     return Thresholds(high_bytes=t.high_water_bytes, low_bytes=t.low_water_bytes, high_orgs=t.high_water_orgs,
                       low_orgs=t.low_water_orgs)
-
-
-@dataclass
-class Guardrails:
-    """Free move slots per cell and overall, counted from the active moves."""
-
-    settings: Settings
-    per_cell: dict[str, int] = field(default_factory=dict)
-    total: int = 0
-
-    @classmethod
-    def from_moves(cls, settings: Settings, active_moves) -> Guardrails:
-        g = cls(settings)
-        for m in active_moves:
-            g.take(m.source_cell, m.target_cell)
-        return g
-
-    def limit(self, cell: str) -> int:
-        own = self.settings.rebalance.thresholds(cell).max_concurrent_moves
-        return self.settings.rebalance.max_moves_per_cell if own is None else own
-
-    def why_not(self, source: str, target: str) -> str | None:
-        r = self.settings.rebalance
-        if self.total >= r.max_moves_total:
-            return f"{self.total} moves are active in the fleet (max_moves_total {r.max_moves_total})"
-        for cell in (source, target):
-            if self.per_cell.get(cell, 0) >= self.limit(cell):
-                return (f"{self.per_cell.get(cell, 0)} moves are active from or to {cell} "
-                        f"(limit {self.limit(cell)} per cell)")
-        return None
-
-    def take(self, source: str, target: str) -> None:
-        self.total += 1
-        for cell in {source, target}:
-            self.per_cell[cell] = self.per_cell.get(cell, 0) + 1
 
 
 @dataclass

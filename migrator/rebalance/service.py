@@ -2,9 +2,16 @@
 
 - ``make_plan``: the planner over the cached readings; the plan and its reasons are recorded.
 - ``apply`` (approval mode, `migrator rebalance apply`) / automatic after an alert: the plan is
-  approved, supersedes the cell's other open plans, and its items start as moves while guardrail
+  approved, supersedes the cell's older open plans, and its items start as moves while guardrail
   slots are free. Items that find no slot stay pending; ``tick`` (celery beat) starts them later.
 - ``handle_alert``: a firing capacity alert, from the Celery task.
+- ``tick`` also re-plans a cell that is still hot (its alert still firing) once its plans are done.
+
+One live plan per cell, under alert storms too (docs/adr/0006-rebalancing-policy.md): plans are made
+and superseded under one advisory lock, a plan only ever supersedes older ones (creation order), an
+alert never supersedes a plan that is applying, and alerts and ticks make at most one plan per cell
+per ``rebalance.plan_cooldown_s``: the rest of a storm is noted against the live plan
+(``alert_absorbed``), without a plan or a reading of the cells.
 
 Every decision is written to ``rebalance_decisions``.
 """
@@ -15,10 +22,11 @@ import datetime as dt
 import logging
 
 from migrator.config import Settings
-from migrator.errors import MigratorError
+from migrator.errors import BrokerUnavailable, GuardrailExceeded, MigratorError
+from migrator.moves.admission import Guardrails
 from migrator.moves.operations import Operations
 from migrator.rebalance.planner import Plan, human_bytes, is_hot, plan_cell, projected
-from migrator.rebalance.policy import FleetView, Guardrails, fleet_view
+from migrator.rebalance.policy import FleetView, fleet_view
 from migrator.rebalance.readings import refresh_readings
 from migrator.rebalance.store import InvalidPlanState, RebalanceStore
 
@@ -74,11 +82,18 @@ class Rebalancer:
     def make_plan(self, cell: str, *, trigger: str = "operator", alert_id: int | None = None,
                   actor: str = ACTOR, status: str | None = None) -> tuple[object, Plan]:
         """Compute and record a plan. ``status``: default awaiting_approval (or applying for an alert
-        in auto mode); a plan without items is recorded as ``empty``."""
+        or a tick in auto mode); a plan without items is recorded as ``empty``. The cell's older plans
+        awaiting approval are superseded (one live plan per cell); one that is applying is not."""
+        with self.store.apply_lock():
+            return self._make_plan(cell, trigger=trigger, alert_id=alert_id, actor=actor, status=status)
+
+    def _make_plan(self, cell: str, *, trigger: str, alert_id: int | None, actor: str,
+                   status: str | None) -> tuple[object, Plan]:
+        """make_plan's work; the caller holds the apply lock."""
         view = fleet_view(self.settings, self.store)
         plan = self.compute(cell, view)
         if status is None:
-            status = "applying" if trigger == "alert" and self.settings.rebalance.approval == "auto" \
+            status = "applying" if trigger in ("alert", "tick") and self.settings.rebalance.approval == "auto" \
                 else "awaiting_approval"
         if not plan.items:
             status = "empty"
@@ -107,6 +122,10 @@ class Rebalancer:
             self.store.decide("org_chosen", f"organization {item.organization_id} -> {item.target}: {item.reason}",
                               cell=cell, organization_id=item.organization_id, plan_id=row.id, alert_id=alert_id,
                               actor=actor)
+        if status in ("awaiting_approval", "applying"):
+            for other in self.store.plans(cell=cell, statuses=("awaiting_approval",), limit=1000):
+                if other.id != row.id and other.created_at <= row.created_at:
+                    self._supersede(other, row.id, actor)
         return row, plan
 
     # ------------------------------------------------------------------ applying
@@ -122,15 +141,22 @@ class Rebalancer:
         return self.advance([plan.id], actor=actor)
 
     def approve(self, plan, actor: str) -> None:
-        """awaiting_approval -> applying; the cell's other open plans are superseded."""
+        """awaiting_approval -> applying; the cell's older open plans (an applying one too: an operator's
+        word) are superseded. A plan never supersedes a newer one: approving an older plan is refused."""
         with self.store.apply_lock():
-            others = [p for p in self.store.plans(cell=plan.cell, statuses=("awaiting_approval", "applying"))
-                      if p.id != plan.id]
+            others = [p for p in self.store.plans(cell=plan.cell, statuses=("awaiting_approval", "applying"),
+                                                  limit=1000) if p.id != plan.id]
+            newer = [p for p in others if p.created_at > plan.created_at]
+            if newer:
+                raise InvalidPlanState(f"plan {plan.id} is older than plan {newer[0].id} ({newer[0].status}) of "
+                                       f"{plan.cell}; a plan never replaces a newer one",
+                                       f"apply the newer plan, or make a new one: migrator rebalance plan --cell "
+                                       f"{plan.cell}")
             updated = self.store.set_plan_status(plan.id, "applying", expect=("awaiting_approval",),
                                                  approved_by=actor, approved_at=dt.datetime.now(dt.UTC))
             if updated is None:
                 raise InvalidPlanState(f"plan {plan.id} changed while you asked", "see `migrator rebalance plans`")
-            for other in others:
+            for other in sorted(others, key=lambda p: p.created_at):
                 self._supersede(other, plan.id, actor)
         self.store.decide("plan_approved", f"plan {plan.id} approved by {actor}", cell=plan.cell, plan_id=plan.id,
                           actor=actor)
@@ -208,6 +234,11 @@ class Rebalancer:
                 return skip(f"it now lives in {route.cell}, not {source}")
             move = self.ops.request_move(org, target, actor=actor,
                                          reason=f"rebalance plan {plan.id} for {plan.cell}: {item.reason}")
+        except GuardrailExceeded as exc:  # an operator's move took the slot meanwhile: wait for the next one
+            self.store.note_item(plan.id, item.ordinal, f"waiting for a free slot: {exc.message}")
+            return "deferred", {"reason": exc.message}
+        except BrokerUnavailable as exc:  # recorded; the reconciler sends it
+            move = self.ops.store.get(exc.extra["move_id"])
         except MigratorError as exc:
             return skip(f"{exc.code}: {exc.message}")
         self.store.set_item(plan.id, item.ordinal, state="started", move_id=move.id, note="")
@@ -244,25 +275,44 @@ class Rebalancer:
             self.store.decide("alert_skipped", f"rebalancer is paused (by {state.changed_by or '?'}"
                               + (f": {state.reason}" if state.reason else "") + "): no plan made", **common)
             return {"alert_id": alert_id, "result": "paused"}
-        refreshed = self.ensure_fresh()
-        row, plan = self.make_plan(cell, trigger="alert", alert_id=alert_id)
+        # Most alerts of a storm end here, before any reading of the cells (re-checked under the lock).
+        refreshed = self._live_plan(cell) is None and self.ensure_fresh()
+        with self.store.apply_lock():
+            live = self._live_plan(cell)
+            if live is not None:
+                plan_id, why = live
+                self.store.decide("alert_absorbed", f"no new plan: {why}", plan_id=plan_id, **common)
+                return {"alert_id": alert_id, "result": "absorbed", "plan_id": str(plan_id), "reason": why}
+            row, plan = self._make_plan(cell, trigger="alert", alert_id=alert_id, actor=ACTOR, status=None)
         result = {"alert_id": alert_id, "plan_id": str(row.id), "status": row.status, "refreshed": refreshed,
                   "summary": plan.summary}
         if row.status == "applying":
-            others = [p for p in self.store.plans(cell=cell, statuses=("awaiting_approval", "applying"))
-                      if p.id != row.id]
-            for other in others:
-                self._supersede(other, row.id, ACTOR)
             result["applied"] = self.advance([row.id])
         elif row.status == "awaiting_approval":
             self.store.decide("plan_waiting", f"plan {row.id} waits for approval: "
                               f"migrator rebalance apply {row.id}", plan_id=row.id, **common)
         return result
 
+    def _live_plan(self, cell: str) -> tuple[object, str] | None:
+        """(plan id, why) when an alert or the tick must not plan for ``cell`` now: a plan is applying
+        (never superseded by an alert), or one was made by an alert or the tick within the plan cooldown."""
+        applying = self.store.plans(cell=cell, statuses=("applying",), limit=1)
+        if applying:
+            return applying[0].id, f"plan {applying[0].id} is applying for {cell}"
+        cooldown = self.settings.rebalance.plan_cooldown_s
+        last = self.store.latest_plan(cell, ("alert", "tick")) if cooldown else None
+        if last is not None:
+            age = (self.store.now() - last.created_at).total_seconds()
+            if age < cooldown:
+                return last.id, (f"plan {last.id} ({last.status}) was made for {cell} {age:.0f} s ago; one plan per "
+                                 f"cell per {cooldown:g} s (rebalance.plan_cooldown_s)")
+        return None
+
     # ------------------------------------------------------------------ periodic
     def tick(self, enqueue_alert=None, received_s: float = 300.0, handling_s: float | None = None) -> dict:
-        """Beat: start pending items whose slot is free; re-enqueue alerts whose task was lost
-        (never claimed after ``received_s``, or claimed longer ago than the task time limit)."""
+        """Beat: re-enqueue alerts whose task was lost (never claimed after ``received_s``, or claimed
+        longer ago than the task time limit); re-plan cells still hot; start pending items whose slot
+        is free."""
         requeued = []
         if enqueue_alert is not None:
             handling_s = handling_s or float(self.settings.celery.task_time_limit_s) + 60.0
@@ -270,7 +320,32 @@ class Rebalancer:
                 enqueue_alert(a.id, a.cell)
                 requeued.append(a.id)
                 log.warning("rebalancer: alert %s (%s) made no progress: re-enqueued", a.id, a.cell)
-        return {"requeued_alerts": requeued, **self.advance()}
+        replanned = self.replan_hot()
+        return {"requeued_alerts": requeued, "replanned": replanned, **self.advance()}
+
+    def replan_hot(self) -> list[dict]:
+        """A plan for every cell whose capacity alert is still firing, that the readings still show hot,
+        with no live plan and no plan within the plan cooldown (its last plan is done and it is still hot)."""
+        if self.store.state().paused:
+            return []
+        firing = self.store.firing_cells(self.settings.rebalance.alertnames) & set(self.settings.cells)
+        candidates = [c for c in sorted(firing) if self._live_plan(c) is None]
+        if not candidates:
+            return []
+        self.ensure_fresh()
+        hot = set(self.hot_cells())
+        out = []
+        for cell in candidates:
+            if cell not in hot:
+                continue
+            with self.store.apply_lock():
+                if self._live_plan(cell) is not None:
+                    continue
+                row, plan = self._make_plan(cell, trigger="tick", alert_id=None, actor=ACTOR, status=None)
+            self.store.decide("cell_still_hot", f"{cell} is still hot and its alert still firing: plan {row.id} "
+                              f"({row.status})", cell=cell, plan_id=row.id)
+            out.append({"cell": cell, "plan_id": str(row.id), "status": row.status, "summary": plan.summary})
+        return out
 
     # ------------------------------------------------------------------ switches
     def pause(self, actor: str, reason: str = "") -> bool:
@@ -305,7 +380,8 @@ class Rebalancer:
             "paused": bool(state.paused), "changed_by": state.changed_by or None, "reason": state.reason or None,
             "changed_at": state.changed_at.isoformat() if state.changed_at else None,
             "approval": r.approval, "max_moves_per_cell": r.max_moves_per_cell, "max_moves_total": r.max_moves_total,
-            "cooldown_hours": r.cooldown_hours, "readings_age_s": None if age is None else round(age, 1),
+            "cooldown_hours": r.cooldown_hours, "plan_cooldown_s": r.plan_cooldown_s,
+            "readings_age_s": None if age is None else round(age, 1),
             "open_plans": len(self.store.plans(statuses=("awaiting_approval", "applying"))),
             "pins": len(self.store.pins()),
         }

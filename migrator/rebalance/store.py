@@ -247,6 +247,23 @@ class RebalanceStore:
         with self.Session() as s:
             return list(s.scalars(q))
 
+    def latest_plan(self, cell: str, triggers: Iterable[str]) -> RebalancePlan | None:
+        """The cell's most recent plan made by one of ``triggers`` (alert, tick, operator)."""
+        with self.Session() as s:
+            return s.scalars(select(RebalancePlan).where(RebalancePlan.cell == cell,
+                                                         RebalancePlan.trigger.in_(list(triggers)))
+                             .order_by(RebalancePlan.created_at.desc()).limit(1)).first()
+
+    def firing_cells(self, alertnames: Iterable[str]) -> set[str]:
+        """Cells whose latest capacity alert (of ``alertnames``) is firing, not resolved."""
+        latest = (select(func.max(RebalanceAlert.id))
+                  .where(RebalanceAlert.alertname.in_(list(alertnames)), RebalanceAlert.cell.is_not(None),
+                         RebalanceAlert.state != "ignored")
+                  .group_by(RebalanceAlert.cell))
+        with self.Session() as s:
+            return set(s.scalars(select(RebalanceAlert.cell).where(RebalanceAlert.id.in_(latest),
+                                                                   RebalanceAlert.status == "firing")))
+
     def pending_items(self, plan_ids: Iterable | None = None) -> list[tuple[RebalancePlan, RebalancePlanItem]]:
         """Pending items of plans being applied, oldest plan first."""
         q = (select(RebalancePlan, RebalancePlanItem)

@@ -4,6 +4,11 @@ A refusal arrives as the same :class:`~migrator.errors.MigratorError` subclass, 
 in-process. A server that cannot be reached is retried (every topology call is idempotent), then
 reported as :class:`~migrator.errors.CellUnavailable`. Create clients after forking (gRPC channels
 do not survive ``fork``).
+
+With ``topology.tls`` the channel is mutual TLS: the client shows its certificate (whose role decides
+what it may call) and trusts only the fleet's CA. A handshake the server refuses (no certificate, one
+from another CA, an expired one) looks like an unreachable server from this side: the error says to
+check the certificates too.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from migrator.errors import CellUnavailable, MigratorError
 from migrator.topology.proto import topology_pb2 as pb
 from migrator.topology.proto import topology_pb2_grpc as pb_grpc
 from migrator.topology.server import ERROR_METADATA_KEY
-from migrator.topology.service import CellInfo, RouteInfo, TopologyService
+from migrator.topology.service import CellInfo, RepairResult, RouteInfo, TopologyService
+from migrator.topology.tls import ClientTls, client_tls
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_ATTEMPTS = 5
@@ -35,7 +41,7 @@ def _error_classes() -> dict[str, type[MigratorError]]:
     return classes
 
 
-def error_from_rpc(exc: grpc.RpcError, address: str) -> MigratorError:
+def error_from_rpc(exc: grpc.RpcError, address: str, *, tls: bool = False) -> MigratorError:
     """The MigratorError a failed call stands for (the server's own class when it sent one)."""
     for key, value in exc.trailing_metadata() or ():
         if key == ERROR_METADATA_KEY:
@@ -48,8 +54,12 @@ def error_from_rpc(exc: grpc.RpcError, address: str) -> MigratorError:
     code = exc.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         what = "cannot be reached" if code == grpc.StatusCode.UNAVAILABLE else "did not answer in time"
-        return CellUnavailable(f"the Topology Service at {address} {what} ({exc.details()})",
-                               "start it with `migrator topology serve`, or check topology.address in the config")
+        hint = "start it with `migrator topology serve`, or check topology.address in the config"
+        if tls:
+            hint += ("; if it runs, the TLS handshake may have been refused: check that topology.tls.client_cert "
+                     "is signed by the server's CA and not expired (migrator topology certs show FILE), and that "
+                     "topology.tls.ca signed the server's certificate")
+        return CellUnavailable(f"the Topology Service at {address} {what} ({exc.details()})", hint)
     return MigratorError(f"the Topology Service at {address} failed: {code.name}: {exc.details()}",
                          "see the `migrator topology serve` log")
 
@@ -62,8 +72,8 @@ def _transport_unavailable(exc: BaseException) -> bool:
 
 
 def _route(msg: pb.Route) -> RouteInfo:
-    token = msg.move_token if msg.HasField("move_token") else None
-    return RouteInfo(msg.organization_id, msg.cell, msg.version, msg.state, token)
+    digest = msg.token_digest if msg.HasField("token_digest") else None
+    return RouteInfo(msg.organization_id, msg.cell, msg.version, msg.state, digest)
 
 
 def _cell(msg: pb.Cell) -> CellInfo:
@@ -71,18 +81,26 @@ def _cell(msg: pb.Cell) -> CellInfo:
 
 
 def _history(msg: pb.HistoryEntry) -> dict:
-    optional = ("from_cell", "to_cell", "token")
+    optional = ("from_cell", "to_cell", "token_digest")
     return {name: (getattr(msg, name) if name not in optional or msg.HasField(name) else None)
             for name in pb.HistoryEntry.DESCRIPTOR.fields_by_name}
 
 
 class TopologyClient:
-    """The Topology Service at ``address`` (HOST:PORT); the methods of :class:`TopologyService`."""
+    """The Topology Service at ``address`` (HOST:PORT or unix:PATH); the methods of :class:`TopologyService`.
 
-    def __init__(self, address: str, *, timeout: float = DEFAULT_TIMEOUT_S, attempts: int = DEFAULT_ATTEMPTS):
+    ``tls``: mutual TLS material (:func:`migrator.topology.tls.client_tls`); None: a plain channel."""
+
+    def __init__(self, address: str, *, tls: ClientTls | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 attempts: int = DEFAULT_ATTEMPTS):
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.tls = tls is not None
+        if tls is not None:
+            self._channel = grpc.secure_channel(address, tls.credentials(),
+                                                options=_CHANNEL_OPTIONS + tls.options(address))
+        else:
+            self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self._stub = pb_grpc.TopologyStub(self._channel)
         self._retrying = retry(retry=retry_if_exception(_transport_unavailable), stop=stop_after_attempt(attempts),
                                wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
@@ -101,7 +119,7 @@ class TopologyClient:
         try:
             return self._retrying(method)(request, timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
+            raise error_from_rpc(exc, self.address, tls=self.tls) from None
 
     # -- cells ------------------------------------------------------------------------------------
 
@@ -152,23 +170,31 @@ class TopologyClient:
     def history(self, organization_id: int) -> list[dict]:
         return [_history(e) for e in self._call("History", pb.HistoryRequest(organization_id=organization_id)).entries]
 
+    def repair(self, organization_id: int, *, actor: str = "", reason: str) -> RepairResult:
+        msg = self._call("Repair", pb.RepairRequest(organization_id=organization_id, actor=actor, reason=reason))
+        digest = msg.cleared_token_digest if msg.HasField("cleared_token_digest") else None
+        return RepairResult(_route(msg.route), msg.cleared, digest)
 
-_SHARED: dict[tuple[int, str], TopologyClient] = {}
+
+_SHARED: dict[tuple, TopologyClient] = {}
 
 
 def topology_client(settings, *, shared: bool = False) -> TopologyClient | TopologyService:
-    """The Topology Service as configured: over gRPC if ``topology.address`` is set, else in-process.
+    """The Topology Service as configured: over gRPC if ``topology.address`` is set (mutual TLS with
+    ``topology.tls``), else in-process (whoever holds ``control_dsn`` may do anything anyway).
 
-    ``shared``: one client (one gRPC channel, thread-safe) per address in this process, reused by
-    later calls, so a worker's steps do not each open a channel. Keyed by process id (fork).
+    ``shared``: one client (one gRPC channel, thread-safe) per address and certificate in this process,
+    reused by later calls, so a worker's steps do not each open a channel. Keyed by process id (fork).
     """
-    if settings.topology.address:
+    address = settings.topology.address
+    if address:
         if not shared:
-            return TopologyClient(settings.topology.address)
-        key = (os.getpid(), settings.topology.address)
+            return TopologyClient(address, tls=client_tls(settings))
+        tls = settings.topology.tls
+        key = (os.getpid(), address, tls.model_dump_json() if tls else None, settings.config_path)
         client = _SHARED.get(key)
         if client is None:
-            client = _SHARED[key] = TopologyClient(settings.topology.address)
+            client = _SHARED[key] = TopologyClient(address, tls=client_tls(settings))
         return client
     return TopologyService(settings.control_dsn, notify_channel=settings.topology.notify_channel,
                            sequence_block=settings.topology.sequence_block)

@@ -4,10 +4,16 @@ Every route change is one transaction that updates ``routes``, appends a ``route
 sends ``pg_notify(channel, json)`` (delivered on commit), so router caches invalidate at once.
 The flip is a single compare-and-set ``UPDATE``: it happens exactly once, or not at all. Every
 method is idempotent, so callers (and the gRPC client) may retry them freely.
+
+No answer carries a move token: a route or history entry shows the token's digest
+(:func:`token_digest`), which a caller holding the token can compare (``RouteInfo.held_by``) and
+nobody can use to act. ``repair`` clears a freeze whose token no live move owns.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Iterator
@@ -20,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
 from migrator.control.engine import control_engine
-from migrator.control.models import Cell, Route, RouteHistory
+from migrator.control.models import Cell, Move, Route, RouteHistory
 from migrator.dsn import mask_dsn
 from migrator.errors import (
     CellUnavailable,
@@ -33,6 +39,7 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
+from migrator.moves.workflow import ACTIVE_STATES
 
 CELL_STATES = ("active", "draining", "offline")
 ROUTE_STATES = ("active", "frozen")
@@ -47,17 +54,51 @@ class RouteConflict(MigratorError):
     code = "route_conflict"
 
 
+def token_digest(token: str | None) -> str | None:
+    """What answers show of a move token: the first 16 hex digits of its SHA-256."""
+    if not token:
+        return None
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class RouteInfo:
     organization_id: int
     cell: str
     version: int
     state: str  # active | frozen
-    move_token: str | None
+    token_digest: str | None  # digest of the token holding the freeze (never the token)
 
     @property
     def frozen(self) -> bool:
         return self.state == "frozen"
+
+    def held_by(self, token: str | None) -> bool:
+        """Whether ``token`` holds this route's freeze."""
+        mine = token_digest(token)
+        return bool(self.frozen and mine and self.token_digest and hmac.compare_digest(mine, self.token_digest))
+
+    def holder(self, tokens) -> str | None:
+        """The one of ``tokens`` that holds this route's freeze, or None."""
+        return next((t for t in tokens if self.held_by(t)), None)
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A route as loaded inside the service, with its raw token (never returned to a caller)."""
+
+    route: RouteInfo
+    token: str | None
+
+    def __getattr__(self, name):
+        return getattr(self.route, name)
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    route: RouteInfo
+    cleared: bool  # False: the route was not frozen, nothing changed
+    cleared_token_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +115,11 @@ _CELL_COLUMNS = (Cell.name, Cell.address, Cell.state, Cell.seq_min, Cell.seq_max
 
 
 def _route(row) -> RouteInfo:
-    return RouteInfo(int(row.organization_id), row.cell, int(row.version), row.state, row.move_token)
+    return RouteInfo(int(row.organization_id), row.cell, int(row.version), row.state, token_digest(row.move_token))
+
+
+def _held(row) -> _Held:
+    return _Held(_route(row), row.move_token)
 
 
 def _cell(row) -> CellInfo:
@@ -82,8 +127,12 @@ def _cell(row) -> CellInfo:
 
 
 def _describe(route: RouteInfo) -> str:
-    held = f" by token {route.move_token}" if route.move_token else ""
+    held = f" by token sha256:{route.token_digest}" if route.token_digest else ""
     return f"on {route.cell} at version {route.version}, {route.state}{held}"
+
+
+def _shown(token: str) -> str:
+    return f"sha256:{token_digest(token)}"
 
 
 class TopologyService:
@@ -141,13 +190,13 @@ class TopologyService:
         self._notify(conn, route, action)
         return route
 
-    def _load_route(self, conn: Connection, organization_id: int, *, lock: bool = False) -> RouteInfo:
+    def _load_route(self, conn: Connection, organization_id: int, *, lock: bool = False) -> _Held:
         stmt = select(*_ROUTE_COLUMNS).where(Route.organization_id == organization_id)
         row = conn.execute(stmt.with_for_update() if lock else stmt).one_or_none()
         if row is None:
             raise UnknownOrganization(f"organization {organization_id} has no route in the Topology Service",
                                       "register it first (register_route) or check the organization id")
-        return _route(row)
+        return _held(row)
 
     def _load_cell(self, conn: Connection, name: str) -> CellInfo:
         row = conn.execute(select(*_CELL_COLUMNS).where(Cell.name == name)).one_or_none()
@@ -219,7 +268,7 @@ class TopologyService:
             if row is not None:
                 return self._record(conn, _route(row), "register", from_cell=None, to_cell=cell, token=None,
                                     actor=actor, reason=reason)
-            current = self._load_route(conn, organization_id)
+            current = self._load_route(conn, organization_id).route
         if current.cell == cell:
             return current
         if current.frozen:
@@ -232,7 +281,7 @@ class TopologyService:
     def classify(self, organization_id: int) -> RouteInfo:
         """Where ``organization_id`` lives (UnknownOrganization if it has no route)."""
         with self._tx() as conn:
-            return self._load_route(conn, organization_id)
+            return self._load_route(conn, organization_id).route
 
     def list_routes(self, cell: str | None = None) -> list[RouteInfo]:
         stmt = select(*_ROUTE_COLUMNS).order_by(Route.organization_id)
@@ -247,16 +296,16 @@ class TopologyService:
         _check_token(token)
         with self._tx() as conn:
             route = self._load_route(conn, organization_id, lock=True)
-            if route.frozen and route.move_token != token:
+            if route.frozen and route.token != token:
                 raise RouteFrozen(f"organization {organization_id} is already frozen by another move: "
-                                  f"route {_describe(route)}; freeze with token {token} refused",
+                                  f"route {_describe(route.route)}; freeze with token {_shown(token)} refused",
                                   "wait for that move to finish or abort it; one move per organization")
             if route.cell != expected_cell:
-                raise StaleVersion(f"organization {organization_id} is routed {_describe(route)}, "
+                raise StaleVersion(f"organization {organization_id} is routed {_describe(route.route)}, "
                                    f"not on {expected_cell}; freeze refused",
                                    "the route changed since the move was planned; re-plan it from the current cell")
             if route.frozen:
-                return route
+                return route.route
             route = self._set_route(conn, organization_id, state="frozen", move_token=token)
             return self._record(conn, route, "freeze", from_cell=route.cell, to_cell=route.cell, token=token,
                                 actor=actor, reason=reason)
@@ -267,11 +316,11 @@ class TopologyService:
         _check_token(new_token)
         with self._tx() as conn:
             route = self._load_route(conn, organization_id, lock=True)
-            if route.frozen and route.move_token == new_token:
-                return route
-            if not route.frozen or route.move_token != old_token:
-                raise StaleToken(f"organization {organization_id}: refence from token {old_token} to {new_token} "
-                                 f"refused: route is {_describe(route)}",
+            if route.frozen and route.token == new_token:
+                return route.route
+            if not route.frozen or route.token != old_token:
+                raise StaleToken(f"organization {organization_id}: refence from token {_shown(old_token)} to "
+                                 f"{_shown(new_token)} refused: route is {_describe(route.route)}",
                                  "only the attempt holding the freeze can hand it over; re-read the move's token")
             route = self._set_route(conn, organization_id, move_token=new_token)
             return self._record(conn, route, "refence", from_cell=route.cell, to_cell=route.cell, token=new_token,
@@ -305,10 +354,10 @@ class TopologyService:
                                         token=token, actor=actor, reason=reason)
                 route = self._load_route(conn, organization_id)
                 if route.cell == to_cell and route.version == expected_version + 1 and (
-                    route.move_token == token or self._flipped_by(conn, organization_id, route.version, token)
+                    route.token == token or self._flipped_by(conn, organization_id, route.version, token)
                 ):
-                    return route  # this flip already happened
-                if not (route.frozen and route.move_token == token and route.cell == from_cell
+                    return route.route  # this flip already happened
+                if not (route.frozen and route.token == token and route.cell == from_cell
                         and route.version == expected_version):
                     break
         raise _flip_refused(route, from_cell, to_cell, expected_version, token)
@@ -325,10 +374,10 @@ class TopologyService:
         with self._tx() as conn:
             route = self._load_route(conn, organization_id, lock=True)
             if not route.frozen:
-                return route
-            if route.move_token != token:
-                raise StaleToken(f"organization {organization_id}: unfreeze with token {token} refused: "
-                                 f"route is {_describe(route)}",
+                return route.route
+            if route.token != token:
+                raise StaleToken(f"organization {organization_id}: unfreeze with token {_shown(token)} refused: "
+                                 f"route is {_describe(route.route)}",
                                  "this move attempt no longer holds the freeze; stop and let the current attempt act")
             route = self._set_route(conn, organization_id, state="active", move_token=None)
             return self._record(conn, route, "unfreeze", from_cell=route.cell, to_cell=route.cell, token=token,
@@ -342,16 +391,55 @@ class TopologyService:
                 .where(RouteHistory.organization_id == organization_id).order_by(RouteHistory.id))
         with self._tx() as conn:
             rows = conn.execute(stmt).mappings().all()
-        return [{**row, "at": row["at"].isoformat()} for row in rows]
+        out = []
+        for row in rows:
+            entry = {k: v for k, v in row.items() if k != "token"}
+            out.append({**entry, "at": row["at"].isoformat(), "token_digest": token_digest(row["token"])})
+        return out
+
+    # -- repair -----------------------------------------------------------------------------------
+
+    def repair(self, organization_id: int, *, actor: str = "", reason: str) -> RepairResult:
+        """Clear a freeze whose token no live move owns (a leftover: the move is gone, ended, or the token
+        was never a move's). Refused while a live move owns it: abort that move instead."""
+        if not (reason or "").strip():
+            raise MigratorError("a repair needs a reason", "say why, e.g. --reason 'move 8c1f… was deleted'")
+        with self._tx() as conn:
+            route = self._load_route(conn, organization_id, lock=True)
+            if not route.frozen:
+                return RepairResult(route.route, False)
+            owner = live_move_owning(conn, organization_id, route.token)
+            if owner is not None:
+                move_id, state = owner
+                raise RouteFrozen(f"organization {organization_id} is frozen by move {move_id}, which is {state}: "
+                                  "repair refused (it only clears a freeze no live move owns)",
+                                  f"abort that move (migrator abort {move_id}): an abort lifts its freeze")
+            cleared = route.token
+            fixed = self._set_route(conn, organization_id, state="active", move_token=None)
+            self._record(conn, fixed, "repair", from_cell=fixed.cell, to_cell=fixed.cell, token=cleared,
+                         actor=actor, reason=reason)
+            return RepairResult(fixed, True, token_digest(cleared))
 
 
-def _flip_refused(route: RouteInfo, from_cell: str, to_cell: str, expected_version: int,
+def live_move_owning(conn: Connection, organization_id: int, token: str | None) -> tuple[str, str] | None:
+    """(id, state) of a live move of the organization that owns ``token`` (its current token or an
+    earlier attempt's), or None. Live: any state but the terminal ones."""
+    if not token:
+        return None
+    owns = (Move.token == token) | Move.previous_tokens.any(token)
+    row = conn.execute(select(Move.id, Move.state).where(
+        Move.organization_id == organization_id, Move.state.in_(ACTIVE_STATES), owns).limit(1)).first()
+    return (str(row.id), row.state) if row is not None else None
+
+
+def _flip_refused(held: _Held, from_cell: str, to_cell: str, expected_version: int,
                   token: str) -> MigratorError:
+    route = held.route
     org = route.organization_id
     what = f"organization {org}: flip {from_cell} -> {to_cell} at version {expected_version} refused"
-    if route.move_token != token:
-        held = "not frozen" if not route.frozen else f"frozen by token {route.move_token}"
-        return StaleToken(f"{what}: route is {held}, not by token {token} (route {_describe(route)})",
+    if held.token != token:
+        how = "not frozen" if not route.frozen else f"frozen by token sha256:{route.token_digest}"
+        return StaleToken(f"{what}: route is {how}, not by token {_shown(token)} (route {_describe(route)})",
                           "this move attempt no longer holds the freeze; stop and let the current attempt act")
     if route.version != expected_version:
         return StaleVersion(f"{what}: route is at version {route.version} on {route.cell}",

@@ -31,7 +31,8 @@ def _services() -> dict:
 
 
 def _migrator_services() -> dict:
-    return {n: s for n, s in _services().items() if s.get("image") == "cells-migrator:local"}
+    """The long-running processes of the image (not the one-off `certs` maker)."""
+    return {n: s for n, s in _services().items() if s.get("image") == "cells-migrator:local" and n != "certs"}
 
 
 def _env(service: dict) -> dict:
@@ -100,6 +101,36 @@ def test_published_ports_unique_and_on_loopback():
             assert len(parts) == 3 and parts[0] == "127.0.0.1", f"{name}: publish {port} on 127.0.0.1 only"
             host_ports.append(parts[1])
     assert len(host_ports) == len(set(host_ports)), host_ports
+
+
+def test_only_authenticated_listeners_are_published():
+    """Never a port without authentication (issue 14): the API needs its token, Flower its basic auth."""
+    services = _services()
+    published = {name for name, svc in services.items() if svc.get("ports")}
+    assert published == {"api", "flower"}
+    assert "MIGRATOR_API__TOKEN" in _env(services["api"])
+    assert "FLOWER_BASIC_AUTH" in _env(services["flower"])
+
+
+def test_the_topology_service_runs_with_mutual_tls_and_each_process_gets_only_its_certificate(monkeypatch):
+    services = _services()
+    settings = _settings(monkeypatch)
+    tls = settings.topology.tls
+    assert tls is not None and not settings.topology.insecure
+    certs_dir = str(Path(tls.ca).parent)
+    mounts = {}
+    for name, svc in _migrator_services().items():
+        assert svc["depends_on"]["certs"] == {"condition": "service_completed_successfully"}, name
+        mounted = [v.split(":")[0] for v in svc.get("volumes", []) if v.split(":")[1] == certs_dir]
+        mounts[name] = mounted[0] if mounted else None
+        for volume in svc.get("volumes", []):
+            assert not volume.startswith("ca:"), f"{name} must not see the CA's key"
+    assert mounts["topology"] == "certs-server"
+    assert {mounts[n] for n in ("api", "worker-control", "worker-rows", "worker-blobs")} == {"certs-mover"}
+    assert mounts["migrator"] == "certs-admin" and mounts["exporter"] == "certs-public"
+    script = services["certs"]["command"][0]
+    assert "migrator topology certs init" in script and "--san topology" in script
+    assert all("key" not in step for step in script.split(";") if "/public/" in step), "certs-public holds no key"
 
 
 def test_migrator_processes_and_their_commands():

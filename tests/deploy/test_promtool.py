@@ -17,7 +17,7 @@ TEST_FILES = sorted((PROM / "tests").glob("*.yml"))
 RUNBOOK_BASE = "https://cells-migrator.invalid/"
 SEVERITIES = {"critical", "warning"}
 SHIPPED = {"CellCapacityHigh", "MoveStuckInStep", "WriteWindowTooLong", "MoveVerificationFailed", "NoLiveWorkers",
-           "ReconcilerReenqueuesClimbing", "ControlDatabaseDown", "MigratorTargetDown"}
+           "ReconcilerReenqueuesClimbing", "ControlDatabaseDown", "MigratorTargetDown", "CertificateExpiresSoon"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -26,12 +26,19 @@ class ScenarioResult:
     writes_rejected: int = 0
     writes_lost: int = 0
     worker_restarts: int = 0  # workers that exited by themselves and were restarted by the supervisor
+    takeover_s: list[float] = field(default_factory=list)  # kill inside the write window -> next step done
 
     def save(self) -> None:
         path = os.environ.get("FAULTS_REPORT")
         if path:
             with open(path, "a") as fh:
                 fh.write(json.dumps(asdict(self)) + "\n")
+
+
+def _median(values) -> str:
+    import statistics
+
+    return f"{statistics.median(values):.1f}" if values else ""
 
 
 def render(lines: list[dict]) -> str:
@@ -42,13 +49,15 @@ def render(lines: list[dict]) -> str:
                   "writes_lost", "worker_restarts"):
             a[k] += r.get(k, 0)
         a["violations"] += len(r["violations"])
+        a.setdefault("takeover_s", []).extend(r.get("takeover_s") or [])
     out = ["| scenario | trials | completed | failed, then resumed | aborted clean | invariant violations |"
-           " writes acknowledged | writes rejected (freeze) | writes lost | workers restarted |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           " writes acknowledged | writes rejected (freeze) | writes lost | workers restarted |"
+           " takeover in the window, median (s) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, a in agg.items():
         out.append(f"| {name} | {a['trials']} | {a['completed']} | {a['failed_then_resumed']} | {a['aborted_clean']}"
                    f" | {a['violations']} | {a['writes_acked']} | {a['writes_rejected']} | {a['writes_lost']}"
-                   f" | {a['worker_restarts']} |")
+                   f" | {a['worker_restarts']} | {_median(a.get('takeover_s'))} |")
     return "\n".join(out)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from migrator.blobs.store import open_store
 from migrator.moves.operations import Operations
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import org_checksums
 from tests.support.moves import migrator, wait_move
@@ -126,7 +126,7 @@ def test_missing_blob_fails_naming_the_key_and_lifts_the_freeze(one_org, worker)
 def test_unreachable_target_database(one_org, worker):
     fleet, settings, org = one_org
     # cell-3's database goes away (dropped): the move is refused naming the cell; no password shown.
-    from tests.support.databases import drop_database
+    from migrator.fleet.databases import drop_database
 
     drop_database(fleet.cell_dbs["cell-3"])
     result = migrator(fleet, "move", "--org", str(org), "--to", "cell-3", "--wait", "--json")
@@ -150,3 +150,37 @@ def test_password_never_shown(one_org, tmp_path):
     assert result.returncode != 0
     assert "hunter2secret" not in result.stdout + result.stderr
     assert "app:***@" in result.stdout + result.stderr
+
+
+def test_move_ids_by_unique_prefix(fleet):
+    """Every command that takes a move id takes a unique prefix of it (as git does); an ambiguous one lists
+    the candidates; a prefix too short or not hex is refused with a hint."""
+    import uuid
+
+    from migrator.control.engine import upgrade_control_db
+    from migrator.errors import UnknownMove
+    from migrator.moves.store import MoveStore
+
+    upgrade_control_db(fleet.control_dsn)
+    store = MoveStore(fleet.control_dsn)
+    ids = [uuid.UUID("abcd1234-0000-4000-8000-000000000001"), uuid.UUID("abcd1299-0000-4000-8000-000000000002"),
+           uuid.UUID("ef001234-0000-4000-8000-000000000003")]
+    with psycopg.connect(fleet.control_dsn, autocommit=True) as conn:
+        for i, move_id in enumerate(ids):
+            conn.execute("INSERT INTO moves (id, organization_id, source_cell, target_cell, strategy, state, step,"
+                         " token, attempt, requested_by, reason) VALUES (%s, %s, 'cell-1', 'cell-2', 'online',"
+                         " 'completed', 'unfreeze', 't', 1, 'test', 'prefix')", (move_id, 100 + i))
+    assert store.get("ef00").id == ids[2]
+    assert store.get("ABCD1234").id == ids[0]  # case does not matter
+    with pytest.raises(UnknownMove, match="ambiguous") as exc:
+        store.get("abcd12")
+    assert str(ids[0]) in exc.value.message and str(ids[1]) in exc.value.message
+    for bad, why in (("abc", "at least 4"), ("zzzz1", "not a move id"), ("0000", "no move id starts with")):
+        with pytest.raises(UnknownMove) as exc:
+            store.get(bad)
+        assert why in exc.value.message + (exc.value.hint or "")
+    result = migrator(fleet, "status", "ef00", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["id"] == str(ids[2])
+    result = migrator(fleet, "status", "abcd")
+    assert result.returncode == 1 and "ambiguous" in result.stderr and str(ids[1]) in result.stderr

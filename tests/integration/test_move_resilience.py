@@ -8,16 +8,15 @@ import signal
 import psycopg
 import pytest
 
+from migrator.moves import steps
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.operations import Operations
-from migrator.moves.runner import STEP_WORK
 from migrator.moves.store import MoveStore
-from migrator.moves.units import FAN_IN, PLANNERS, WORK
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import duplicate_keys, leftover_keys, org_checksums
-from tests.support.moves import copied_rows, migrator, wait_move
+from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move
 
 pytestmark = pytest.mark.integration
 
@@ -35,25 +34,26 @@ def test_every_step_run_twice_gives_the_same_end_state(provisioned):
     store = MoveStore(settings.control_dsn)
     move = store.create(organization_id=org, source="cell-1", target="cell-2", requested_by="test", reason="twice")
     store.start(move.id, move.token)
-    for step in wf.STEPS:
+    for step in wf.FROZEN:
         current = store.claim_step(move.id, step, move.token, "t", 60)
         assert current is not None, step
         ctx = MoveContext(settings=settings, store=store, move=current, token=move.token, owner="t")
+        work = steps.get(step)
         try:
-            if step in wf.FAN_OUT:
-                store.ensure_units(move.id, move.token, step, PLANNERS[step](ctx))
-                store.ensure_units(move.id, move.token, step, PLANNERS[step](ctx))  # planning twice adds nothing
+            if work.fans_out:
+                store.ensure_units(move.id, move.token, step, work.plan(ctx))
+                store.ensure_units(move.id, move.token, step, work.plan(ctx))  # planning twice adds nothing
                 for unit in store.units(move.id, step):
                     assert store.claim_unit(move.id, step, unit.unit, move.token, "t", 60)
-                    WORK[step](ctx, unit)
-                    WORK[step](ctx, unit)  # the same unit again, from its original position
-                    assert store.finish_unit(move.id, step, unit.unit, move.token, "t", WORK[step](ctx, unit) or {})
-                FAN_IN[step](ctx)
-                FAN_IN[step](ctx)
+                    work.unit(ctx, unit)
+                    work.unit(ctx, unit)  # the same unit again, from its original position
+                    assert store.finish_unit(move.id, step, unit.unit, move.token, "t", work.unit(ctx, unit) or {})
+                work.fan_in(ctx)
+                work.fan_in(ctx)
             else:
-                STEP_WORK[step](ctx)
+                work.run(ctx)
                 ctx.move = store.get(move.id)
-                STEP_WORK[step](ctx)
+                work.run(ctx)
         finally:
             ctx.close()
         assert store.advance(move.id, move.token, step) is not None
@@ -69,18 +69,16 @@ def test_every_step_run_twice_gives_the_same_end_state(provisioned):
 
 
 def test_worker_killed_mid_copy_rows_resumes_with_identical_checksums(provisioned, worker_factory):
-    # Small batches so copy_rows lasts long enough to be interrupted.
-    settings, org = _seed(provisioned, rows=40_000, blobs=4, seed=12)
+    settings, org = _seed(provisioned, rows=8_000, blobs=4, seed=12)
     before = org_checksums(settings, "cell-1", org)
-    w1 = worker_factory("w1", concurrency=2)
-    move = Operations(settings).request_move(org, "cell-2", actor="test", reason="sigkill")
     store = MoveStore(settings.control_dsn)
-    wait_move(settings, move.id, timeout=120,
-              predicate=lambda m, s: (m.step == "copy_rows" and copied_rows(s, m.id) > 0) or m.state != "running"
-              and m.state != "queued")
-    assert store.get(move.id).step == "copy_rows", "copy finished before it could be interrupted"
-    w1.kill(signal.SIGKILL)
-    at_kill = copied_rows(store, move.id)
+    # The target's notes are held: the copy is provably running when the worker dies.
+    with HeldTable(provisioned.cell_dsns["cell-2"], "notes"):
+        w1 = worker_factory("w1", concurrency=2)
+        move = Operations(settings).request_move(org, "cell-2", actor="test", reason="sigkill")
+        wait_copying(settings, move.id)
+        w1.kill(signal.SIGKILL)
+        at_kill = copied_rows(store, move.id)
     worker_factory("w2", concurrency=2)
     final = wait_move(settings, move.id, timeout=240)
     assert final.state == "completed", final.error
@@ -93,16 +91,16 @@ def test_worker_killed_mid_copy_rows_resumes_with_identical_checksums(provisione
 
 
 def test_abort_mid_copy_leaves_source_writable_and_target_clean(provisioned, worker_factory):
-    settings, org = _seed(provisioned, rows=40_000, blobs=6, seed=13)
+    settings, org = _seed(provisioned, rows=8_000, blobs=6, seed=13)
     before = org_checksums(settings, "cell-1", org)
-    worker_factory("w1", concurrency=2)
-    move = Operations(settings).request_move(org, "cell-2", actor="test", reason="abort")
-    wait_move(settings, move.id, timeout=120,
-              predicate=lambda m, s: (m.step == "copy_rows" and copied_rows(s, m.id) > 0) or m.state != "running"
-              and m.state != "queued")
-    result = migrator(provisioned, "abort", str(move.id), "--reason", "operator changed their mind")
-    assert result.returncode == 0, result.stderr
-    final = MoveStore(settings.control_dsn).get(move.id)
+    # The target's notes are held until the abort is requested: the move cannot flip first.
+    with HeldTable(provisioned.cell_dsns["cell-2"], "notes"):
+        worker_factory("w1", concurrency=2)
+        move = Operations(settings).request_move(org, "cell-2", actor="test", reason="abort")
+        wait_copying(settings, move.id)
+        requested = migrator(provisioned, "abort", str(move.id), "--no-wait", "--reason", "operator changed their mind")
+        assert requested.returncode == 0, requested.stderr
+    final = wait_move(settings, move.id, timeout=120)
     assert final.state == "aborted"
     assert all(rows == 0 for rows, _ in org_checksums(settings, "cell-2", org).values())
     assert leftover_keys(settings, "cell-1", "cell-2", org) == {}  # no orphan child rows either
@@ -135,3 +133,25 @@ def test_abort_after_flip_is_refused_and_cleanup_respects_retention(provisioned,
     # After cleanup the organization can move back to its old cell.
     back = migrator(provisioned, "move", "--org", str(org), "--to", "cell-1", "--wait", "--json")
     assert back.returncode == 0, back.stderr
+
+
+def test_resume_after_pause_continues_at_once(provisioned, worker_factory):
+    """A move paused mid-copy and resumed carries on at once: the new attempt's units are claimable
+    (the old attempt's unit leases went with its token), so no reconciler pass is needed."""
+    settings, org = _seed(provisioned, rows=6_000, blobs=2, seed=15)
+    before = org_checksums(settings, "cell-1", org)
+    ops = Operations(settings)
+    store = MoveStore(settings.control_dsn)
+    with HeldTable(provisioned.cell_dsns["cell-2"], "notes"):  # a notes unit is mid-batch when paused
+        worker_factory("w1", concurrency=2)
+        move = ops.request_move(org, "cell-2", actor="test", reason="pause, then resume", strategy="frozen")
+        wait_copying(settings, move.id)
+        ops.pause(move.id, actor="test")
+    resumed = ops.resume(move.id, actor="test")
+    final = wait_move(settings, move.id, timeout=120)
+    assert final.state == "completed", final.error
+    assert org_checksums(settings, "cell-2", org) == before
+    events = [e.event for e in store.events(move.id)]
+    after_resume = events[events.index("resumed"):]
+    assert "reconciled" not in after_resume, f"the resumed attempt waited for the reconciler: {after_resume}"
+    assert resumed.attempt == 2

@@ -19,8 +19,8 @@ from migrator.copy.rows import copy_range, count_rows, delete_range, plan_ranges
 from migrator.copy.spec import INDEX, SCAN, choose_path, stabilize_session, table_specs
 from migrator.dictionary import Dictionary
 from migrator.dictionary.check import check_advice
+from migrator.fleet.databases import create_database, drop_database, unique_name
 from migrator.verify.checksums import range_checksums
-from tests.support.databases import create_database, drop_database, unique_name
 
 pytestmark = pytest.mark.integration
 

@@ -76,7 +76,7 @@ def test_approval_guardrails_pins_and_pause(rb):
     result = rb.apply(row.id, "bob")
     # One move per cell at a time: one starts, the others wait.
     assert len(result["started"]) == 1 and len(result["deferred"]) == len(plan.items) - 1
-    assert "limit 1 per cell" in result["deferred"][0]["reason"]
+    assert "rebalance.max_moves_per_cell 1" in result["deferred"][0]["reason"]
     assert rb.apply(row.id, "bob")["started"] == []  # applying again only advances: no slot is free
     n_deferred = len(store.decisions(kind="move_deferred"))
     rb.tick()
@@ -133,3 +133,51 @@ def test_cli_plan_explains_every_choice(rb, fleet):
                  ("rebalance", "status"), ("cells", "capacity"), ("orgs", "pins")):
         out = migrator(fleet, *args)
         assert out.returncode == 0, (args, out.stderr)
+
+
+def _firing(rb, fingerprint: str) -> int:
+    alert_id, _ = rb.store.record_alert(fingerprint=fingerprint, starts_at=rb.store.now(), ends_at=None,
+                                        status="firing", alertname="CellCapacityHigh", cell="cell-1", group_key="",
+                                        labels={}, annotations={}, state="received")
+    return alert_id
+
+
+def test_an_applying_plan_is_never_superseded_by_an_alert_and_the_tick_replans(rb, fleet):
+    configure(fleet, rebalance={"approval": "auto", "plan_cooldown_s": 0, "max_moves_per_cell": 5,
+                                "readings_max_age_s": 3600})
+    rb = Rebalancer(fleet.settings())
+    store = rb.store
+    first = rb.handle_alert(_firing(rb, "s1"))
+    assert first["status"] == "applying" and first["applied"]["started"]
+    # Its moves are queued (no worker), so it stays applying until they start: here they all did at once.
+    plan = store.get_plan(first["plan_id"])
+    assert plan.status in ("applying", "done")
+    # The tick finds the cell still hot (readings unchanged, alert still firing) and plans again.
+    result = rb.tick()
+    assert [r["cell"] for r in result["replanned"]] == ["cell-1"]
+    replan = store.get_plan(result["replanned"][0]["plan_id"])
+    assert replan.trigger == "tick"
+    assert store.decisions(kind="cell_still_hot")[0].plan_id == replan.id
+    if replan.status == "applying":  # a newer alert never supersedes it
+        absorbed = rb.handle_alert(_firing(rb, "s2"))
+        assert absorbed["result"] == "absorbed" and absorbed["plan_id"] == str(replan.id)
+        assert store.get_plan(replan.id).status == "applying"
+    # A resolved alert: the tick no longer plans for the cell.
+    store.record_alert(fingerprint="s9", starts_at=store.now(), ends_at=store.now(), status="resolved",
+                       alertname="CellCapacityHigh", cell="cell-1", group_key="", labels={}, annotations={},
+                       state="handled")
+    assert rb.tick()["replanned"] == []
+
+
+def test_alerts_within_the_plan_cooldown_make_no_plan(rb, fleet):
+    configure(fleet, rebalance={"approval": "manual", "plan_cooldown_s": 3600})
+    rb = Rebalancer(fleet.settings())
+    older, _ = rb.make_plan("cell-1")  # an operator's plan does not count against the cooldown
+    results = [rb.handle_alert(_firing(rb, f"c{i}")) for i in range(5)]
+    assert results[0]["status"] == "awaiting_approval"
+    assert all(r["result"] == "absorbed" and r["plan_id"] == results[0]["plan_id"] for r in results[1:])
+    assert "rebalance.plan_cooldown_s" in results[1]["reason"]
+    live = rb.store.plans(cell="cell-1", statuses=("awaiting_approval", "applying"))
+    assert [str(p.id) for p in live] == [results[0]["plan_id"]]  # the operator's older plan was superseded
+    assert rb.store.get_plan(older.id).status == "superseded"
+    assert len(rb.store.decisions(kind="alert_absorbed")) == 4

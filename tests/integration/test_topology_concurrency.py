@@ -58,7 +58,7 @@ def test_racing_processes_flip_exactly_once(frozen):
     assert (cell, version) == (target, 2)
     assert {o[1] for o in outcomes if o[1] != "ok"} == {"StaleVersion"}
     route = frozen.classify(1)
-    assert (route.cell, route.version, route.move_token) == (target, 2, "tok")
+    assert (route.cell, route.version, route.held_by("tok")) == (target, 2, True)
     assert len(_flips(frozen)) == 1
 
 

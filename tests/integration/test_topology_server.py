@@ -9,16 +9,19 @@ import threading
 import pytest
 
 from migrator.errors import MigratorError, RouteFrozen, StaleToken, StaleVersion, UnknownCell, UnknownOrganization
+from migrator.fleet.processes import BIN
+from migrator.fleet.services import child_env
 from migrator.topology.client import TopologyClient
-from migrator.topology.service import RouteConflict, RouteInfo
-from tests.support.processes import BIN, ROOT, base_env
+from migrator.topology.service import RouteConflict, RouteInfo, token_digest
+from tests.support import ROOT
+from tests.support.fleet import client_tls
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def client(topology_server, fleet):
-    with TopologyClient(fleet.topology_listen) as c:
+    with TopologyClient(fleet.topology_listen, tls=client_tls("admin")) as c:
         for name in fleet.cell_dsns:
             c.register_cell(name)
         yield c
@@ -28,7 +31,7 @@ def test_a_move_through_the_server(client):
     client.register_route(11, "cell-1", actor="seed")
     assert client.freeze(11, "m1", expected_cell="cell-1", actor="mover").state == "frozen"
     assert client.flip(11, "cell-1", "cell-2", expected_version=1, token="m1") == RouteInfo(11, "cell-2", 2, "frozen",
-                                                                                          "m1")
+                                                                                          token_digest("m1"))
     assert client.flip(11, "cell-1", "cell-2", expected_version=1, token="m1").version == 2  # retry-safe
     assert client.unfreeze(11, "m1") == RouteInfo(11, "cell-2", 2, "active", None)
     assert [h["action"] for h in client.history(11)] == ["register", "freeze", "flip", "unfreeze"]
@@ -68,7 +71,7 @@ def test_concurrent_flips_through_the_server(client):
 
     def flip(i):
         target = "cell-2" if i % 2 else "cell-3"
-        with TopologyClient(client.address) as own:
+        with TopologyClient(client.address, tls=client_tls("mover")) as own:
             barrier.wait()
             try:
                 outcomes.append(own.flip(14, "cell-1", target, expected_version=1, token="m1"))
@@ -88,7 +91,7 @@ def test_concurrent_flips_through_the_server(client):
 
 
 def _cli(fleet, *args):
-    return subprocess.run([str(BIN / "migrator"), "topology", *args], env=base_env(fleet.config_path), cwd=ROOT,
+    return subprocess.run([str(BIN / "migrator"), "topology", *args], env=child_env(fleet.config_path), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -100,10 +103,11 @@ def test_cli_routes_and_history(client, fleet):
     assert [r["organization_id"] for r in json.loads(out.stdout)] == [21, 22]
     out = _cli(fleet, "routes", "--cell", "cell-2", "--json")
     assert json.loads(out.stdout) == [{"organization_id": 22, "cell": "cell-2", "version": 1, "state": "active",
-                                       "move_token": None}]
+                                       "token_digest": None}]
     out = _cli(fleet, "history", "21", "--json")
     (entry,) = json.loads(out.stdout)
-    assert (entry["action"], entry["actor"], entry["reason"]) == ("register", "ops", "onboarding")
+    # Who asked, and the certificate that made the call.
+    assert (entry["action"], entry["actor"], entry["reason"]) == ("register", "ops [admin/admin]", "onboarding")
     out = _cli(fleet, "classify", "404")
     assert out.returncode == 1 and "organization 404" in out.stderr
     assert _cli(fleet, "routes").returncode == 0

@@ -6,7 +6,7 @@ import pytest
 
 from migrator.cells.introspect import ColumnInfo, LiveSchema, TableInfo
 from migrator.errors import SchemaMismatch
-from migrator.moves.preflight import _check_row_hash
+from migrator.moves.steps.preflight import _check_row_hash
 
 
 def _live(row_hash: bool, handle_hashable: bool) -> LiveSchema:

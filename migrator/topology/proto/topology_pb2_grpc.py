@@ -96,6 +96,11 @@ class TopologyStub:
                 request_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.Repair = channel.unary_unary(
+                '/migrator.topology.v1.Topology/Repair',
+                request_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairRequest.SerializeToString,
+                response_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairResponse.FromString,
+                _registered_method=True)
 
 
 class TopologyServicer:
@@ -175,6 +180,12 @@ class TopologyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Repair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TopologyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +248,11 @@ def add_TopologyServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.HistoryRequest.FromString,
                     response_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.HistoryResponse.SerializeToString,
+            ),
+            'Repair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repair,
+                    request_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairRequest.FromString,
+                    response_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -565,6 +581,33 @@ class Topology:
             '/migrator.topology.v1.Topology/History',
             migrator_dot_topology_dot_proto_dot_topology__pb2.HistoryRequest.SerializeToString,
             migrator_dot_topology_dot_proto_dot_topology__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/migrator.topology.v1.Topology/Repair',
+            migrator_dot_topology_dot_proto_dot_topology__pb2.RepairRequest.SerializeToString,
+            migrator_dot_topology_dot_proto_dot_topology__pb2.RepairResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,55 @@
+"""cleanup: delete the source copy of a completed move, in batches, after the retention period.
+
+Blobs first (their keys are read from the rows), then rows in reverse copy order, then the source's
+freeze entry. Idempotent: a second run finds nothing left and marks the move cleaned.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func
+
+from migrator.blobs.copier import blob_units, delete_org_blobs
+from migrator.blobs.store import open_store, same_store
+from migrator.cells.guard import unfreeze_org
+from migrator.copy.rows import delete_range
+from migrator.moves import workflow as wf
+from migrator.moves.context import MoveContext
+from migrator.moves.operations import check_cleanup_allowed
+from migrator.moves.steps.base import Step
+from migrator.moves.store import MoveStore
+
+log = logging.getLogger(__name__)
+
+
+def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str) -> dict:
+    store = MoveStore(settings.control_dsn)
+    move = store.get(move_id)
+    if move.state == wf.CLEANED:
+        return {"state": "cleaned", "already": True}
+    check_cleanup_allowed(settings, move, force=force, now=store.now())
+    ctx = MoveContext(settings=settings, store=store, move=move, token=move.token, owner=owner)
+    try:
+        src = ctx.source()
+        src_store, dst_store = open_store(settings, move.source_cell), open_store(settings, move.target_cell)
+        blobs = 0
+        if not same_store(src_store, dst_store):
+            for table, blob in blob_units(ctx.dictionary):
+                blobs += delete_org_blobs(src, src_store, ctx.specs[table], blob, ctx.org)
+        deleted = {}
+        for table in reversed(ctx.copy_order()):
+            deleted[table] = delete_range(src, ctx.specs[table], ctx.org, None, None,
+                                          disable_triggers=settings.moves.disable_target_triggers, token=move.token)
+            store.touch(move.id)
+        unfreeze_org(src, ctx.org)
+        store.set_fields(move.id, move.token, state=wf.CLEANED, cleaned_at=func.now())
+        detail = {"rows_deleted": deleted, "blobs_deleted": blobs}
+        store.event(move.id, "cleanup", "cleaned", f"source copy in {move.source_cell!r} deleted", detail,
+                    actor=actor)
+        return {"state": "cleaned", **detail}
+    finally:
+        ctx.close()
+
+
+STEP = Step("cleanup", operator=True, summary="after the retention period: the source copy deleted")
