@@ -159,6 +159,9 @@ class MoveConfig(_Strict):
     window_lease_ttl_s: float = Field(default=3.0, gt=0)
     window_stale_after_s: float = Field(default=4.0, gt=0)
     window_reconcile_every_s: float = Field(default=1.0, gt=0)
+    # After the flip, verify the retained source copy against the target in full (keys the target changed
+    # since are left out); cleanup refuses a move whose verification after the flip found differences.
+    verify_after_flip: bool = True
     retention_hours: float = Field(default=168.0, ge=0)
     # Estimates used by preflight until measured rates exist.
     est_rows_per_s: float = Field(default=100_000.0, gt=0)

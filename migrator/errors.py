@@ -83,6 +83,12 @@ class ChecksumMismatch(MigratorError):
     code = "checksum_mismatch"
 
 
+class CaptureIncomplete(MigratorError):
+    """The online strategy's change capture may have missed changes: the move must not flip."""
+
+    code = "capture_incomplete"
+
+
 class CellUnavailable(MigratorError):
     """A cell database (or its blob store) does not answer."""
 

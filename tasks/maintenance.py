@@ -36,10 +36,12 @@ def move_store_dispatch(move_id: str, step: str) -> None:
 
 
 @app.task(name=steps.get("cleanup").task, bind=True, max_retries=10)
-def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, actor: str = ""):
+def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, actor: str = "",
+                 accept_differences: str | None = None):
     try:
         owner = f"{self.request.id}:{uuid.uuid4().hex[:12]}"
-        return run_cleanup(get_settings(), move_id, force=force, actor=actor, owner=owner)
+        return run_cleanup(get_settings(), move_id, force=force, actor=actor, owner=owner,
+                           accept_differences=accept_differences)
     except Exception as exc:
         if is_transient(exc):
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60)) from None

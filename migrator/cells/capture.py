@@ -95,12 +95,88 @@ END
             old_key=_key_json(live, table, "OLD"), new_key=_key_json(live, table, "NEW"))
 
 
+# Every ALTER TABLE that switches a trigger off (or to replica/always-only firing) is recorded, so a
+# move can tell that its capture may have missed changes even if the trigger was switched back on
+# since (a careless `ALTER TABLE … DISABLE TRIGGER ALL` during a data fix). An event trigger needs a
+# superuser; without one the point-in-time check of the triggers' state is all there is.
+DDL_WATCH = "migrator_ddl_watch"
+_DDL_WATCH_DDL = """
+CREATE TABLE IF NOT EXISTS migrator.ddl_log (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tag text NOT NULL,
+    relid oid NOT NULL,
+    object text NOT NULL,
+    query text NOT NULL
+);
+CREATE OR REPLACE FUNCTION migrator.ddl_watch() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, migrator AS $fn$
+DECLARE
+    r record;
+BEGIN
+    IF current_query() !~* '(disable|enable[[:space:]]+(replica|always))[[:space:]]+trigger' THEN
+        RETURN;
+    END IF;
+    FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
+        INSERT INTO migrator.ddl_log (tag, relid, object, query)
+        VALUES (r.command_tag, r.objid, r.object_identity, left(current_query(), 2000));
+    END LOOP;
+END
+$fn$;
+"""
+
+
+def _install_ddl_watch(conn: psycopg.Connection) -> bool:
+    """The event trigger recording trigger switches; False when this role may not create one."""
+    if not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        return False
+    conn.execute(_DDL_WATCH_DDL)
+    if not conn.execute("SELECT 1 FROM pg_event_trigger WHERE evtname = %s", (DDL_WATCH,)).fetchone():
+        conn.execute(sql.SQL("CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
+                             "EXECUTE FUNCTION migrator.ddl_watch()").format(sql.Identifier(DDL_WATCH)))
+    return True
+
+
+def capture_gaps(conn: psycopg.Connection, tables: list[str], schema: str, since,
+                 triggers: tuple[str, ...] = (TRIGGER,)) -> list[str]:
+    """Why a capture that started at ``since`` may have missed changes (empty: it cannot have): an
+    organization table without one of ``triggers``, or with it not firing for ordinary sessions now, or
+    any trigger of it switched off since ``since`` (recorded by the DDL watch)."""
+    problems = []
+    rows = conn.execute(
+        """SELECT c.relname, t.tgname, t.tgenabled FROM pg_catalog.pg_class c
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = ANY(%(triggers)s)
+            WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)""",
+        {"triggers": list(triggers), "schema": schema, "tables": list(tables)}).fetchall()
+    state = {(table, trigger): enabled for table, trigger, enabled in rows}
+    for table in tables:
+        for trigger in triggers:
+            enabled = state.get((table, trigger))
+            if enabled is None:
+                problems.append(f"{table}: no trigger {trigger}")
+            elif enabled not in ("O", "A"):
+                how = "disabled" if enabled == "D" else "fires for replicas only"
+                problems.append(f"{table}: trigger {trigger} {how}")
+    if conn.execute("SELECT to_regclass('migrator.ddl_log') IS NOT NULL").fetchone()[0]:
+        for at, obj, query in conn.execute(
+                """SELECT d.at, d.object, d.query FROM migrator.ddl_log d
+                     JOIN pg_catalog.pg_class c ON c.oid = d.relid
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                    WHERE d.at >= %(since)s AND n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)
+                    ORDER BY d.id""", {"since": since, "schema": schema, "tables": list(tables)}):
+            problems.append(f"{obj}: triggers switched at {at:%H:%M:%S} UTC ({' '.join(query.split())[:120]})")
+    return problems
+
+
 def install_capture(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSchema) -> list[str]:
-    """Create (or replace) the change-capture triggers on every organization table. Idempotent."""
+    """Create (or replace) the change-capture triggers on every organization table, and the DDL watch
+    (superuser only). Idempotent."""
     installed = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute(_BASE_DDL)
+        _install_ddl_watch(conn)
         for table in dictionary.org_tables():
             if table not in live.tables:
                 continue
@@ -126,7 +202,9 @@ def uninstall_capture(conn: psycopg.Connection, dictionary: Dictionary, schema: 
                 conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
                     sql.Identifier(TRIGGER), sql.Identifier(schema, table)))
             conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(SCHEMA, function_name(table))))
-        conn.execute("DROP TABLE IF EXISTS migrator.change_log, migrator.captures")
+        conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(DDL_WATCH)))
+        conn.execute("DROP FUNCTION IF EXISTS migrator.ddl_watch()")
+        conn.execute("DROP TABLE IF EXISTS migrator.change_log, migrator.captures, migrator.ddl_log")
         conn.execute("DROP FUNCTION IF EXISTS migrator.capture_log(bigint, text, jsonb)")
 
 
@@ -186,3 +264,11 @@ def pending_keys(conn: psycopg.Connection, capture_id: str, prev: str | None, cu
     q = sql.SQL("SELECT count(*) FROM (SELECT DISTINCT c.table_name, c.pk FROM migrator.change_log AS c WHERE {}) d")
     return int(conn.execute(q.format(sql.SQL(PENDING_ENTRIES)), {"cap": capture_id, "prev": prev, "cur": cur}
                             ).fetchone()[0])
+
+
+def logged_keys(conn: psycopg.Connection, capture_id: str, table: str, prev: str | None = None) -> list:
+    """The distinct keys (JSON arrays) of ``table`` logged by a capture since snapshot ``prev`` (None: all),
+    as this statement's snapshot sees the log."""
+    q = sql.SQL("SELECT DISTINCT c.pk FROM migrator.change_log AS c WHERE c.table_name = %(tbl)s AND {}").format(
+        sql.SQL(PENDING_ENTRIES))
+    return [r[0] for r in conn.execute(q, {"cap": capture_id, "tbl": table, "prev": prev, "cur": None})]

@@ -17,8 +17,9 @@ from migrator.errors import MigratorError
 # The migrator's own relations in its schema (the freeze guard, the cell's identity, recorded sequence
 # bounds, the online strategy's change capture). In a schema marked with NAMESPACE_COMMENT everything is
 # the migrator's; these names only matter to recognize a schema created before the mark existed.
-OWN_TABLES = ("frozen_orgs", "cell_info", "sequence_bounds", "captures", "change_log", "change_log_id_seq")
-OWN_FUNCTION_PREFIXES = ("guard_", "capture_")
+OWN_TABLES = ("frozen_orgs", "cell_info", "sequence_bounds", "captures", "change_log", "change_log_id_seq",
+              "ddl_log", "ddl_log_id_seq")
+OWN_FUNCTION_PREFIXES = ("guard_", "capture_", "ddl_watch")
 NAMESPACE_COMMENT = ("cells-migrator: the migrator's own objects in this cell (freeze guard, cell identity); "
                      "`migrator cells uninstall` removes them. See docs/adr/0007-what-the-migrator-installs.md")
 

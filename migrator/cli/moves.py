@@ -213,10 +213,15 @@ def register(app: typer.Typer) -> None:
                     force: bool = typer.Option(False, "--force", help="Delete before the retention period ends."),
                     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the source copy is gone."),
                     timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait."),
+                    accept_differences: str = typer.Option(
+                        "", "--accept-differences", metavar="REASON",
+                        help="Delete although the verification after the flip found differences (kept in the "
+                             "history)."),
                     config: str = CONFIG_OPTION):
-        """Delete the source copy of a completed move (refused before the retention period)."""
+        """Delete the source copy of a completed move (refused before the retention period, and after a
+        verification that found differences)."""
         ops = _ops(config)
-        move = ops.cleanup(move_id, force=force)
+        move = ops.cleanup(move_id, force=force, accept_differences=accept_differences or None)
         console.print(f"move {move.id}: cleanup of {move.source_cell!r} enqueued")
         if wait:
             deadline = time.monotonic() + timeout

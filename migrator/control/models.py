@@ -136,6 +136,11 @@ class Move(Base):
                                                        server_default=text("'{}'::varchar[]"))
     capture_snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)
     catch_up_keys_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The source snapshot the verification before the freeze left keys in flux out against (online: the
+    # window re-verifies every key changed since), and the verdict of the verification after the flip
+    # (None: not run; cleanup refuses after False). docs/adr/0012-the-write-window.md.
+    verified_snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)
+    verified_after_flip: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     __table_args__ = (
         # At most one active move per organization, enforced by the database itself.

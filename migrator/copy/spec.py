@@ -258,25 +258,49 @@ class TableSpec:
     def count_sql(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
         return sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(self.ident, self.where(lo, hi))
 
-    def checksum_sql(self, lo: list | None = None, hi: list | None = None) -> sql.Composable:
-        """Row count and an order-independent checksum: the sum of a 64-bit hash of each row.
-
-        With ``hashed``: ``hash_record_extended`` over the row's values, a column whose type has
-        no hash function (json, point, xml…) or a nondeterministic collation entering as its text
-        form in the "C" collation. Without: a 64-bit prefix of the md5 of the row's text form.
-        """
+    def row_hash(self) -> sql.Composable:
+        """A 64-bit hash of row ``t`` (summed by the checksums). With ``hashed``: ``hash_record_extended``
+        over the row's values, a column whose type has no hash function (json, point, xml…) or a
+        nondeterministic collation entering as its text form in the "C" collation. Without: a 64-bit
+        prefix of the md5 of the row's text form."""
         if self.hashed is None:
-            return sql.SQL(
-                "SELECT count(*), coalesce(sum(('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::bigint), 0)"
-                "::text FROM {table} AS t WHERE {where}"
-            ).format(cols=self.cols("t"), table=self.ident, where=self.where(lo, hi))
+            return sql.SQL("('x' || substr(md5(ROW({cols})::text), 1, 16))::bit(64)::bigint").format(
+                cols=self.cols("t"))
         values = sql.SQL(", ").join(
             sql.Identifier("t", c) if hashed else sql.SQL('CAST({} AS text) COLLATE "C"').format(sql.Identifier("t", c))
             for c, hashed in zip(self.columns, self.hashed, strict=True))
+        return sql.SQL("hash_record_extended(ROW({values}), 0)").format(values=values)
+
+    def keys_from_json(self, param: str, alias: str = "e") -> sql.Composable:
+        """``SELECT`` of typed keys from the JSON array parameter ``%(param)s`` (each key a JSON array)."""
+        cols = sql.SQL(", ").join(
+            sql.SQL("CAST({} ->> {} AS {}) AS {}").format(sql.Identifier(alias), sql.Literal(i), sql.SQL(t),
+                                                         sql.Identifier(c))
+            for i, (c, t) in enumerate(zip(self.pk, self.pk_types, strict=True)))
+        return sql.SQL("SELECT {} FROM jsonb_array_elements(CAST({} AS jsonb)) AS {}").format(
+            cols, sql.Placeholder(param), sql.Identifier(alias))
+
+    def checksum_sql(self, lo: list | None = None, hi: list | None = None, *,
+                     excluding: str | None = None) -> sql.Composable:
+        """Row count and an order-independent checksum (the sum of :meth:`row_hash`) of the organization's
+        rows in (lo, hi]. ``excluding``: the name of a parameter holding keys (a JSON array of key
+        arrays) whose rows are left out on both sides: keys in flux while the organization is writable."""
+        where = self.where(lo, hi)
+        if excluding:
+            where = sql.SQL("{} AND ROW({}) NOT IN ({})").format(where, self.pk_cols("t"),
+                                                                 self.keys_from_json(excluding))
+        return sql.SQL("SELECT count(*), coalesce(sum({hash}), 0)::text FROM {table} AS t WHERE {where}").format(
+            hash=self.row_hash(), table=self.ident, where=where)
+
+    def keys_checksum_sql(self, param: str = "keys") -> sql.Composable:
+        """Count and checksum of the organization's rows among the keys in ``%(param)s``, found by key
+        (the keys drive the plan: a few probes of the primary key, whatever the table's size)."""
+        match = sql.SQL(" AND ").join(sql.SQL("t.{c} = k.{c}").format(c=sql.Identifier(c)) for c in self.pk)
         return sql.SQL(
-            "SELECT count(*), coalesce(sum(hash_record_extended(ROW({values}), 0)), 0)::text"
-            " FROM {table} AS t WHERE {where}"
-        ).format(values=values, table=self.ident, where=self.where(lo, hi))
+            "SELECT count(t.*), coalesce(sum({hash}), 0)::text FROM ({keys}) AS k"
+            " JOIN {table} AS t ON {match} WHERE ({pred})"
+        ).format(hash=self.row_hash(), keys=self.keys_from_json(param), table=self.ident, match=match,
+                 pred=self.predicate)
 
     def boundaries_sql(self, every: int) -> sql.Composable:
         """Every ``every``-th key of the organization's rows in key order (range split points)."""

@@ -24,7 +24,7 @@ from migrator.cells import capture as cap
 from migrator.copy.delta import apply_round as apply_rows
 from migrator.copy.delta import logged_keys_sql
 from migrator.db import connection
-from migrator.errors import MigratorError
+from migrator.errors import CaptureIncomplete, MigratorError
 from migrator.moves import workflow as wf
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 def capture_id(move) -> str:
     return str(move.id)
+
+
+def after_flip_capture_id(move) -> str:
+    """The capture of the organization's writes on the target after the flip (verify_after_flip)."""
+    return f"{move.id}:after-flip"
 
 
 @dataclass
@@ -87,6 +92,29 @@ def apply_round(ctx) -> Round:
 def pending(ctx) -> int:
     """Distinct keys logged since the move's last applied position."""
     return cap.pending_keys(ctx.source(), capture_id(ctx.move), ctx.store.get(ctx.move.id).capture_snapshot)
+
+
+def check_capture_intact(ctx) -> None:
+    """Refuse to go on when the source's capture (or its freeze guard) may have missed changes: a trigger
+    missing or not firing now, or switched off at any moment since the capture started."""
+    from migrator.cells.guard import TRIGGER_NAME as GUARD_TRIGGER
+
+    src = ctx.source()
+    mine = [c for c in cap.captures(src) if c["capture_id"] == capture_id(ctx.move)]
+    if not mine:
+        raise CaptureIncomplete(f"cell {ctx.move.source_cell!r}: the change capture of move {ctx.move.id} is gone",
+                                "resume the move: it captures again and copies what changed (docs/runbooks/"
+                                "verification-failed.md)")
+    tables = ctx.copy_order()
+    schema = ctx.source_schema.schema
+    triggers = (cap.TRIGGER, GUARD_TRIGGER) if ctx.store.get(ctx.move.id).frozen_at else (cap.TRIGGER,)
+    gaps = cap.capture_gaps(src, tables, schema, mine[0]["started_at"], triggers=triggers)
+    if gaps:
+        raise CaptureIncomplete(
+            f"cell {ctx.move.source_cell!r}: the change capture may have missed changes of organization {ctx.org}: "
+            + "; ".join(gaps[:5]) + (f" (and {len(gaps) - 5} more)" if len(gaps) > 5 else ""),
+            "re-enable the triggers (`migrator cells init` reinstalls them), then resume the move: it re-verifies "
+            "every row before it can flip; see docs/runbooks/verification-failed.md")
 
 
 def stop(settings, move) -> None:

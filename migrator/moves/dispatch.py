@@ -102,6 +102,6 @@ class Dispatcher:
         return self.send(steps.get("abort").task, move_id=str(move.id), organization_id=int(move.organization_id),
                          token=token or move.token)
 
-    def cleanup(self, move, force: bool = False, actor: str = "") -> str:
+    def cleanup(self, move, force: bool = False, actor: str = "", accept_differences: str | None = None) -> str:
         return self.send(steps.get("cleanup").task, move_id=str(move.id), organization_id=int(move.organization_id),
-                         force=force, actor=actor)
+                         force=force, actor=actor, accept_differences=accept_differences)

@@ -8,8 +8,8 @@ import logging
 
 from migrator.config import Settings
 from migrator.db import first_line
-from migrator.errors import BrokerUnavailable, InvalidMoveState, MigratorError
-from migrator.moves import recovery
+from migrator.errors import BrokerUnavailable, CaptureIncomplete, InvalidMoveState, MigratorError
+from migrator.moves import change_log, recovery
 from migrator.moves import workflow as wf
 from migrator.moves.admission import admit
 from migrator.moves.dispatch import Dispatcher
@@ -128,13 +128,21 @@ class Operations:
         # freezes again and copies again (upsert); the online one's capture never stopped, so it
         # catches up from its log.
         restart = "catch_up" if online else "freeze"
-        if lifted and steps.index(step) > steps.index(restart):
+        # A capture that may have missed changes cannot be caught up from: capture again and copy again.
+        recapture = online and move.error_code == CaptureIncomplete.code and move.flipped_at is None
+        if recapture:
+            step = "capture"
+        elif lifted and steps.index(step) > steps.index(restart):
             step = restart
         updated = self._takeover(move, wf.RUNNING, step=step)
-        if lifted:
+        if recapture:
+            change_log.stop(self.settings, move)  # its log goes with it; the new capture starts before the copy
+            self.store.set_fields(move.id, updated.token, capture_snapshot=None, verified_snapshot=None)
+        if lifted or recapture:
             # The freeze was lifted: the next freeze starts a new write window.
             self.store.set_fields(move.id, updated.token, frozen_at=None, unfrozen_at=None, freeze_lifted=False)
-            self.store.reset_units(move.id, ["verify"] if online else ["copy_rows", "copy_blobs", "verify"])
+            self.store.reset_units(move.id, ["verify"] if online and not recapture
+                                   else ["copy_rows", "copy_blobs", "verify"])
         self.store.event(move.id, step, "resumed", f"attempt {updated.attempt} from step {step}",
                          actor=actor or default_actor())
         self.dispatcher.step(updated, step)
@@ -157,19 +165,32 @@ class Operations:
         self.dispatcher.abort(updated)
         return updated
 
-    def cleanup(self, move_id, *, force: bool = False, actor: str | None = None):
+    def cleanup(self, move_id, *, force: bool = False, accept_differences: str | None = None,
+                actor: str | None = None):
         move = self.store.get(move_id)
-        check_cleanup_allowed(self.settings, move, force=force, now=self.store.now())
-        self.store.event(move.id, None, "cleanup_requested", "force" if force else "", actor=actor or default_actor())
-        self.dispatcher.cleanup(move, force=force, actor=actor or default_actor())
+        check_cleanup_allowed(self.settings, move, force=force, now=self.store.now(),
+                              accept_differences=accept_differences)
+        note = ", ".join(x for x in ("force" if force else "", f"differences accepted: {accept_differences}"
+                                     if accept_differences and move.verified_after_flip is False else "") if x)
+        self.store.event(move.id, None, "cleanup_requested", note, actor=actor or default_actor())
+        self.dispatcher.cleanup(move, force=force, actor=actor or default_actor(),
+                                accept_differences=accept_differences)
         return move
 
 
-def check_cleanup_allowed(settings: Settings, move, *, force: bool, now: dt.datetime) -> None:
+def check_cleanup_allowed(settings: Settings, move, *, force: bool, now: dt.datetime,
+                          accept_differences: str | None = None) -> None:
     if move.state == wf.CLEANED:
         return
     if move.state != wf.COMPLETED:
         raise InvalidMoveState(f"move {move.id} is {move.state}; only a completed move's source copy can be deleted")
+    if move.verified_after_flip is False and not accept_differences:
+        raise MigratorError(
+            f"move {move.id}: the verification after the flip found the source copy in {move.source_cell!r} "
+            f"differing from {move.target_cell!r} (`migrator status {move.id}` lists the ranges); deleting it "
+            "would delete the evidence",
+            "compare and repair per docs/runbooks/verification-failed.md, then "
+            f"`migrator cleanup {move.id} --accept-differences REASON`")
     retention = dt.timedelta(hours=settings.moves.retention_hours)
     if not force and move.completed_at and now < move.completed_at + retention:
         left = move.completed_at + retention - now

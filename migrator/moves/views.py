@@ -94,6 +94,7 @@ def move_detail(store: MoveStore, move) -> dict:
         write_window_s=_round(window.seconds(move, dt.datetime.now(dt.UTC))),
         write_window_open=move.frozen_at is not None and window.closed_at(move) is None,
         freeze_lifted=move.freeze_lifted,
+        verified_after_flip=move.verified_after_flip,
         source_frozen_clock=_iso(move.source_frozen_clock),
         capture_snapshot=move.capture_snapshot,
         history=[

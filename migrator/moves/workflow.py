@@ -20,22 +20,26 @@ FROZEN: tuple[str, ...] = (
     "verify",
     "flip",
     "unfreeze",
+    "verify_after_flip",
 )
 
-# The online strategy (docs/adr/0009-online-moves.md): capture changes, copy while writable, catch
-# up until the delta is small, and only then freeze for the final delta, verification and flip.
+# The online strategy (docs/adr/0009-online-moves.md, 0012): capture changes, copy while writable,
+# catch up until the delta is small, verify every range while still writable, and only then freeze for
+# the final delta, the keys changed since the verification, and the flip.
 ONLINE: tuple[str, ...] = (
     "preflight",
     "capture",
     "copy_rows",
     "copy_blobs",
     "catch_up",
+    "verify",
     "freeze",
     "drain",
     "final_delta",
-    "verify",
+    "verify_changes",
     "flip",
     "unfreeze",
+    "verify_after_flip",
 )
 
 STRATEGIES: dict[str, tuple[str, ...]] = {"frozen": FROZEN, "online": ONLINE}

@@ -486,3 +486,43 @@ def test_worker_killed_inside_the_write_window(faults, strategy):
           f"{(final.report or {}).get('write_window_s')} s")
     assert result.violations == [] and final.state == "completed", final.error
     assert ("drain", "reconciled") in events, "the window pass of the reconciler should have re-enqueued drain"
+
+
+def test_capture_trigger_disabled_mid_move_never_flips(faults):
+    """A careless operator switches the capture trigger off during a data fix, writes, and switches it on
+    again: the write was never logged. The online move must not flip (the DDL watch recorded the switch);
+    resumed, it captures and copies again, and the organization arrives whole, the fix included."""
+    result = ScenarioResult("10. capture trigger disabled mid-move (online)")
+    org, bystander = _seed(faults, 2, rows=2000)
+    settings = faults.settings
+    by = snapshot(settings, [(bystander, "cell-1")])
+    faults.worker()
+    source = faults.fleet.cell_dsns["cell-1"]
+    with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="careless fix",
+                                                 strategy="online")
+        wait_copying(settings, move.id)
+        with psycopg.connect(source, autocommit=True) as conn:
+            note = conn.execute("SELECT t.id FROM notes t JOIN projects p ON p.id = t.project_id JOIN namespaces n"
+                                " ON n.id = p.namespace_id WHERE n.organization_id = %s ORDER BY t.id DESC LIMIT 1",
+                                (org,)).fetchone()[0]
+            conn.execute("ALTER TABLE notes DISABLE TRIGGER migrator_change_capture")
+            conn.execute("UPDATE notes SET note = 'fixed while the capture was off' WHERE id = %s", (note,))
+            conn.execute("ALTER TABLE notes ENABLE TRIGGER migrator_change_capture")
+    failed = wait_move(settings, move.id, timeout=120)
+    assert failed.state == "failed" and failed.error_code == "capture_incomplete", (failed.state, failed.error)
+    assert failed.flipped_at is None and "notes" in failed.error
+    route = topology_client(settings).classify(org)
+    assert route.cell == "cell-1" and route.state == "active"
+    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]  # the fix is part of what must arrive
+    Operations(settings).resume(move.id, actor="faults")
+    final = wait_move(settings, move.id, timeout=240)
+    result.trials += 1
+    result.completed += final.state == "completed"
+    result.violations += check_completed(settings, move.id, org, "cell-1", "cell-2", before=before, bystanders=by)
+    result.save()
+    assert final.state == "completed", final.error
+    assert result.violations == []
+    with psycopg.connect(faults.fleet.cell_dsns["cell-2"], autocommit=True) as conn:
+        assert conn.execute("SELECT note FROM notes WHERE id = %s", (note,)).fetchone()[0] == \
+            "fixed while the capture was off"

@@ -83,3 +83,29 @@ def wait_copying(settings, move_id, timeout: float = 120):
         return move.step == "copy_rows" and copied_rows(store, move.id) > 0
 
     return wait_move(settings, move_id, timeout=timeout, predicate=copying)
+
+
+def run_in_process(settings, move, steps_to_run) -> None:
+    """Run steps of a move in this process, one after the other, as the worker would (claim, work or
+    plan/units/fan-in, advance): for tests that act between two steps without racing a worker."""
+    from migrator.moves import steps
+    from migrator.moves.context import MoveContext
+
+    store = MoveStore(settings.control_dsn)
+    for step in steps_to_run:
+        current = store.claim_step(move.id, step, move.token, "test", 60)
+        assert current is not None, f"step {step} not claimable"
+        ctx = MoveContext(settings=settings, store=store, move=current, token=move.token, owner="test")
+        work = steps.get(step)
+        try:
+            if work.fans_out:
+                store.ensure_units(move.id, move.token, step, work.plan(ctx))
+                for unit in store.units(move.id, step):
+                    assert store.claim_unit(move.id, step, unit.unit, move.token, "test", 60)
+                    assert store.finish_unit(move.id, step, unit.unit, move.token, "test", work.unit(ctx, unit) or {})
+                work.fan_in(ctx)
+            else:
+                work.run(ctx)
+        finally:
+            ctx.close()
+        assert store.advance(move.id, move.token, step) is not None, f"step {step} did not advance"

@@ -60,6 +60,6 @@ def test_write_window_closes_when_writable_again():
 
 
 def test_window_steps_of_each_strategy():
-    assert window.steps_inside("online") == ("freeze", "drain", "final_delta", "verify", "flip")
+    assert window.steps_inside("online") == ("freeze", "drain", "final_delta", "verify_changes", "flip")
     assert window.steps_inside("frozen") == ("freeze", "drain", "copy_rows", "copy_blobs", "verify", "flip")
     assert not window.inside("online", "copy_rows") and window.inside("frozen", "copy_rows")

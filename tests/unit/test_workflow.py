@@ -13,7 +13,7 @@ from migrator.moves.steps.base import QUEUES, Step
 @pytest.mark.parametrize("strategy", sorted(wf.STRATEGIES))
 def test_every_step_of_a_strategy_is_registered_and_routed(strategy):
     names = wf.steps_for(strategy)
-    assert names[0] == wf.FIRST_STEP and names[-2:] == (wf.FLIP, "unfreeze")
+    assert names[0] == wf.FIRST_STEP and names[-3:] == (wf.FLIP, "unfreeze", "verify_after_flip")
     registry = steps.registry()
     for name in names:
         step = registry[name]
@@ -51,10 +51,11 @@ def test_next_step_walks_the_strategy_once(strategy):
     assert tuple(seen) == steps_
 
 
-def test_online_freezes_only_after_the_bulk_copy():
+def test_online_freezes_only_after_the_bulk_copy_and_its_verification():
     steps_ = wf.steps_for("online")
-    assert steps_.index("capture") < steps_.index("copy_rows") < steps_.index("catch_up") < steps_.index("freeze")
-    assert steps_.index("freeze") < steps_.index("final_delta") < steps_.index("verify") < steps_.index("flip")
+    assert steps_.index("capture") < steps_.index("copy_rows") < steps_.index("catch_up") < steps_.index("verify") \
+        < steps_.index("freeze")
+    assert steps_.index("freeze") < steps_.index("final_delta") < steps_.index("verify_changes") < steps_.index("flip")
     frozen = wf.steps_for("frozen")
     assert frozen.index("freeze") < frozen.index("copy_rows")
 

@@ -23,12 +23,13 @@ from migrator.moves.store import MoveStore
 log = logging.getLogger(__name__)
 
 
-def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str) -> dict:
+def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str,
+                accept_differences: str | None = None) -> dict:
     store = MoveStore(settings.control_dsn)
     move = store.get(move_id)
     if move.state == wf.CLEANED:
         return {"state": "cleaned", "already": True}
-    check_cleanup_allowed(settings, move, force=force, now=store.now())
+    check_cleanup_allowed(settings, move, force=force, now=store.now(), accept_differences=accept_differences)
     ctx = MoveContext(settings=settings, store=store, move=move, token=move.token, owner=owner)
     try:
         src = ctx.source()

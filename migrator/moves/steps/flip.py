@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from sqlalchemy import func
 
+from migrator.cells import capture as cap
 from migrator.moves import recovery, window
+from migrator.moves.change_log import after_flip_capture_id
 from migrator.moves.steps.base import Step
 from migrator.observability import metrics
 
@@ -24,6 +26,9 @@ def run(ctx) -> None:
     # route_version stays the version the flip expected (so a second flip is recognised as done).
     if move.flipped_at is None:
         move = ctx.store.set_fields(move.id, ctx.token, flipped_at=func.now()) or ctx.store.get(move.id)
+    if ctx.settings.moves.verify_after_flip:
+        # Before the target takes writes: log them, so verify_after_flip can leave the keys they change out.
+        cap.start_capture(ctx.target(), ctx.org, after_flip_capture_id(move), str(move.id))
     recovery.lift_freeze(ctx.settings, move, ctx.token, cells=(move.target_cell,), reason="move flipped",
                          topology=ctx.topology, cell_conn=ctx.cell_conn)
     if move.unfrozen_at is None:

@@ -4,6 +4,12 @@ The same key ranges as copy_rows (so a mismatch names table and range), plus one
 column. A range that differs is copied again once; if it still differs the move fails, naming the
 range, and the source stays authoritative. ``fan_in`` rolls the ranges up per table into the
 report (docs/adr/0010-verify-row-hash.md).
+
+Online strategy: this runs before the freeze, while the organization is writable. The keys the change
+log shows changed since the catch-up's last round (``moves.verified_snapshot``) are left out on both
+sides, read in the same snapshot as the source's rows; ``verify_changes`` re-verifies every key changed
+since that snapshot inside the write window (docs/adr/0012-the-write-window.md). Frozen strategy: inside
+the window, every row.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from migrator.blobs.copier import blob_units, find_blob, verify_blob_range
+from migrator.cells import capture as cap
 from migrator.copy.rows import copy_range, delete_range
 from migrator.errors import ChecksumMismatch
+from migrator.moves.change_log import capture_id, check_capture_intact
 from migrator.moves.steps.base import ROWS, Step
 from migrator.moves.steps.copy_blobs import stores
 from migrator.observability import metrics
@@ -22,6 +30,10 @@ BLOB_PREFIX = "blobs:"
 
 
 def plan(ctx) -> list[dict]:
+    if ctx.move.strategy == "online":
+        # The catch-up's last position: keys logged after it are in flux until the window re-verifies them.
+        snapshot = ctx.store.get(ctx.move.id).capture_snapshot
+        ctx.store.set_fields(ctx.move.id, ctx.token, verified_snapshot=snapshot)
     units = [{"unit": u.unit, "table_name": u.table_name, "ordinal": u.ordinal, "lo": u.lo, "hi": u.hi,
               "total": u.total} for u in ctx.store.units(ctx.move.id, "copy_rows")]
     base = len(units)
@@ -39,11 +51,21 @@ def _recopy(ctx, spec, unit) -> None:
                checkpoint=lambda *_: ctx.heartbeat(), disable_triggers=m.disable_target_triggers, token=ctx.token)
 
 
+def _in_flux(ctx, table: str):
+    """Online, before the freeze: the table's keys logged since the verified snapshot (read by the caller
+    in the REPEATABLE READ transaction that also reads the source's rows). Else None: every row."""
+    if ctx.move.strategy != "online":
+        return None
+    snapshot = ctx.store.get(ctx.move.id).verified_snapshot
+    return lambda conn: cap.logged_keys(conn, capture_id(ctx.move), table, prev=snapshot)
+
+
 def unit(ctx, unit) -> dict:
     if unit.unit.startswith(BLOB_PREFIX):
         return _verify_blobs(ctx, unit)
     spec = ctx.specs[unit.table_name]
-    source, target = range_checksums(ctx.source(), ctx.target(), spec, ctx.org, unit.lo, unit.hi)  # both at once
+    in_flux = _in_flux(ctx, unit.table_name)
+    source, target = range_checksums(ctx.source(), ctx.target(), spec, ctx.org, unit.lo, unit.hi, in_flux=in_flux)
     recopied = False
     if source != target:
         where = describe_range(unit.table_name, unit.lo, unit.hi)
@@ -52,7 +74,11 @@ def unit(ctx, unit) -> dict:
                   f"target {target.rows} rows / {target.checksum}; copying the range again",
                   {"unit": unit.unit, "source": source.as_dict(), "target": target.as_dict()})
         _recopy(ctx, spec, unit)
-        target = range_checksum(ctx.target(), spec, ctx.org, unit.lo, unit.hi)
+        if in_flux is None:
+            target = range_checksum(ctx.target(), spec, ctx.org, unit.lo, unit.hi)
+        else:  # writes go on: the keys in flux now are a superset of those left out before
+            source, target = range_checksums(ctx.source(), ctx.target(), spec, ctx.org, unit.lo, unit.hi,
+                                             in_flux=in_flux)
         recopied = True
         if source != target:
             raise ChecksumMismatch(
@@ -74,6 +100,8 @@ def _verify_blobs(ctx, unit) -> dict:
 
 
 def fan_in(ctx) -> None:
+    if ctx.move.strategy == "online":
+        check_capture_intact(ctx)  # before paying for a write window that could not flip
     tables: dict[str, dict] = {}
     blobs = 0
     recopied = []

@@ -26,6 +26,8 @@ def upgrade() -> None:
                                      server_default=sa.text("'{}'::varchar[]"), nullable=False))
     op.add_column('moves', sa.Column('capture_snapshot', sa.Text(), nullable=True))
     op.add_column('moves', sa.Column('catch_up_keys_per_s', sa.Float(), nullable=True))
+    op.add_column('moves', sa.Column('verified_snapshot', sa.Text(), nullable=True))
+    op.add_column('moves', sa.Column('verified_after_flip', sa.Boolean(), nullable=True))
     op.execute("""
         UPDATE moves SET
             source_frozen_clock = (report->>'source_frozen_clock')::timestamptz,
@@ -50,6 +52,8 @@ def downgrade() -> None:
                     ELSE jsonb_build_object('catch_up', coalesce(report->'catch_up', '{}'::jsonb)
                          || jsonb_build_object('applied', 0, 'keys_per_s', catch_up_keys_per_s)) END
     """)
+    op.drop_column('moves', 'verified_after_flip')
+    op.drop_column('moves', 'verified_snapshot')
     op.drop_column('moves', 'catch_up_keys_per_s')
     op.drop_column('moves', 'capture_snapshot')
     op.drop_column('moves', 'previous_tokens')
