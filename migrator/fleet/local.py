@@ -18,7 +18,14 @@ from pathlib import Path
 from migrator.fleet.config import fleet_config, role_env, tls_section, write_config
 from migrator.fleet.databases import ADMIN_DSN, create_database, drop_database, unique_name
 from migrator.fleet.processes import Process, free_port
-from migrator.fleet.services import RedisServer, child_env, start_topology_server, start_worker, wait_worker_ready
+from migrator.fleet.services import (
+    RedisServer,
+    child_env,
+    start_beat,
+    start_topology_server,
+    start_worker,
+    wait_worker_ready,
+)
 
 
 @dataclass
@@ -37,6 +44,7 @@ class LocalFleet:
     admin_dsn: str = ADMIN_DSN
     redis: RedisServer | None = None
     topology: Process | None = None
+    beat: Process | None = None
     workers: list[Process] = field(default_factory=list)
     own_root: bool = False  # root is a temporary directory of ours (removed by close unless keep)
     keep: bool = False
@@ -134,6 +142,12 @@ class LocalFleet:
         self.workers.append(proc)
         return wait_worker_ready(proc) if ready else proc
 
+    def start_beat(self) -> Process:
+        """``celery -A tasks beat`` as a process of its own (the reconciler outlives any worker)."""
+        self.beat = start_beat(self.config_path, self.root / "beat.log", self.root / "beat-schedule",
+                               env=self.env("mover"))
+        return self.beat
+
     def stop_workers(self) -> None:
         for w in self.workers:
             w.stop()
@@ -147,7 +161,7 @@ class LocalFleet:
 
     def close(self) -> None:
         """Stop every process the fleet started, drop its databases, and remove its directory if it made one."""
-        for p in [*self.workers, self.topology]:
+        for p in [*self.workers, self.beat, self.topology]:
             if p is not None:
                 with contextlib.suppress(Exception):
                     p.stop()

@@ -92,6 +92,13 @@ def start_worker(config_path: Path, log_path: Path, *, name: str = "w1", concurr
     return Process(args, env or child_env(config_path), log_path, name=name).start()
 
 
+def start_beat(config_path: Path, log_path: Path, schedule: Path, env: dict[str, str] | None = None) -> Process:
+    """``celery -A tasks beat`` on its own (the reconciler's schedule), as deploy/ runs it: a worker
+    that dies takes nothing of the schedule with it."""
+    return Process([str(BIN / "celery"), "-A", "tasks", "beat", "--loglevel=INFO", "-s", str(schedule)],
+                   env or child_env(config_path), log_path, name="beat").start()
+
+
 def wait_worker_ready(proc: Process, timeout: float = 90.0) -> Process:
     """Until the worker logs "ready." (it exited: RuntimeError with the end of its log)."""
     def ready():

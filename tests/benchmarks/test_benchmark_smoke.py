@@ -66,12 +66,13 @@ def test_guard_overhead_benchmark(tmp_path):
 
 def test_write_window_benchmark(tmp_path):
     result = _run("write_window.py", "--rows", "1500", "--online-moves", "1", "--frozen-moves", "1", "--rate", "60",
-                  "--workers", "1", tmp_path=tmp_path)
-    assert [r["strategy"] for r in result["runs"]] == ["frozen", "online"]
+                  "--workers", "2", "--kill-trials", "1", tmp_path=tmp_path)
+    assert [r["strategy"] for r in result["runs"]] == ["frozen", "online", "online"]
     for run in result["runs"]:
         assert run["verified"] and run["writes_lost"] == 0 and run["write_errors"] == 0
         assert run["writes_acked"] > 0 and run["writer_window_s"] is not None
     assert result["runs"][1]["catch_up_rounds"] >= 0
+    assert result["runs"][2]["killed"]  # killed inside the window, or why the moment was missed
 
 
 def test_blobs_benchmark(tmp_path):
