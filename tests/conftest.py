@@ -52,3 +52,11 @@ def topology_server(fleet, tmp_path):
     proc = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
     yield proc
     proc.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long installing Debian packages took (tests/support/apt.py: promtool, amtool, haproxy)."""
+    from tests.support import apt
+
+    for line in apt.summary_lines():
+        terminalreporter.write_line(f"tests: {line}")

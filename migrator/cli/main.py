@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "migrator.cli.metrics",
     "migrator.cli.api",
     "migrator.cli.rebalance",
+    "migrator.cli.router",
+    "migrator.cli.sample_app",
 )
 
 for _name in COMMAND_MODULES:

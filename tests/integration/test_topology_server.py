@@ -100,8 +100,9 @@ def test_cli_routes_and_history(client, fleet):
     assert out.returncode == 0, out.stderr
     assert [r["organization_id"] for r in json.loads(out.stdout)] == [21, 22]
     out = _cli(fleet, "routes", "--cell", "cell-2", "--json")
+    # revision: the id of the route's latest history entry (22's registration was the second change).
     assert json.loads(out.stdout) == [{"organization_id": 22, "cell": "cell-2", "version": 1, "state": "active",
-                                       "token_digest": None}]
+                                       "token_digest": None, "revision": 2}]
     out = _cli(fleet, "history", "21", "--json")
     (entry,) = json.loads(out.stdout)
     # Who asked, and the certificate that made the call.
