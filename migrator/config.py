@@ -15,15 +15,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from migrator.configfile import DEFAULT_CONFIG_PATH, config_path_from_env, read_config_file
 from migrator.dsn import mask_dsn
 from migrator.errors import ConfigError, UnknownCell
 
-DEFAULT_CONFIG_PATH = "migrator.yaml"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+__all__ = ["DEFAULT_CONFIG_PATH", "Settings", "clear_settings_cache", "config_path_from_env", "get_settings",
+           "load_settings"]
+
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})")
 
 
@@ -381,55 +382,12 @@ class Settings(BaseSettings):
         return path
 
 
-def _expand_env(value: Any, where: str = "") -> Any:
-    if isinstance(value, str):
-
-        def repl(m: re.Match) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(
-                    f"config key {where or '?'} refers to ${{{name}}}, which is not set",
-                    f"export {name}=... before running",
-                )
-            return os.environ[name]
-
-        return _ENV_REF.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line: where (line and column, 1-based) and what, instead of PyYAML's multi-line dump."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    what = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
-    context = getattr(exc, "context", None)
-    if context:
-        what = f"{what} ({context})"
-    if mark is None:
-        return what
-    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
-
-
-def config_path_from_env() -> Path:
-    return Path(os.environ.get("MIGRATOR_CONFIG", DEFAULT_CONFIG_PATH))
-
-
 def load_settings(path: str | os.PathLike | None = None) -> Settings:
     """Read the config file (``path``, else ``$MIGRATOR_CONFIG``, else ``./migrator.yaml``)."""
     cfg_path = Path(path) if path is not None else config_path_from_env()
     data: dict[str, Any] = {}
     if cfg_path.exists():
-        try:
-            loaded = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {cfg_path} is not valid YAML: {yaml_problem(exc)}",
-                              "fix the YAML syntax there") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {cfg_path} must be a mapping of keys", "see README.md, Configuration")
-        data = _expand_env(loaded)
+        data = read_config_file(cfg_path)
     elif not os.environ.get("MIGRATOR_CONTROL_DSN"):
         raise ConfigError(
             f"config file {cfg_path} not found",
