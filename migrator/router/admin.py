@@ -27,6 +27,8 @@ PAYLOAD_ENTRIES = 200
 _TCP = re.compile(r"^(?:ipv4@|ipv6@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 _NEW_VERSION = re.compile(r"New version created:\s*(\d+)")
 _OK = ("",)
+# What HAProxy 2.6 answers for a key the map lacks: to `set map`, and to `del map`.
+_NOT_FOUND = ("entry not found.", "Key not found.")
 
 
 class HAProxyUnreachable(MigratorError):
@@ -111,14 +113,14 @@ class AdminSocket:
         """Point ``key`` at ``value`` (every entry of it), adding the key if the map lacks it."""
         line = f"set map {map_file} {key} {value}"
         answer = self.command(line)
-        if answer == "entry not found.":
+        if answer in _NOT_FOUND:
             line = f"add map {map_file} {key} {value}"
             answer = self.command(line)
         self._expect_ok(line, answer)
 
     def delete_entry(self, map_file: Path | str, key: str) -> None:
         line = f"del map {map_file} {key}"
-        self._expect_ok(line, self.command(line), allow=("", "entry not found."))
+        self._expect_ok(line, self.command(line), allow=("", *_NOT_FOUND))
 
     def show_map(self, map_file: Path | str) -> dict[str, str]:
         line = f"show map {map_file}"

@@ -109,6 +109,13 @@ def test_cli_routes_and_history(client, fleet):
     assert (entry["action"], entry["actor"], entry["reason"]) == ("register", "ops [admin/admin]", "onboarding")
     out = _cli(fleet, "classify", "404")
     assert out.returncode == 1 and "organization 404" in out.stderr
+    # classify has a fast path (migrator/cli/fast.py); the full command (here forced by -v) answers the same.
+    fast = _cli(fleet, "classify", "21", "--json")
+    full = subprocess.run([str(BIN / "migrator"), "-v", "topology", "classify", "21", "--json"],
+                          env=base_env(fleet.config_path), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert fast.returncode == full.returncode == 0, fast.stderr + full.stderr
+    assert json.loads(fast.stdout) == json.loads(full.stdout) == {
+        "organization_id": 21, "cell": "cell-1", "version": 1, "state": "active", "token_digest": None, "revision": 1}
     assert _cli(fleet, "routes").returncode == 0
 
 
