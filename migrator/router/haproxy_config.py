@@ -70,7 +70,8 @@ def render(settings, *, admin_socket: str | None = None) -> str:
         "# Do not edit: change the migrator's config and run `migrator router config` again, then reload HAProxy.",
         "# `migrator router sync` keeps the two maps current through the admin socket (docs/adr/0016-edge-router.md).",
         "global",
-        f"    stats socket {sock} mode 600 level admin",
+        # A unix socket only HAProxy's user may open; a TCP one (ipv4@HOST:PORT) is for a network you control.
+        f"    stats socket {sock} {'' if '@' in sock else 'mode 600 '}level admin",
         f"    maxconn {router.maxconn}",
     ]
     if router.access_log:
@@ -91,7 +92,8 @@ def render(settings, *, admin_socket: str | None = None) -> str:
         "    timeout http-keep-alive 10s",
         "    retries 2",
         "    option redispatch",
-        "    default-server inter 2s fall 3 rise 2",
+        # Start even while an application server's name does not resolve yet (containers starting).
+        "    default-server inter 2s fall 3 rise 2 init-addr last,libc,none",
         # Every 503 HAProxy makes itself (no server of a cell up) can be retried by a client.
         f"    http-error status 503 content-type text/plain string {_quote('the cell is not reachable; retry')} "
         f"hdr Retry-After {retry}",

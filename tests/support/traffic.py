@@ -39,6 +39,9 @@ class Outcome:
     note: str | None = None
     retry_after_ok: bool = True  # every 503 carried Retry-After
     error: str | None = None
+    # Who answered each 503 retried: "edge" (HAProxy: frozen map), or the application's code
+    # (organization_frozen: the cell's guard refused the write; not_in_this_cell).
+    refusals: list = field(default_factory=list)
 
 
 @dataclass
@@ -178,7 +181,7 @@ class Traffic:
               notes: dict[int, str]) -> None:
         started = time.time()
         headers = {"X-Organization-Id": str(org)}
-        attempts, retry_after_ok = 0, True
+        attempts, retry_after_ok, refusals = 0, True, []
         status, cell, error, payload, latency = 0, None, None, b"", 0.0
         while True:
             attempts += 1
@@ -195,13 +198,14 @@ class Traffic:
                 if wait is None:
                     retry_after_ok = False
                     break
+                refusals.append(_refused_by(cell, payload))
                 if attempts < self.max_attempts and not self._stop.is_set():
                     self._stop.wait(wait)
                     if not self._stop.is_set():
                         continue
             break
         text = body["note"] if body else None
-        out = Outcome(started, org, op, status, cell, attempts, latency, note_id, text, retry_after_ok, error)
+        out = Outcome(started, org, op, status, cell, attempts, latency, note_id, text, retry_after_ok, error, refusals)
         if 200 <= status < 300:
             if op == "insert":
                 out.note_id = json.loads(payload)["id"]
@@ -271,6 +275,15 @@ class Traffic:
                     for key in back[:3]:
                         _example(totals, f"org {org} note {key}: deleted (acknowledged) but present")
         return totals
+
+
+def _refused_by(cell: str | None, payload: bytes) -> str:
+    if cell is None:
+        return "edge"
+    try:
+        return json.loads(payload).get("code") or "app"
+    except ValueError:
+        return "app"
 
 
 def _example(totals: Totals, text: str) -> None:
