@@ -29,9 +29,12 @@ _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})")
 
 
 def _host_port(value: str) -> str:
+    """HOST:PORT, or unix:/absolute/path (a unix socket)."""
+    if (value or "").startswith("unix:/"):
+        return value
     match = _HOST_PORT.fullmatch(value or "")
     if not match or not 1 <= int(match.group(1)) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
+        raise ValueError(f"{value!r} is not HOST:PORT (or unix:/absolute/path)")
     return value
 
 
@@ -56,7 +59,8 @@ class CellConfig(_Strict):
     state: Literal["active", "draining", "offline"] = "active"
     # adopt: the cell already runs the application; never apply the sample schema to it.
     adopt: bool = False
-    # The cell's application servers (HOST:PORT): its backend behind the edge router (migrator router config).
+    # The cell's application servers (HOST:PORT or unix:/path): its backend behind the edge router
+    # (migrator router config).
     app_servers: list[str] = Field(default_factory=list)
 
     @field_validator("app_servers")
@@ -110,7 +114,7 @@ class RouterConfig(_Strict):
     Topology Service by ``migrator router sync`` (docs/adr/0016-edge-router.md). Paths are relative to
     the config file."""
 
-    # HAProxy's frontend: where requests arrive.
+    # HAProxy's frontend: where requests arrive (HOST:PORT, or unix:/path).
     listen: str = "127.0.0.1:8000"
     # How a request names its organization: a header, a path segment (/orgs/42/notes: segment 2 is 42),
     # or any HAProxy sample expression (e.g. req.cook(org), url_param(org)).

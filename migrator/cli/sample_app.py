@@ -14,8 +14,8 @@ sample_app = typer.Typer(help="A small application per cell: an organization's n
 @handle_errors
 def serve_command(
     cell: str = typer.Option(..., "--cell", help="The cell whose database it reads and writes."),
-    listen: str | None = typer.Option(None, "--listen", help="HOST:PORT (default: the cell's first app_servers "
-                                                             "entry)."),
+    listen: str | None = typer.Option(None, "--listen", help="HOST:PORT or unix:/path (default: the cell's first "
+                                                             "app_servers entry)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
     config: str | None = CONFIG_OPTION,
 ) -> None:
@@ -31,11 +31,10 @@ def serve_command(
     if address is None:
         raise ConfigError(f"cell {cell!r} has no app_servers to listen on",
                           f"pass --listen HOST:PORT or set cells.{cell}.app_servers")
-    host, _, port = address.rpartition(":")
-    if not port.isdigit():
-        raise typer.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--listen")
-    console.print(f"sample application of {cell} on http://{address}", highlight=False)
-    serve(cfg, cell, host.strip("[]") or "127.0.0.1", int(port), log_level=log_level)
+    if not address.startswith("unix:") and not address.rpartition(":")[2].isdigit():
+        raise typer.BadParameter(f"{address!r} is not HOST:PORT or unix:/path", param_hint="--listen")
+    console.print(f"sample application of {cell} on {address}", highlight=False)
+    serve(cfg, cell, address, log_level=log_level)
 
 
 def register(app: typer.Typer) -> None:

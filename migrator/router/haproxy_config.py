@@ -46,6 +46,11 @@ def socket_bind(address: str, base: Path | None) -> str:
     return f"{'ipv6' if family == socket.AF_INET6 else 'ipv4'}@{host}:{port}"
 
 
+def haproxy_address(address: str) -> str:
+    """An address of our config (HOST:PORT or unix:/path) as HAProxy writes it (a unix socket is its path)."""
+    return address.removeprefix("unix:")
+
+
 def _seconds(value: float) -> str:
     return f"{round(value * 1000)}ms"
 
@@ -99,7 +104,7 @@ def render(settings, *, admin_socket: str | None = None) -> str:
         f"hdr Retry-After {retry}",
         "",
         "frontend cells",
-        f"    bind {router.listen}",
+        f"    bind {haproxy_address(router.listen)}",
         f"    http-request return status 200 content-type text/plain string ok if {{ path {HEALTH_PATH} }}",
         f"    http-request set-var(txn.org) {org_expression(router)}",
         f"    http-request set-var(txn.cell) var(txn.org),map({files.orgs})",
@@ -139,7 +144,7 @@ def render(settings, *, admin_socket: str | None = None) -> str:
         if router.health_check_path:
             out += [f"    option httpchk GET {router.health_check_path}", "    http-check expect status 200"]
         check = " check" if router.health_check_path else ""
-        out += [f"    server app{i} {server}{check}" for i, server in enumerate(cell.app_servers, 1)]
+        out += [f"    server app{i} {haproxy_address(server)}{check}" for i, server in enumerate(cell.app_servers, 1)]
     return "\n".join(out) + "\n"
 
 

@@ -170,9 +170,15 @@ def create_app(dsn: str, cell: str, *, retry_after_s: int = 1, pool_size: int = 
     return app
 
 
-def serve(settings, cell: str, host: str, port: int, *, log_level: str = "warning") -> None:
+def serve(settings, cell: str, listen: str, *, log_level: str = "warning") -> None:
+    """Serve the application of ``cell`` on ``listen`` (HOST:PORT or unix:/path) until interrupted."""
     import uvicorn
 
     app = create_app(settings.cell(cell).dsn, cell, retry_after_s=settings.router.retry_after_s)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
-                proxy_headers=False)
+    where: dict = {}
+    if listen.startswith("unix:"):
+        where["uds"] = listen.removeprefix("unix:")
+    else:
+        host, _, port = listen.rpartition(":")
+        where.update(host=host.strip("[]") or "127.0.0.1", port=int(port))
+    uvicorn.run(app, **where, log_level=log_level, access_log=False, server_header=False, proxy_headers=False)

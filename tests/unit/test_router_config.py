@@ -52,6 +52,11 @@ def test_how_a_request_names_its_organization(tmp_path, router, expression):
     assert f"http-request set-var(txn.org) {expression}" in render(settings)
 
 
+def test_unix_sockets_for_the_frontend_and_the_applications(tmp_path):
+    text = render(_settings(tmp_path, {"listen": "unix:/run/router.sock"}, **{"cell-1": ["unix:/run/app-1.sock"]}))
+    assert "    bind /run/router.sock\n" in text and "    server app1 /run/app-1.sock check" in text
+
+
 def test_a_default_cell_instead_of_404_and_a_cell_without_servers(tmp_path):
     text = render(_settings(tmp_path, {"unknown_org": "cell-1"}, **{"cell-1": ["127.0.0.1:8101"], "cell-3": []}))
     assert "default_backend cell_cell-1" in text and "http-request return status 404" not in text
@@ -70,9 +75,11 @@ def test_bad_router_settings_name_the_key(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (Debian package haproxy)")
-@pytest.mark.parametrize("router", [{}, {"org_from": "path"}, {"unknown_org": "cell-2", "access_log": True}])
+@pytest.mark.parametrize("router", [{}, {"org_from": "path"}, {"unknown_org": "cell-2", "access_log": True},
+                                    {"listen": "unix:/tmp/router.sock"}])
 def test_haproxy_accepts_the_configuration(tmp_path, router):
-    result = write(_settings(tmp_path, router))
+    cells = {"cell-1": ["127.0.0.1:8101"], "cell-2": [f"unix:{tmp_path}/app-2.sock"]}
+    result = write(_settings(tmp_path, router, **cells))
     assert result["checked_with_haproxy"] and read_map_file(tmp_path / "maps" / "orgs.map") == {}
     check = subprocess.run(["haproxy", "-c", "-f", result["config"]], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
