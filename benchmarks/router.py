@@ -162,36 +162,42 @@ def _prober_main(dsn, channel, port, config_path, env, org, out, stop) -> None:
     out.put("ready")
     http = KeepAlive(port)
     headers = {"X-Organization-Id": str(org)}
-    pending: list = []  # changes heard, oldest first; the first is the one being timed
+    # Every change heard and not yet seen at both places is timed at once (no change waits for another):
+    # each round reads the lookup cache and probes HAProxy once, then marks what it showed. A change counts
+    # as seen once the state it made, or a state a later change made, shows.
+    outstanding: list[dict] = []
     while not stop.is_set():
         try:
-            pending.append(heard_q.get(timeout=0.2))
+            while True:
+                heard, wall, change = heard_q.get(timeout=0.2) if not outstanding else heard_q.get_nowait()
+                if change.action not in ("freeze", "flip", "unfreeze"):
+                    continue
+                for o in outstanding:
+                    o["seen"].add((change.cell, change.state))
+                outstanding.append({"change": change, "heard": heard, "at": wall, "seen": {(change.cell, change.state)},
+                                    "haproxy_s": None, "lookup_s": None, "probes": 0})
         except queue.Empty:
-            if not pending:
-                continue
-        while not heard_q.empty():
-            pending.append(heard_q.get_nowait())
-        heard, wall, change = pending.pop(0)
-        if change.action not in ("freeze", "flip", "unfreeze"):
+            pass
+        if not outstanding:
             continue
-        edge = cache = None
-        probes = 0
-        while (edge is None or cache is None) and time.perf_counter() - heard < 30:
-            while not heard_q.empty():
-                pending.append(heard_q.get_nowait())
-            # This change is visible once the state it made, or one a later change made, is.
-            seen = {(change.cell, change.state)} | {(c.cell, c.state) for _, _, c in pending}
-            if cache is None:
-                route = lookup.route(org)
-                if (route.cell, route.state) in seen or route.revision > change.revision:
-                    cache = time.perf_counter() - heard
-            if edge is None:
-                probes += 1
-                status, body = http.get("/_migrator/route", headers)
-                if status == 200 and tuple(body.split()) in seen:
-                    edge = time.perf_counter() - heard
-        out.put({"action": change.action, "revision": change.revision, "cell": change.cell, "state": change.state,
-                 "at": wall, "haproxy_s": edge, "lookup_s": cache, "probes": probes})
+        route = lookup.route(org)
+        cached_at = time.perf_counter()
+        status, body = http.get("/_migrator/route", headers)
+        probed_at = time.perf_counter()
+        edge_state = tuple(body.split()) if status == 200 else None
+        for o in outstanding:
+            o["probes"] += 1
+            if o["lookup_s"] is None and ((route.cell, route.state) in o["seen"]
+                                          or route.revision > o["change"].revision):
+                o["lookup_s"] = cached_at - o["heard"]
+            if o["haproxy_s"] is None and edge_state in o["seen"]:
+                o["haproxy_s"] = probed_at - o["heard"]
+        for o in [o for o in outstanding if (o["haproxy_s"] is not None and o["lookup_s"] is not None)
+                  or probed_at - o["heard"] > 30]:
+            outstanding.remove(o)
+            c = o["change"]
+            out.put({"action": c.action, "revision": c.revision, "cell": c.cell, "state": c.state, "at": o["at"],
+                     "haproxy_s": o["haproxy_s"], "lookup_s": o["lookup_s"], "probes": o["probes"]})
     lookup.close()
 
 
