@@ -28,7 +28,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import psycopg  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, MemorySampler, machine, stop_on_signals, wait_moves  # noqa: E402
+from benchmarks._fleet import MemorySampler, bench_fleet, machine, stop_on_signals, wait_moves  # noqa: E402
 
 
 def org_checksums(dsn: str, orgs: list[int]) -> dict[int, dict[str, tuple[int, str]]]:
@@ -55,14 +55,14 @@ def _stats(values: list[float]) -> dict:
 
 def run(args) -> dict:
     from migrator.moves.operations import Operations
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     moves_cfg = {}
     if args.batch_rows:
         moves_cfg["batch_rows"] = args.batch_rows
     if args.chunk_rows:
         moves_cfg["chunk_rows"] = args.chunk_rows
-    with BenchFleet(cells=3, moves=moves_cfg, keep=args.keep) as fleet:
+    with bench_fleet(cells=3, moves=moves_cfg, keep=args.keep) as fleet:
         print(f"fleet {fleet.prefix} in {fleet.workdir}", file=sys.stderr, flush=True)
         fleet.init()
         settings = fleet.settings()

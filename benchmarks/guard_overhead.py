@@ -36,7 +36,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import psycopg  # noqa: E402
 
-from benchmarks._fleet import BenchFleet, machine, stop_on_signals  # noqa: E402
+from benchmarks._fleet import bench_fleet, machine, stop_on_signals  # noqa: E402
 
 MODES = ("no guard", "guard, idle", "guard, other org frozen")
 WORKLOADS = ("insert note", "update issue", "insert ci_build", "delete note", "bulk insert notes (rows/s)")
@@ -102,9 +102,9 @@ def run(args) -> dict:
     from migrator.cells.guard import freeze_org, install_guard, unfreeze_org, uninstall_guard
     from migrator.cells.introspect import introspect
     from migrator.dictionary import load_dictionary
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
-    with BenchFleet(cells=1, keep=args.keep) as fleet:
+    with bench_fleet(cells=1, keep=args.keep) as fleet:
         fleet.init()
         settings = fleet.settings()
         a, b = seed_organizations(settings, "cell-1", orgs=2, rows=args.rows, blobs=3, skew=False, seed=3)

@@ -5,7 +5,7 @@
 For each worker count W in ``--workers`` (a fresh set of cells each time, so every run starts equal):
 
 1. seed one organization of ``--rows`` rows and ``--blobs`` blobs into a source cell
-   (``migrator.seed``), then ``VACUUM ANALYZE`` it (a settled cell, as in production);
+   (``migrator.sample.seed``), then ``VACUUM ANALYZE`` it (a settled cell, as in production);
 2. **raw copy**: per organization table, in copy order, ``COPY (SELECT cols FROM t WHERE <org
    predicate>) TO STDOUT (FORMAT BINARY)`` on the source piped into ``COPY t FROM STDIN (FORMAT
    BINARY)`` on a scratch cell (an empty database with the target's schema, guard and indexes), one
@@ -49,6 +49,7 @@ from psycopg import sql  # noqa: E402
 from benchmarks._fleet import (  # noqa: E402
     BenchFleet,
     MemorySampler,
+    bench_fleet,
     checkpoint,
     machine,
     probe_lines,
@@ -348,14 +349,14 @@ def run_move(fleet: BenchFleet, org: int, target: str, workers: int, probe_file:
 
 # ----------------------------------------------------------------------------- one configuration
 def run_config(strategy: str, workers: int, args, probe_file: Path) -> dict:
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
 
     moves = {}
     if args.batch_rows:
         moves["batch_rows"] = args.batch_rows
     if args.chunk_rows:
         moves["chunk_rows"] = args.chunk_rows
-    with BenchFleet(cells=3, moves=moves, keep=args.keep) as fleet:
+    with bench_fleet(cells=3, moves=moves, keep=args.keep) as fleet:
         tag = f"[{strategy}, {workers} worker(s)]"
         print(f"{tag} fleet {fleet.prefix} in {fleet.workdir}", file=sys.stderr, flush=True)
         fleet.init()

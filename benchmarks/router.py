@@ -45,7 +45,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from benchmarks._fleet import BIN, BenchFleet, machine, stop_on_signals, wait_moves  # noqa: E402
+from benchmarks._fleet import bench_fleet, machine, stop_on_signals, wait_moves  # noqa: E402
+from migrator.fleet.processes import BIN  # noqa: E402
 
 CELLS = ["cell-1", "cell-2", "cell-3"]
 
@@ -295,7 +296,7 @@ def main() -> None:
 
     from migrator.moves.operations import Operations
     from migrator.moves.store import MoveStore
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
     from migrator.topology.client import topology_client
     from migrator.topology.lookup import RouteLookup
     from tests.support.traffic import Traffic
@@ -308,7 +309,7 @@ def main() -> None:
         for i in range(a.frozen_moves):
             plan[int(i * step)] = "frozen"
     result: dict = {"machine": machine(), "args": vars(a) | {"json": str(a.json) if a.json else None}}
-    with BenchFleet(cells=3) as fleet:
+    with bench_fleet(cells=3) as fleet:
         fleet.init()
         settings = fleet.settings()
         [moving] = [o.organization_id for o in seed_organizations(settings, "cell-1", orgs=1, rows=a.rows, blobs=4,

@@ -34,7 +34,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from benchmarks._fleet import BenchFleet, machine, probe_lines, wait_moves  # noqa: E402
+from benchmarks._fleet import BenchFleet, bench_fleet, machine, probe_lines, wait_moves  # noqa: E402
 
 
 def writer_window(log_path: Path, source: str, target: str) -> dict:
@@ -100,7 +100,7 @@ def verify_tasks(probe_file: Path | None, move_id) -> dict | None:
 def one_move(fleet: BenchFleet, strategy: str, rows: int, rate: float, seed: int, workdir: Path,
              probe_file: Path | None = None) -> dict:
     from migrator.moves.operations import Operations
-    from migrator.seed import seed_organizations
+    from migrator.sample.seed import seed_organizations
     from migrator.topology.client import topology_client
     from tests.faults.writer import lost_writes
 
@@ -155,7 +155,7 @@ def main() -> None:
                    help="run the workers with benchmarks/_probe.py and report the verify step's tasks")
     a = p.parse_args()
     runs = []
-    with BenchFleet(cells=3) as fleet:
+    with bench_fleet(cells=3) as fleet:
         fleet.init()
         probe_file = fleet.workdir / "probe.jsonl" if a.probe else None
         if probe_file:

@@ -42,15 +42,60 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Keys that would put a credential into the config file: refused with a message saying where they go.
+_CREDENTIAL_KEYS = {"access_key", "access_key_id", "aws_access_key_id", "secret_key", "secret_access_key",
+                    "aws_secret_access_key", "session_token", "aws_session_token", "password", "credentials"}
+
+
 class BlobStoreConfig(_Strict):
-    """Where a cell keeps its objects. ``local``: a directory; ``s3``: an S3-compatible bucket."""
+    """Where a cell keeps its objects. ``local``: a directory; ``s3``: an S3-compatible bucket.
+
+    S3 credentials never go in this file: boto3 finds them in the environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), a shared profile (``profile``), or the instance or
+    container role. See docs/deploy.md, "Object storage".
+    """
 
     kind: Literal["local", "s3"] = "local"
     path: str | None = None
     bucket: str | None = None
     prefix: str = ""
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None  # None: AWS S3 itself (region picks the endpoint)
     region: str | None = None
+    # A named profile of ~/.aws/config (its credentials or role); None: boto3's default chain.
+    profile: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    ca_bundle: str | None = None  # a CA file for a TLS endpoint with a private CA
+    # Copy inside the object store (CopyObject / UploadPartCopy) when source and target share an endpoint
+    # and profile: no object byte passes through the workers. False: always stream through the worker.
+    server_side_copy: bool = True
+    # Objects from this size on are uploaded in parts of multipart_chunk_mb, max_concurrency parts at a
+    # time (boto3's transfer manager; at most max_concurrency parts in memory). S3's smallest part is 5 MiB.
+    multipart_threshold_mb: int = Field(default=8, ge=5)
+    multipart_chunk_mb: int = Field(default=8, ge=5)
+    max_concurrency: int = Field(default=8, ge=1, le=64)
+    # Tries of each S3 call or object copy on a transient error (5xx, throttling, connection refused or
+    # reset, timeout), with exponential backoff; then the task is retried (moves.task_retries).
+    retry_attempts: int = Field(default=5, ge=1, le=20)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            found = sorted(k for k in data if str(k).lower() in _CREDENTIAL_KEYS)
+            if found:
+                raise ValueError(
+                    f"{', '.join(found)}: credentials are never read from the config file; set "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment, name a profile, or use an "
+                    "instance role (docs/deploy.md)")
+        return data
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> BlobStoreConfig:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("kind s3 needs a bucket")
+        return self
 
 
 class CellConfig(_Strict):
@@ -111,7 +156,7 @@ class TopologyConfig(_Strict):
 
 class RouterConfig(_Strict):
     """The edge router: HAProxy in front of the cells' application servers, its maps kept in step with the
-    Topology Service by ``migrator router sync`` (docs/adr/0016-edge-router.md). Paths are relative to
+    Topology Service by ``migrator router sync`` (docs/adr/0017-edge-router.md). Paths are relative to
     the config file."""
 
     # HAProxy's frontend: where requests arrive (HOST:PORT, or unix:/path).
@@ -169,6 +214,11 @@ class MoveConfig(_Strict):
     batch_rows: int = Field(default=200_000, ge=1)
     chunk_rows: int = Field(default=200_000, ge=1)
     blob_batch: int = Field(default=200, ge=1)
+    # Threads copying (and verifying) one blob unit's objects at once; a batch's checkpoint waits for all of it.
+    blob_workers: int = Field(default=8, ge=1, le=64)
+    # Retries of a step or unit task after a transient error (a cell database or object store that does
+    # not answer), with backoff 1, 2, 4 … 60 s; then the move fails and can be resumed.
+    task_retries: int = Field(default=8, ge=0)
     # How verify hashes a row (docs/adr/0010-verify-row-hash.md): "hash" sums PostgreSQL's 64-bit
     # hash of the row's values (hash_record_extended; text form for columns it cannot hash), "text"
     # the 64-bit md5 prefix of the row's text form (3x slower; for cells on PostgreSQL < 14 or of
@@ -374,7 +424,7 @@ class Settings(BaseSettings):
             if not path.is_absolute() and self.config_path:
                 path = Path(self.config_path).parent / path
             return path
-        from migrator.dictionary import SAMPLE_DICTIONARY_PATH
+        from migrator.sample import SAMPLE_DICTIONARY_PATH
 
         return SAMPLE_DICTIONARY_PATH
 

@@ -89,6 +89,20 @@ class CellUnavailable(MigratorError):
     code = "cell_unavailable"
 
 
+class BlobStoreUnavailable(CellUnavailable):
+    """A cell's object store does not answer (after its retries). Transient like a cell database: the
+    task is retried with backoff, then the move fails and can be resumed (docs/runbooks/object-store-down.md)."""
+
+    code = "blob_store_unavailable"
+
+
+class BlobStoreRefused(MigratorError):
+    """A cell's object store answered with a refusal that retrying will not change (access denied, no such
+    bucket, invalid request)."""
+
+    code = "blob_store_refused"
+
+
 class DrainTimeout(MigratorError):
     code = "drain_timeout"
 

@@ -62,9 +62,9 @@ def _follow(outcome: Outcome, move_id: str, token: str) -> dict:
 
 def _retry_or_fail(task: Task, exc: Exception, move_id: str, token: str, step: str):
     """Errors the runner raised (transient ones) or that came before it: retry with backoff, then give up."""
-    if recovery.classify(exc, step) is Disposition.RETRY and task.request.retries < task.max_retries:
-        countdown = min(2 ** task.request.retries, 60)
-        raise task.retry(exc=exc, countdown=countdown)
+    retries = get_settings().moves.task_retries
+    if recovery.classify(exc, step) is Disposition.RETRY and task.request.retries < retries:
+        raise task.retry(exc=exc, countdown=min(2 ** task.request.retries, 60), max_retries=retries)
     recovery.give_up(get_settings(), move_id, token, step, exc, task.request.retries)
     return {"failed": first_line(exc)}
 

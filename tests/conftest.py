@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.databases import create_database, drop_database, unique_name
+from migrator.fleet.databases import create_database, drop_database, unique_name
+from migrator.fleet.s3_server import MotoServer, use_test_credentials
+from migrator.fleet.services import RedisServer, start_topology_server
 from tests.support.fleet import make_fleet
-from tests.support.processes import RedisServer, start_topology_server
 
 
 @pytest.fixture
@@ -30,17 +31,43 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def fleet(tmp_path, redis_server, monkeypatch):
-    """Three empty cell databases and a control database, with a config file (not yet provisioned)."""
+def use_config(monkeypatch, fleet) -> None:
+    """Make ``fleet``'s config the one every ``get_settings()`` of this process reads."""
     from migrator.config import clear_settings_cache
 
-    f = make_fleet(tmp_path / "fleet", broker_url=redis_server.url)
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(f.config_path))
+    monkeypatch.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
     clear_settings_cache()
-    yield f
+
+
+@pytest.fixture
+def fleet_factory(tmp_path, redis_server, monkeypatch):
+    """``make(name="fleet", *, upgrade=False, **make_fleet arguments)``: a fleet (databases and a config,
+    the session's Redis unless ``broker_url`` is given) whose config this process uses; ``upgrade``: its
+    control database migrated. Every fleet made is dropped after the test."""
+    from migrator.config import clear_settings_cache
+    from migrator.control.engine import upgrade_control_db
+
+    made = []
+
+    def make(name: str = "fleet", *, upgrade: bool = False, **kwargs):
+        kwargs.setdefault("broker_url", redis_server.url)
+        f = make_fleet(tmp_path / name, **kwargs)
+        made.append(f)
+        use_config(monkeypatch, f)
+        if upgrade:
+            upgrade_control_db(f.control_dsn)
+        return f
+
+    yield make
     clear_settings_cache()
-    f.drop()
+    for f in made:
+        f.drop()
+
+
+@pytest.fixture
+def fleet(fleet_factory):
+    """Three empty cell databases and a control database, with a config file (not yet provisioned)."""
+    return fleet_factory()
 
 
 @pytest.fixture
@@ -52,6 +79,14 @@ def topology_server(fleet, tmp_path):
     proc = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server as a real process on a loopback port (tests use buckets of their own)."""
+    use_test_credentials()
+    with MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 def pytest_terminal_summary(terminalreporter):

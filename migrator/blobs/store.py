@@ -1,18 +1,21 @@
-"""Blob stores: one small interface, a local-directory implementation and an S3-compatible one.
+"""Blob stores: one small interface, a local-directory implementation and an S3-compatible one (``s3.py``).
 
-Keys are relative paths (``uploads/42/abc``). Every write is atomic (a temporary name then a
-rename, or a single PUT) and returns the sha256 of what was written, so a copy is checksummed on
-arrival without reading it twice.
+Keys are relative paths (``uploads/42/abc``). Every write is atomic (a temporary name then a rename,
+a single PUT, or a multipart upload that only becomes visible when it completes) and hashes what it
+writes, so a copy is checksummed on arrival without reading it twice. A write given the sha256 it
+must have stores nothing when the bytes do not hash to it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -25,6 +28,114 @@ CHUNK = 1024 * 1024
 class BlobStat:
     key: str
     size: int
+    # The object's sha256 when the store knows it without reading the bytes (a checksum the S3 server
+    # computed, or one the migrator verified while writing); None: only reading it back tells.
+    sha256: str | None = None
+
+
+@dataclass
+class Received:
+    """What copying one object into a store did."""
+
+    written: int = 0  # bytes written to the target (0: an identical object was already there)
+    read: int = 0  # object bytes that passed through this process (0 for a server-side copy)
+    skipped: bool = False
+    server_side: bool = False
+    sha256: str | None = None  # of what was written, when it was hashed here
+
+
+@dataclass
+class SourceObject:
+    """An object open for reading: its stream, its size when known, attributes worth carrying over."""
+
+    stream: BinaryIO
+    size: int | None
+    attrs: dict = field(default_factory=dict)
+
+
+class DigestMismatch(Exception):
+    """The bytes read do not hash to the sha256 the caller expected; nothing was stored."""
+
+    def __init__(self, key: str, digest: str, size: int):
+        super().__init__(f"{key}: sha256 {digest} ({size} bytes)")
+        self.key, self.digest, self.size = key, digest, size
+
+
+class _Wrapper(io.RawIOBase):
+    """A read-only stream over another one (``read`` is the subclass's); closing it closes that one."""
+
+    _stream: BinaryIO
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stream.close()
+        super().close()
+
+
+class CountingStream(_Wrapper):
+    """A read-only stream that tells ``on_read`` how many bytes each read returned."""
+
+    def __init__(self, stream, on_read: Callable[[int], None]):
+        super().__init__()
+        self._stream, self._on_read = stream, on_read
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = self._stream.read() if n is None or n < 0 else self._stream.read(n)
+        if data:
+            self._on_read(len(data))
+        return data
+
+
+class HashingReader(_Wrapper):
+    """Reads a stream through, hashing and counting the bytes; ``read(n)`` returns ``n`` bytes unless
+    the stream ends (so a multipart upload reading parts from it gets full-sized parts).
+
+    With ``expect_sha256`` it refuses to report the end of the stream (raises :class:`DigestMismatch`
+    instead) when the bytes did not hash to it, so a writer that completes only at the end of its
+    stream (a multipart upload, a rename) never completes a wrong object.
+    """
+
+    def __init__(self, stream: BinaryIO, key: str = "", expect_sha256: str | None = None):
+        super().__init__()
+        self._stream, self.key, self.expect = stream, key, expect_sha256
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            data = self._stream.read()
+            at_end = True
+        else:
+            parts, got = [], 0
+            while got < n:
+                block = self._stream.read(n - got)
+                if not block:
+                    break
+                parts.append(block)
+                got += len(block)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            at_end = got < n
+        if data:
+            self._digest.update(data)
+            self.size += len(data)
+        if at_end:
+            self._check()
+        return data
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    def _check(self) -> None:
+        if self.expect and self.hexdigest() != self.expect:
+            raise DigestMismatch(self.key, self.hexdigest(), self.size)
 
 
 class BlobStore(ABC):
@@ -32,17 +143,26 @@ class BlobStore(ABC):
 
     name: str = "blobs"
 
+    def __init__(self) -> None:
+        self._read_lock = threading.Lock()
+        self.bytes_read = 0  # object bytes this process read from the store (copies and read-backs)
+
+    def _count_read(self, n: int) -> None:
+        with self._read_lock:
+            self.bytes_read += n
+
     @abstractmethod
     def stat(self, key: str) -> BlobStat | None:
-        """Size of the object, or None if it does not exist."""
+        """Size (and sha256 when known without reading) of the object, or None if it does not exist."""
 
     @abstractmethod
     def open(self, key: str) -> BinaryIO:
         """A binary stream of the object; :class:`BlobMissing` if absent."""
 
     @abstractmethod
-    def put_stream(self, key: str, stream: BinaryIO) -> tuple[str, int]:
-        """Store the stream under ``key`` atomically; return (sha256 hex, size)."""
+    def put_stream(self, key: str, stream: BinaryIO, *, expect_sha256: str | None = None) -> tuple[str, int]:
+        """Store the stream under ``key`` atomically; return (sha256 hex, size). With ``expect_sha256``,
+        bytes that hash otherwise are never stored (:class:`DigestMismatch`)."""
 
     @abstractmethod
     def delete(self, key: str) -> bool:
@@ -56,20 +176,52 @@ class BlobStore(ABC):
     def check(self) -> None:
         """Raise :class:`CellUnavailable` if the store does not answer or is not writable."""
 
+    def describe(self) -> str:
+        return self.name
+
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
     def put_bytes(self, key: str, data: bytes) -> tuple[str, int]:
-        import io
-
         return self.put_stream(key, io.BytesIO(data))
 
-    def sha256(self, key: str) -> str:
-        digest = hashlib.sha256()
-        with self.open(key) as fh:
-            for block in iter(lambda: fh.read(CHUNK), b""):
-                digest.update(block)
-        return digest.hexdigest()
+    def read_sha256(self, key: str) -> str:
+        """The sha256 of the object, read back through this process."""
+        with HashingReader(self.open(key), key) as reader:
+            while reader.read(CHUNK):
+                pass
+        return reader.hexdigest()
+
+    def sha256(self, key: str, stat: BlobStat | None = None) -> str:
+        """The object's sha256: known to the store, else read back."""
+        stat = stat if stat is not None else self.stat(key)
+        if stat is not None and stat.sha256:
+            return stat.sha256
+        return self.read_sha256(key)
+
+    def holds(self, key: str, sha256: str) -> bool:
+        """True when the store has an object under ``key`` whose bytes hash to ``sha256``."""
+        present = self.stat(key)
+        if present is None:
+            return False
+        return self.sha256(key, present) == sha256
+
+    def receive(self, src: BlobStore, key: str, *, expect_sha256: str | None = None, size: int | None = None,
+                fresh: bool = False) -> Received:
+        """Copy ``key`` from ``src`` into this store unless an identical object is here already.
+
+        ``fresh``: the caller believes the target does not have the object yet (a first attempt); a store
+        may then write first and look only when the write finds something there. Stores override this.
+        """
+        if expect_sha256 and self.holds(key, expect_sha256):
+            return Received(skipped=True)
+        with src.open(key) as stream:
+            digest, written = self.put_stream(key, stream, expect_sha256=expect_sha256)
+        return Received(written=written, read=written, sha256=digest)
+
+    def open_source(self, key: str) -> SourceObject:
+        """The object open for reading, with its size when the store knows it at once."""
+        return SourceObject(self.open(key), None)
 
     def delete_many(self, keys: Iterable[str]) -> int:
         return sum(1 for k in keys if self.delete(k))
@@ -86,8 +238,12 @@ class LocalBlobStore(BlobStore):
     """Objects as files under one directory."""
 
     def __init__(self, root: str | os.PathLike, name: str = "blobs"):
+        super().__init__()
         self.root = Path(root)
         self.name = name
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.root})"
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*_safe_relpath(key).parts)
@@ -100,11 +256,15 @@ class LocalBlobStore(BlobStore):
 
     def open(self, key: str) -> BinaryIO:
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - caller closes
+            return CountingStream(open(self._path(key), "rb"), self._count_read)  # noqa: SIM115 - caller closes
         except FileNotFoundError:
             raise BlobMissing(f"blob {key!r} is missing from {self.name}", "restore it or fix the row") from None
 
-    def put_stream(self, key: str, stream: BinaryIO) -> tuple[str, int]:
+    def open_source(self, key: str) -> SourceObject:
+        stream = self.open(key)
+        return SourceObject(stream, os.fstat(stream._stream.fileno()).st_size)
+
+    def put_stream(self, key: str, stream: BinaryIO, *, expect_sha256: str | None = None) -> tuple[str, int]:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
@@ -117,6 +277,8 @@ class LocalBlobStore(BlobStore):
                     out.write(block)
                 out.flush()
                 os.fsync(out.fileno())
+            if expect_sha256 and digest.hexdigest() != expect_sha256:
+                raise DigestMismatch(key, digest.hexdigest(), size)
             os.replace(tmp, dest)
         except BaseException:
             try:
@@ -152,73 +314,11 @@ class LocalBlobStore(BlobStore):
             ) from None
 
 
-class S3BlobStore(BlobStore):
-    """Objects in an S3-compatible bucket (boto3), under an optional prefix."""
-
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None, name: str = "blobs"):
-        import boto3
-
-        self.bucket, self.prefix, self.name = bucket, prefix.strip("/"), name
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
-
-    def _key(self, key: str) -> str:
-        rel = _safe_relpath(key).as_posix()
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    def stat(self, key: str) -> BlobStat | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return BlobStat(key, int(head["ContentLength"]))
-
-    def open(self, key: str) -> BinaryIO:
-        from botocore.exceptions import ClientError
-
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                raise BlobMissing(f"blob {key!r} is missing from {self.name}", "restore it or fix the row") from None
-            raise
-
-    def put_stream(self, key: str, stream: BinaryIO) -> tuple[str, int]:
-        # Spool to a temporary file so the checksum is known before the single atomic PUT.
-        digest, size = hashlib.sha256(), 0
-        with tempfile.TemporaryFile() as spool:
-            for block in iter(lambda: stream.read(CHUNK), b""):
-                digest.update(block)
-                size += len(block)
-                spool.write(block)
-            spool.seek(0)
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=spool)
-        return digest.hexdigest(), size
-
-    def delete(self, key: str) -> bool:
-        existed = self.stat(key) is not None
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        return existed
-
-    def keys(self) -> Iterator[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        prefix = f"{self.prefix}/" if self.prefix else ""
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                yield item["Key"][len(prefix):]
-
-    def check(self) -> None:
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:  # noqa: BLE001 - any failure means the store does not answer
-            raise CellUnavailable(
-                f"{self.name} (bucket {self.bucket!r}) does not answer: {exc}",
-                "check blobs.bucket / blobs.endpoint_url of the cell and the S3 credentials",
-            ) from None
+# One store object per cell and configuration in each process: an S3 store holds a boto3 client (its
+# connection pool) and a transfer manager (threads), which are costly to build for every unit. The
+# process id is part of the key, so a forked worker child never uses its parent's connections.
+_STORES: dict[tuple, BlobStore] = {}
+_STORES_LOCK = threading.Lock()
 
 
 def open_store(settings, cell: str) -> BlobStore:
@@ -230,13 +330,31 @@ def open_store(settings, cell: str) -> BlobStore:
         return LocalBlobStore(path, name=name)
     if not cfg.bucket:
         raise ConfigError(f"cells.{cell}.blobs.bucket is required for kind s3", "set the bucket name")
-    return S3BlobStore(cfg.bucket, cfg.prefix, cfg.endpoint_url, cfg.region, name=name)
+    key = (os.getpid(), name, cfg.model_dump_json())
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            from migrator.blobs.s3 import S3BlobStore
+
+            store = _STORES[key] = S3BlobStore.from_config(cfg, name=name)
+    return store
 
 
 def same_store(a: BlobStore, b: BlobStore) -> bool:
     """True when two configured stores are one and the same place (never copy or delete then)."""
+    from migrator.blobs.s3 import S3BlobStore
+
     if isinstance(a, LocalBlobStore) and isinstance(b, LocalBlobStore):
         return a.root.resolve() == b.root.resolve()
     if isinstance(a, S3BlobStore) and isinstance(b, S3BlobStore):
-        return (a.bucket, a.prefix, a.client.meta.endpoint_url) == (b.bucket, b.prefix, b.client.meta.endpoint_url)
+        return (a.bucket, a.prefix, a.endpoint) == (b.bucket, b.prefix, b.endpoint)
     return False
+
+
+def __getattr__(name: str):
+    # ``from migrator.blobs.store import S3BlobStore`` keeps working; the class lives in s3.py.
+    if name == "S3BlobStore":
+        from migrator.blobs.s3 import S3BlobStore
+
+        return S3BlobStore
+    raise AttributeError(name)

@@ -38,9 +38,14 @@ CREATE TABLE IF NOT EXISTS migrator.change_log (
     capture_id text,
     table_name text NOT NULL,
     pk jsonb NOT NULL,
-    logged_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    logged_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id()
 );
+-- The writer's transaction: an entry is applied once that transaction is visible in a round's snapshot
+-- (ids are assigned at insert, not at commit, so they say nothing about what has committed).
+ALTER TABLE migrator.change_log ADD COLUMN IF NOT EXISTS xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX IF NOT EXISTS change_log_capture ON migrator.change_log (capture_id, id);
+CREATE INDEX IF NOT EXISTS change_log_capture_xid ON migrator.change_log (capture_id, xid);
 GRANT USAGE ON SCHEMA migrator TO PUBLIC;
 GRANT SELECT ON migrator.captures TO PUBLIC;
 CREATE OR REPLACE FUNCTION migrator.capture_log(org bigint, tbl text, key jsonb) RETURNS void
@@ -158,15 +163,26 @@ def captures(conn: psycopg.Connection) -> list[dict]:
     return [{"organization_id": r[0], "capture_id": r[1], "move_id": r[2], "started_at": r[3]} for r in rows]
 
 
-def log_head(conn: psycopg.Connection, capture_id: str) -> int:
-    """The newest log entry this capture must consider (its own and unattributed ones)."""
-    return int(conn.execute(
-        "SELECT coalesce(max(id), 0) FROM migrator.change_log WHERE capture_id = %s OR capture_id IS NULL",
-        (capture_id,)).fetchone()[0])
+def snapshot(conn: psycopg.Connection) -> str:
+    """The source's current snapshot (``pg_current_snapshot()`` as text): a catch-up round's position."""
+    return str(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])
 
 
-def pending_keys(conn: psycopg.Connection, capture_id: str, after: int, upto: int) -> int:
-    return int(conn.execute(
-        "SELECT count(*) FROM (SELECT DISTINCT table_name, pk FROM migrator.change_log "
-        "WHERE (capture_id = %s OR capture_id IS NULL) AND id > %s AND id <= %s) d",
-        (capture_id, after, upto)).fetchone()[0])
+# The log entries of a capture (and unattributed ones) that a round whose position moves from snapshot
+# %(prev)s (NULL: the beginning) to %(cur)s must consider: not visible in the previous snapshot (their
+# transaction had not committed when it was taken), visible in the current one. ``xid >= xmin(prev)``
+# is implied by "not visible in prev" and lets the (capture_id, xid) index find them.
+PENDING_ENTRIES = """
+    (c.capture_id = %(cap)s OR c.capture_id IS NULL)
+    AND (%(prev)s::pg_snapshot IS NULL
+         OR (c.xid >= pg_snapshot_xmin(%(prev)s::pg_snapshot)
+             AND NOT pg_visible_in_snapshot(c.xid, %(prev)s::pg_snapshot)))
+    AND (%(cur)s::pg_snapshot IS NULL OR pg_visible_in_snapshot(c.xid, %(cur)s::pg_snapshot))
+"""
+
+
+def pending_keys(conn: psycopg.Connection, capture_id: str, prev: str | None, cur: str | None = None) -> int:
+    """Distinct keys logged since snapshot ``prev`` (and visible in ``cur``, when given)."""
+    q = sql.SQL("SELECT count(*) FROM (SELECT DISTINCT c.table_name, c.pk FROM migrator.change_log AS c WHERE {}) d")
+    return int(conn.execute(q.format(sql.SQL(PENDING_ENTRIES)), {"cap": capture_id, "prev": prev, "cur": cur}
+                            ).fetchone()[0])

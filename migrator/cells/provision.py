@@ -16,14 +16,14 @@ changes nothing. ``uninstall_cells`` removes all the migrator installed (migrato
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from migrator.cells.capture import install_capture
 from migrator.cells.guard import install_guard
-from migrator.cells.introspect import MIGRATOR_SCHEMA, LiveSchema, introspect
+from migrator.cells.introspect import LiveSchema, introspect
+from migrator.cells.namespace import claim_namespace
 from migrator.cells.sequences import (
     OUTSIDE,
     UNBOUNDED,
@@ -31,17 +31,17 @@ from migrator.cells.sequences import (
     check_sequences,
     set_sequence_ranges,
 )
+from migrator.cells.uninstall import uninstall_cell
 from migrator.db import cell_connection
 from migrator.dictionary.model import Dictionary, load_dictionary
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import ConfigError
+from migrator.sample import SAMPLE_ROOT_TABLE, SAMPLE_SCHEMA_PATH
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SequenceRangeError", "apply_sample_schema", "cell_stats", "init_cells", "set_sequence_ranges",
            "uninstall_cells"]
 
-SAMPLE_SCHEMA_PATH = Path(__file__).parent / "sample_schema.sql"
-SAMPLE_ROOT_TABLE = "organizations"
 APP_SCHEMA = "public"
 _INIT_LOCK = 0x6D67696E69740000  # "mginit": one init per cell database at a time
 # Below this many estimated rows a table is counted exactly.
@@ -51,15 +51,6 @@ EXACT_COUNT_BELOW = 200_000
 _CELL_INFO_DDL = """
 CREATE TABLE IF NOT EXISTS migrator.cell_info (key text PRIMARY KEY, value text NOT NULL);
 """
-
-# The migrator's own relations in its schema (the freeze guard, the cell's identity, recorded sequence
-# bounds, the online strategy's change capture). In a schema marked with NAMESPACE_COMMENT everything is
-# the migrator's; these names only matter to recognize a schema created before the mark existed.
-OWN_TABLES = ("frozen_orgs", "cell_info", "sequence_bounds", "captures", "change_log", "change_log_id_seq")
-OWN_FUNCTION_PREFIXES = ("guard_", "capture_")
-NAMESPACE_COMMENT = ("cells-migrator: the migrator's own objects in this cell (freeze guard, cell identity); "
-                     "`migrator cells uninstall` removes them. See docs/adr/0007-what-the-migrator-installs.md")
-
 
 def _table_exists(conn: psycopg.Connection, schema: str, table: str) -> bool:
     return conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL",
@@ -72,68 +63,6 @@ def apply_sample_schema(conn: psycopg.Connection) -> bool:
         return False
     conn.execute(SAMPLE_SCHEMA_PATH.read_text())
     return True
-
-
-def foreign_objects(conn: psycopg.Connection) -> list[str]:
-    """Objects in schema ``migrator`` that the migrator did not create (empty when it is ours or absent)."""
-    from migrator.cells.guard import CHECK_FUNCTION, TRUNCATE_FUNCTION
-
-    rows = conn.execute(
-        """SELECT 'table ' || c.relname FROM pg_catalog.pg_class c
-             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %(schema)s AND c.relkind NOT IN ('i', 'I', 't') AND NOT (c.relname = ANY(%(own)s))
-           UNION ALL
-           SELECT 'function ' || p.proname FROM pg_catalog.pg_proc p
-             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-            WHERE n.nspname = %(schema)s
-              AND NOT (p.proname = ANY(%(funcs)s) OR p.proname LIKE ANY(%(prefixes)s))
-           UNION ALL
-           SELECT 'type ' || t.typname FROM pg_catalog.pg_type t
-             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-            WHERE n.nspname = %(schema)s AND t.typrelid = 0 AND t.typelem = 0
-           ORDER BY 1""",
-        {"schema": MIGRATOR_SCHEMA, "own": list(OWN_TABLES), "funcs": [CHECK_FUNCTION, TRUNCATE_FUNCTION],
-         "prefixes": [p.replace("_", "\\_") + "%" for p in OWN_FUNCTION_PREFIXES]},
-    ).fetchall()
-    return [r[0] for r in rows]
-
-
-def namespace_state(conn: psycopg.Connection) -> str:
-    """``absent``, ``ours`` (marked, or holding only the migrator's objects) or ``foreign``."""
-    row = conn.execute("SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n "
-                       "WHERE n.nspname = %s", (MIGRATOR_SCHEMA,)).fetchone()
-    if row is None:
-        return "absent"
-    if row[0] == NAMESPACE_COMMENT or not foreign_objects(conn):
-        return "ours"
-    return "foreign"
-
-
-def claim_namespace(conn: psycopg.Connection, cell: str) -> bool:
-    """Create (or recognize) the migrator's schema in a cell; True if something changed.
-
-    A schema named ``migrator`` that holds objects the migrator did not create belongs to the
-    application: adoption stops there rather than mixing its objects with ours.
-    """
-    state = namespace_state(conn)
-    if state == "foreign":
-        listing = ", ".join(foreign_objects(conn)[:5])
-        raise MigratorError(
-            f"cell {cell!r} already has a schema {MIGRATOR_SCHEMA!r} holding objects the migrator did not create "
-            f"({listing})",
-            f"the migrator keeps everything it installs in schema {MIGRATOR_SCHEMA!r}; rename the application's "
-            "schema before adopting this cell (see docs/adr/0007-what-the-migrator-installs.md)",
-        )
-    changed = state == "absent"
-    if changed:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(MIGRATOR_SCHEMA)))
-    comment = conn.execute("SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n "
-                           "WHERE n.nspname = %s", (MIGRATOR_SCHEMA,)).fetchone()[0]
-    if comment != NAMESPACE_COMMENT:
-        conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(MIGRATOR_SCHEMA),
-                                                                  sql.Literal(NAMESPACE_COMMENT)))
-        changed = True
-    return changed
 
 
 def _record_cell_info(conn: psycopg.Connection, name: str, lo: int, hi: int, adopt: bool = False) -> None:
@@ -197,7 +126,7 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequ
         "sequences_unbounded": [s.as_dict() for s in states if s.status == UNBOUNDED],
         "sequences_ok": not outside,
         "range": [lo, hi],
-        "blob_store": store.name,
+        "blob_store": store.describe(),
     }
     log.info("cell %s provisioned: %s", name, result)
     return result
@@ -233,8 +162,6 @@ def init_cells(settings, names: list[str] | None = None, *, set_sequences: bool 
 
 def uninstall_cells(settings, names: list[str] | None = None, *, force: bool = False) -> list[dict]:
     """Remove everything the migrator installed in the cells (or only ``names``); see cells/uninstall.py."""
-    from migrator.cells.uninstall import uninstall_cell
-
     selected = list(names) if names else list(settings.cells)
     if not selected:
         raise ConfigError("no cells are configured", "add cells under 'cells:' in the config")

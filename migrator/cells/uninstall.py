@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from migrator.cells.introspect import MIGRATOR_SCHEMA
+from migrator.cells.namespace import OWN_TABLES, namespace_state
 from migrator.cells.sequences import restore_sequence_bounds
 from migrator.errors import MigratorError
 
@@ -90,8 +91,6 @@ def _rows(conn: psycopg.Connection, table: str, column: str) -> list:
 
 def _unknown_relations(conn: psycopg.Connection) -> list[str]:
     """Tables, views and sequences in the schema that are not the migrator's own (nor owned by them)."""
-    from migrator.cells.provision import OWN_TABLES
-
     rows = conn.execute(
         """SELECT c.relname FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -112,8 +111,6 @@ def uninstall_cell(conn: psycopg.Connection, dictionary=None, *, cell: str = "",
     ``dictionary`` is not needed (the catalog says what is ours); it is accepted for symmetry with
     ``install_guard``.
     """
-    from migrator.cells.provision import namespace_state
-
     where = f"cell {cell!r}" if cell else "this cell"
     result: dict = {"frozen_organizations": [], "captured_organizations": [], "sequences_restored": [],
                     "removed": []}

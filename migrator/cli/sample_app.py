@@ -23,7 +23,7 @@ def serve_command(
     guard refuses (SQLSTATE MG001) is answered 503 with Retry-After, as is a request for an organization the
     cell does not hold; every answer carries X-Cell."""
     from migrator.errors import ConfigError
-    from migrator.sampleapp.app import serve
+    from migrator.sample.app import serve
 
     cfg = settings(config)
     cell_cfg = cfg.cell(cell)

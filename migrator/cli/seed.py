@@ -50,7 +50,7 @@ def seed_command(
 
     Example: migrator seed --cell cell-1 --orgs 5 --rows 100000 --seed 7
     """
-    from migrator.seed import plan_org_sizes, seed_organizations
+    from migrator.sample.seed import plan_org_sizes, seed_organizations
 
     cfg = settings(config)
     total = sum(plan_org_sizes(orgs, max(rows, 1), skew=not no_skew))

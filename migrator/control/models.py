@@ -37,8 +37,10 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-# Move states in which a move holds its organization (at most one per organization).
+# Move states in which a move holds its organization (at most one per organization: the partial unique
+# index below), and the ones it ends in. ``migrator/moves/workflow.py`` names them for the workflow.
 ACTIVE_MOVE_STATES = ("queued", "running", "paused", "failed", "aborting")
+TERMINAL_MOVE_STATES = ("completed", "aborted", "rejected", "cleaned")
 
 
 class Base(DeclarativeBase):
@@ -125,13 +127,14 @@ class Move(Base):
     cleaned_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Control state (``report`` is for humans): the source's clock at the freeze (drain waits out
     # transactions begun before it); whether a failure lifted the freeze (resume freezes again);
-    # the tokens of earlier attempts (the fencing set); the change-log position applied to the target
-    # and the rate the catch-up measured (online strategy).
+    # the tokens of earlier attempts (the fencing set); the change-log position applied to the target (a
+    # source snapshot: every entry whose transaction it sees is applied) and the rate the catch-up
+    # measured (online strategy).
     source_frozen_clock: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     freeze_lifted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     previous_tokens: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list,
                                                        server_default=text("'{}'::varchar[]"))
-    capture_applied: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    capture_snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)
     catch_up_keys_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (

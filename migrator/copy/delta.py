@@ -1,7 +1,8 @@
 """Applying captured changes (online moves): re-sync every logged key from the source's current rows.
 
-One round takes the log entries of a capture (and unattributed ones) in ``(after, upto]``, and in one
-target transaction:
+One round takes the log entries of a capture (and unattributed ones) that committed between two source
+snapshots (``prev``: the last round's position, ``cur``: this round's; see ``cells.capture.PENDING_ENTRIES``),
+and in one target transaction:
 1. loads the logged keys of each table into temporary tables of the target (streamed, binary COPY);
 2. deletes the target rows with those keys that belong to the organization (children first, while
    their parents still resolve the organization), and the target rows whose keys the source's
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
+from migrator.cells.capture import PENDING_ENTRIES
 from migrator.copy.spec import TableSpec
 
 
@@ -35,10 +37,8 @@ def logged_keys_sql(spec: TableSpec) -> sql.Composable:
     cols = sql.SQL(", ").join(
         sql.SQL("CAST(c.pk ->> {} AS {}) AS {}").format(sql.Literal(i), sql.SQL(t), sql.Identifier(c))
         for i, (c, t) in enumerate(zip(spec.pk, spec.pk_types, strict=True)))
-    return sql.SQL(
-        "SELECT DISTINCT {} FROM migrator.change_log AS c WHERE c.table_name = %(tbl)s"
-        " AND (c.capture_id = %(cap)s OR c.capture_id IS NULL) AND c.id > %(after)s AND c.id <= %(upto)s"
-    ).format(cols)
+    return sql.SQL("SELECT DISTINCT {} FROM migrator.change_log AS c WHERE c.table_name = %(tbl)s AND {}").format(
+        cols, sql.SQL(PENDING_ENTRIES))
 
 
 def _key_temp(spec: TableSpec) -> sql.Identifier:
@@ -61,14 +61,14 @@ def _copy(src, tgt, out_sql: sql.Composable, params: dict, dest: sql.Composable)
 
 
 def apply_round(src, tgt, specs: dict[str, TableSpec], order: list[str], org: int, capture_id: str,
-                after: int, upto: int) -> RoundResult:
+                prev: str | None, cur: str) -> RoundResult:
     result = RoundResult()
     with tgt.transaction():
         tgt.execute("SET LOCAL session_replication_role = replica")
         present: list[str] = []
         for name in order:
             spec = specs[name]
-            params = {"tbl": name, "cap": capture_id, "after": after, "upto": upto, "org": org}
+            params = {"tbl": name, "cap": capture_id, "prev": prev, "cur": cur, "org": org}
             n = src.execute(sql.SQL("SELECT count(*) FROM ({}) k").format(logged_keys_sql(spec)), params).fetchone()[0]
             if not n:
                 continue
@@ -94,7 +94,7 @@ def apply_round(src, tgt, specs: dict[str, TableSpec], order: list[str], org: in
                 table=spec.ident, cur=current, match=_match(spec, "t", current))).rowcount
         for name in present:
             spec = specs[name]
-            params = {"tbl": name, "cap": capture_id, "after": after, "upto": upto, "org": org}
+            params = {"tbl": name, "cap": capture_id, "prev": prev, "cur": cur, "org": org}
             result.copied += _copy(src, tgt, _current_rows(spec), params,
                                    sql.SQL("{} ({})").format(spec.ident, spec.cols()))
     return result

@@ -37,21 +37,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
-import yaml
 from psycopg import sql
 
-from migrator.demo.processes import (
+from migrator.dsn import mask_dsn
+from migrator.errors import MigratorError
+from migrator.fleet.config import fleet_config, write_config
+from migrator.fleet.processes import (
     MARKER_ENV,
     ProcRef,
     cmdline,
-    find_demo_processes,
+    find_fleet_processes,
     spawn,
     start_time,
     stop_all,
     stop_process,
 )
-from migrator.dsn import mask_dsn
-from migrator.errors import MigratorError
+from migrator.fleet.services import child_env
 
 DEFAULT_DIR = ".migrator-demo"
 CELLS = ("cell-1", "cell-2", "cell-3")
@@ -202,21 +203,15 @@ class Fleet:
             else _socket_dsn(self.server_dsn, dbname)
 
     def config_data(self) -> dict:
-        return {
-            "control_dsn": self.dsn(self.db_name("control")),
-            "broker_url": self.broker_url,
-            "cells": {
-                name: {"dsn": self.dsn(self.db_name(f"cell{i}")),
-                       "blobs": {"kind": "local", "path": str(self.paths.blobs / name)}}
-                for i, name in enumerate(CELLS, start=1)
-            },
-            "topology": {"address": self.topology_address, "listen": self.topology_address,
-                         "tls": {"ca": "certs/ca.pem", "server_cert": "certs/server.pem",
-                                 "server_key": "certs/server-key.pem", "client_cert": "certs/admin.pem",
-                                 "client_key": "certs/admin-key.pem"}},
-            "moves": dict(DEMO_MOVES),
-            "celery": {"queue_prefix": self.queue_prefix},
-        }
+        return fleet_config(
+            control_dsn=self.dsn(self.db_name("control")), broker_url=self.broker_url,
+            cell_dsns={name: self.dsn(self.db_name(f"cell{i}")) for i, name in enumerate(CELLS, start=1)},
+            blob_root=self.paths.blobs, topology_address=self.topology_address,
+            topology_listen=self.topology_address, queue_prefix=self.queue_prefix,
+            # Relative to the config file's folder: the demo's own CA and certificates (make_certs).
+            tls={"ca": "certs/ca.pem", "server_cert": "certs/server.pem", "server_key": "certs/server-key.pem",
+                 "client_cert": "certs/admin.pem", "client_key": "certs/admin-key.pem"},
+            overrides={"moves": dict(DEMO_MOVES)})
 
     def make_certs(self) -> None:
         """The Topology Service's CA and certificates (kept across demos: made once per folder)."""
@@ -233,13 +228,8 @@ class Fleet:
         return TopologyClient(self.topology_address, tls=client_tls(self.settings()), **kwargs)
 
     def write_config(self) -> None:
-        text = "# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n"
-        text += yaml.safe_dump(self.config_data(), sort_keys=False)
-        tmp = self.paths.config.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a password
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, self.paths.config)
+        write_config(self.paths.config, self.config_data(),
+                     header="# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n")
 
     def settings(self):
         from migrator.config import load_settings
@@ -248,10 +238,7 @@ class Fleet:
 
     def child_env(self) -> dict[str, str]:
         """The environment of every child: the demo's config and marker, none of the caller's MIGRATOR_*."""
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MIGRATOR_")}
-        env["MIGRATOR_CONFIG"] = str(self.paths.config)
-        env[MARKER_ENV] = str(self.paths.root)
-        env["PYTHONUNBUFFERED"] = "1"
+        env = child_env(self.paths.config, {MARKER_ENV: str(self.paths.root)})
         tasks_root = _tasks_import_root()
         if tasks_root:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (tasks_root, env.get("PYTHONPATH")) if p)
@@ -507,7 +494,7 @@ def _stop_everything(paths: DemoPaths, processes: dict[str, ProcRef]) -> int:
         if ref is not None:
             sig = signal.SIGINT if name == "postgres" else signal.SIGTERM  # postgres: fast shutdown
             stopped += stop_process(ref, sig=sig, timeout=20 if name == "worker" else 10)
-    stopped += stop_all(find_demo_processes(paths.root))
+    stopped += stop_all(find_fleet_processes(paths.root))
     _forget_fleet(paths)
     return stopped
 
@@ -579,7 +566,7 @@ def _start_pgserver(paths: DemoPaths, say: Say):
                                 f"{_log_tail(log)}", f"see {log}; delete {paths.pgdata} to start over") from None
             say(f"the embedded PostgreSQL did not start from {paths.pgdata} ({type(exc).__name__}); "
                 "starting from an empty data directory")
-            stop_all([r for r in find_demo_processes(paths.root) if r.name == "postgres"])
+            stop_all([r for r in find_fleet_processes(paths.root) if r.name == "postgres"])
             shutil.rmtree(paths.pgdata, ignore_errors=True)
     raise AssertionError("unreachable")
 

@@ -34,8 +34,8 @@ from migrator.demo.fleet import (
     require_embedded_packages,
     stop_kept,
 )
-from migrator.demo.processes import MARKER_ENV, find_demo_processes
 from migrator.demo.report import build_report, print_report
+from migrator.fleet.processes import MARKER_ENV, find_fleet_processes
 
 SOURCE, TARGET = "cell-1", "cell-2"
 
@@ -158,9 +158,9 @@ def _print_seeded(seeded: list, out: Console) -> None:
 
 def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
     from migrator.cells.provision import init_cells
-    from migrator.cli.moves import watch_move
     from migrator.moves.operations import Operations
-    from migrator.seed import seed_organizations
+    from migrator.moves.watch import watch_move
+    from migrator.sample.seed import seed_organizations
     from migrator.topology.client import topology_client
 
     settings = fleet.settings()
@@ -294,7 +294,7 @@ def run_demo(opts: DemoOptions) -> int:
                     else:
                         started = time.monotonic()
                         count = fleet.stop()
-                        left = find_demo_processes(paths.root)
+                        left = find_fleet_processes(paths.root)
                         say(f"fleet stopped: {count} process(es) in {time.monotonic() - started:.1f} s, "
                             + (f"but still running: {', '.join(str(r.pid) for r in left)}" if left
                                else "none left running"))

@@ -6,8 +6,6 @@ Format: docs/dictionary.md. ``load_dictionary(path)`` reads and validates a file
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from migrator.dictionary.model import (
     CELL_LOCAL,
     CLASSIFICATIONS,
@@ -20,14 +18,11 @@ from migrator.dictionary.model import (
     load_dictionary,
 )
 
-SAMPLE_DICTIONARY_PATH = Path(__file__).parent / "sample.yaml"
-
 __all__ = [
     "CELL_LOCAL",
     "CLASSIFICATIONS",
     "CLUSTER_WIDE",
     "ORGANIZATION",
-    "SAMPLE_DICTIONARY_PATH",
     "BlobSpec",
     "ChainProblem",
     "Dictionary",

@@ -8,10 +8,13 @@ root and every organization-scoped table has a primary key (the copier pages and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from migrator.cells.introspect import LiveSchema
 from migrator.dictionary.model import Dictionary
 from migrator.errors import DictionaryError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: the dictionary does not depend on the cells
+    from migrator.cells.introspect import LiveSchema
 
 UNCLASSIFIED = "unclassified"
 MISSING_TABLE = "missing_table"

@@ -2,8 +2,10 @@
 
 ``capture`` starts logging the organization's changes in the source; ``catch_up`` and
 ``final_delta`` apply the log to the target in rounds (:func:`apply_round`: the changed rows, then
-the blobs those rows reference). The position applied so far is control state, kept in the move's
-``capture_applied`` column; each round's figures go to the human report. The capture is removed
+the blobs those rows reference). A round's position is a source snapshot: every entry whose
+transaction is visible in it has been applied (log ids are assigned at insert, not at commit, so an
+id says nothing about what has committed). It is control state, kept in the move's
+``capture_snapshot`` column; each round's figures go to the human report. The capture is removed
 at unfreeze and on abort (:func:`stop`); the reconciler removes captures of moves that ended
 (:func:`collect_abandoned`).
 """
@@ -34,7 +36,7 @@ def capture_id(move) -> str:
 
 @dataclass
 class Round:
-    upto: int  # the log position now applied
+    snapshot: str  # the source snapshot now applied
     keys: int
     blobs: int
     seconds: float
@@ -44,7 +46,7 @@ class Round:
         return round(self.keys / self.seconds, 1) if self.seconds else None
 
 
-def _copy_changed_blobs(ctx, src, after: int, upto: int) -> int:
+def _copy_changed_blobs(ctx, src, prev: str | None, cur: str) -> int:
     """Blobs referenced by rows that changed in this round (copy_blob skips identical ones)."""
     src_store = open_store(ctx.settings, ctx.move.source_cell)
     dst_store = open_store(ctx.settings, ctx.move.target_cell)
@@ -54,7 +56,7 @@ def _copy_changed_blobs(ctx, src, after: int, upto: int) -> int:
     for table, blob in blob_units(ctx.dictionary):
         spec = ctx.specs[table]
         keys = logged_keys_sql(spec)
-        params = {"tbl": table, "cap": capture_id(ctx.move), "after": after, "upto": upto, "org": ctx.org}
+        params = {"tbl": table, "cap": capture_id(ctx.move), "prev": prev, "cur": cur, "org": ctx.org}
         q = sql.SQL("SELECT {pk}, {key}, {sha}, {size} FROM {t} AS t WHERE ({pred}) AND ({pk}) IN ({keys})"
                     " AND {key} IS NOT NULL").format(
             pk=spec.pk_cols("t"), key=sql.Identifier("t", blob.key), sha=sql.Identifier("t", blob.checksum),
@@ -67,18 +69,24 @@ def _copy_changed_blobs(ctx, src, after: int, upto: int) -> int:
     return copied
 
 
-def apply_round(ctx, upto: int) -> Round:
-    """Apply the log from the move's ``capture_applied`` position up to ``upto``; record the new
-    position (control state) and the round's figures (report)."""
-    applied = ctx.store.get(ctx.move.id).capture_applied
+def apply_round(ctx) -> Round:
+    """Apply every entry logged since the move's ``capture_snapshot`` that has committed now; record the
+    new position (control state) and the round's figures (report)."""
+    prev = ctx.store.get(ctx.move.id).capture_snapshot
     src, tgt = ctx.source(), ctx.target()
+    cur = cap.snapshot(src)
     started = time.monotonic()
-    result = apply_rows(src, tgt, ctx.specs, ctx.copy_order(), ctx.org, capture_id(ctx.move), applied, upto)
-    blobs = _copy_changed_blobs(ctx, src, applied, upto)
-    done = Round(upto=upto, keys=result.total_keys, blobs=blobs, seconds=time.monotonic() - started)
-    ctx.store.record_catch_up_round(ctx.move.id, ctx.token, upto=upto, keys=done.keys, blobs=done.blobs,
+    result = apply_rows(src, tgt, ctx.specs, ctx.copy_order(), ctx.org, capture_id(ctx.move), prev, cur)
+    blobs = _copy_changed_blobs(ctx, src, prev, cur)
+    done = Round(snapshot=cur, keys=result.total_keys, blobs=blobs, seconds=time.monotonic() - started)
+    ctx.store.record_catch_up_round(ctx.move.id, ctx.token, snapshot=cur, keys=done.keys, blobs=done.blobs,
                                     seconds=done.seconds, keys_per_s=done.keys_per_s)
     return done
+
+
+def pending(ctx) -> int:
+    """Distinct keys logged since the move's last applied position."""
+    return cap.pending_keys(ctx.source(), capture_id(ctx.move), ctx.store.get(ctx.move.id).capture_snapshot)
 
 
 def stop(settings, move) -> None:

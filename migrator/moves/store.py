@@ -246,7 +246,7 @@ class MoveStore:
                 s.commit()
         return row
 
-    def record_catch_up_round(self, move_id, token: str, *, upto: int, keys: int, blobs: int, seconds: float,
+    def record_catch_up_round(self, move_id, token: str, *, snapshot: str, keys: int, blobs: int, seconds: float,
                               keys_per_s: float | None) -> None:
         """One round of the change log applied: the new position (control state, fenced) and the
         round's figures in the report's ``catch_up`` (for humans)."""
@@ -255,7 +255,8 @@ class MoveStore:
         stats.update(rounds=int(stats.get("rounds", 0)) + 1, last_keys=keys, last_round_s=round(seconds, 3),
                      keys_per_s=keys_per_s, keys_applied=int(stats.get("keys_applied", 0)) + keys,
                      blobs_copied=int(stats.get("blobs_copied", 0)) + blobs)
-        values: dict[str, Any] = {"capture_applied": upto, "report": Move.report.op("||")(_jsonb({"catch_up": stats}))}
+        values: dict[str, Any] = {"capture_snapshot": snapshot,
+                                  "report": Move.report.op("||")(_jsonb({"catch_up": stats}))}
         if keys_per_s:
             values["catch_up_keys_per_s"] = keys_per_s
         self._update(move_id, token, values)

@@ -95,7 +95,7 @@ def move_detail(store: MoveStore, move) -> dict:
         write_window_open=move.frozen_at is not None and window.closed_at(move) is None,
         freeze_lifted=move.freeze_lifted,
         source_frozen_clock=_iso(move.source_frozen_clock),
-        capture_applied=move.capture_applied,
+        capture_snapshot=move.capture_snapshot,
         history=[
             {"at": _iso(e.at), "step": e.step, "event": e.event, "actor": e.actor, "message": e.message,
              "detail": e.detail}

@@ -8,6 +8,8 @@ control database counts no pending unit (fan-in in PostgreSQL, not with Celery c
 
 from __future__ import annotations
 
+from migrator.control.models import ACTIVE_MOVE_STATES, TERMINAL_MOVE_STATES
+
 # The frozen strategy: freeze first, then copy everything while the organization is read-only.
 FROZEN: tuple[str, ...] = (
     "preflight",
@@ -51,13 +53,12 @@ def next_step(strategy: str, step: str) -> str | None:
     return steps[i + 1] if i + 1 < len(steps) else None
 
 
-# Move states.
-QUEUED, RUNNING, PAUSED, FAILED, ABORTING = "queued", "running", "paused", "failed", "aborting"
-COMPLETED, ABORTED, REJECTED, CLEANED = "completed", "aborted", "rejected", "cleaned"
-
-# A move in one of these holds its organization: the database allows one per organization.
-ACTIVE_STATES: tuple[str, ...] = (QUEUED, RUNNING, PAUSED, FAILED, ABORTING)
-TERMINAL_STATES: tuple[str, ...] = (COMPLETED, ABORTED, REJECTED, CLEANED)
+# Move states (the control database's models define them: its partial unique index needs them).
+# A move in one of the active states holds its organization: the database allows one per organization.
+ACTIVE_STATES: tuple[str, ...] = ACTIVE_MOVE_STATES
+TERMINAL_STATES: tuple[str, ...] = TERMINAL_MOVE_STATES
+QUEUED, RUNNING, PAUSED, FAILED, ABORTING = ACTIVE_STATES
+COMPLETED, ABORTED, REJECTED, CLEANED = TERMINAL_STATES
 
 # Until the flip the source is authoritative and the move can be aborted; after it, the way back
 # is a move in the other direction. (In every strategy the flip comes after all of these.)

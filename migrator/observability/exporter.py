@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from migrator.control.engine import control_engine
-from migrator.moves import workflow as wf
+from migrator.control.models import ACTIVE_MOVE_STATES, TERMINAL_MOVE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ControlDatabaseCollector(Collector):
         up.add_metric([], 1)
         yield up
         moves = GaugeMetricFamily("migrator_moves", "Moves by state", labels=["state"])
-        for state in (*wf.ACTIVE_STATES, *wf.TERMINAL_STATES):
+        for state in (*ACTIVE_MOVE_STATES, *TERMINAL_MOVE_STATES):
             moves.add_metric([state], by_state.get(state, 0))
         yield moves
         step = GaugeMetricFamily("migrator_move_step_seconds", "Seconds an unfinished move has spent in its step",

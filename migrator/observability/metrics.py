@@ -20,6 +20,8 @@ rows_copied = Counter("migrator_rows_copied_total", "Rows copied into target cel
 bytes_copied = Counter("migrator_bytes_copied_total", "Bytes of row data (binary COPY) copied into target cells")
 blobs_copied = Counter("migrator_blobs_copied_total", "Blobs checked by copy_blobs, by outcome", ["outcome"])
 blob_bytes_copied = Counter("migrator_blob_bytes_copied_total", "Bytes of blobs written to target stores")
+blob_bytes_read = Counter("migrator_blob_bytes_read_total",
+                          "Object bytes that passed through workers copying blobs (0 for server-side copies)")
 write_window = Histogram("migrator_write_window_seconds",
                          "Write window of flipped moves: from the freeze until the target accepted writes",
                          buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))

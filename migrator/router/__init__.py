@@ -6,6 +6,6 @@
 - :mod:`~migrator.router.maps`: the two maps (organization -> cell, frozen organizations) and their files.
 - :mod:`~migrator.router.sync`: ``migrator router sync``, following the route stream into every HAProxy.
 
-Design and failure modes: docs/adr/0016-edge-router.md; a router out of sync:
+Design and failure modes: docs/adr/0017-edge-router.md; a router out of sync:
 docs/runbooks/alert-router-sync-lagging.md.
 """

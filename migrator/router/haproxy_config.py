@@ -73,7 +73,7 @@ def render(settings, *, admin_socket: str | None = None) -> str:
     out = [
         f"# HAProxy configuration written by `migrator router config` from {settings.config_path} at {now}.",
         "# Do not edit: change the migrator's config and run `migrator router config` again, then reload HAProxy.",
-        "# `migrator router sync` keeps the two maps current through the admin socket (docs/adr/0016-edge-router.md).",
+        "# `migrator router sync` keeps the two maps current through the admin socket (docs/adr/0017-edge-router.md).",
         "global",
         # A unix socket only HAProxy's user may open; a TCP one (ipv4@HOST:PORT) is for a network you control.
         f"    stats socket {sock} {'' if '@' in sock else 'mode 600 '}level admin",
@@ -176,7 +176,7 @@ def write(settings, out: Path | None = None, *, admin_socket: str | None = None,
     problem = check(target) if validate else None
     if problem:
         raise MigratorError(f"HAProxy refuses the configuration written to {target}: {problem}",
-                            "fix the router: section of the config (see docs/adr/0016-edge-router.md)")
+                            "fix the router: section of the config (see docs/adr/0017-edge-router.md)")
     warnings = [f"cell {name} has no app_servers: requests for its organizations get 503 (set "
                 f"cells.{name}.app_servers)" for name, cell in settings.cells.items() if not cell.app_servers]
     return {"config": str(target), "warnings": warnings, "maps": {"orgs": str(files.orgs), "frozen": str(files.frozen)},

@@ -15,7 +15,7 @@ directly (``Classify``) and remembered, unless the stream already brought a newe
 
 A stale answer never loses a write: the source cell of a move stays frozen after the flip (its
 guard refuses the organization's writes with SQLSTATE MG001), so a write sent to the old cell is
-refused, and the application answers it with 503 and Retry-After (docs/adr/0016-edge-router.md).
+refused, and the application answers it with 503 and Retry-After (docs/adr/0017-edge-router.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ A route's ``version`` counts its flips (the compare-and-set of a move expects it
 is the id of the route's latest change in ``route_history`` (register, freeze, refence, flip,
 unfreeze, repair). Revisions of one organization grow with every change, in commit order, so a
 follower of the change stream keeps, per organization, the route of the highest revision it has seen
-and never goes back (docs/adr/0016-edge-router.md).
+and never goes back (docs/adr/0017-edge-router.md).
 """
 
 from __future__ import annotations

@@ -74,6 +74,21 @@ def test_write_window_benchmark(tmp_path):
     assert result["runs"][1]["catch_up_rounds"] >= 0
 
 
+def test_blobs_benchmark(tmp_path):
+    result = _run("blobs.py", "--small", "12", "--small-kb", "1-4", "--large", "3", "--large-mb", "6",
+                  "--parallelism", "2", tmp_path=tmp_path)
+    assert result["small"]["objects"] == 12 and result["large"]["objects"] == 3
+    for kind in ("small", "large"):
+        for mode in ("streamed", "server_side"):
+            move = result[kind][mode]["move"]
+            assert move["verified"] and move["copied"] == result[kind]["objects"]
+            assert result[kind][mode]["ratio"] > 0
+        assert result[kind]["server_side"]["move"]["bytes_read"] == 0
+        assert result[kind]["server_side"]["move"]["server_side"] == result[kind]["objects"]
+        assert result[kind]["streamed"]["move"]["bytes_read"] == result[kind]["bytes"]
+    assert result["large"]["streamed"]["move"]["memory"]["peak_process_rss_mib"] > 0
+
+
 def test_router_benchmark(tmp_path):
     from tests.support.edge import haproxy_binary
 

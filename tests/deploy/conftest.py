@@ -62,3 +62,11 @@ def amtool() -> str:
 @pytest.fixture(scope="session")
 def alertmanager_bin() -> str:
     return _tool("alertmanager")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/deploy/ carries the ``deploy`` marker (``pytest -m deploy`` selects them)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.deploy)

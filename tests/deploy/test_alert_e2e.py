@@ -18,10 +18,12 @@ import urllib.request
 import pytest
 import yaml
 
+from migrator.fleet.processes import BIN, Process, free_port, wait_for
+from migrator.fleet.services import child_env
 from migrator.moves.store import MoveStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from tests.deploy.conftest import DEPLOY
-from tests.support.processes import BIN, ManagedProcess, base_env, free_port, start_worker, wait_for
+from tests.support.fleet import start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -111,14 +113,14 @@ def hot_fleet(fleet, topology_server):
 def test_capacity_alert_through_alertmanager_starts_a_move(hot_fleet, alertmanager_bin, tmp_path):
     fleet = hot_fleet
     settings = fleet.settings()
-    procs: list[ManagedProcess] = []
+    procs: list[Process] = []
     human = Recorder()
     try:
         worker = start_worker(fleet.config_path, tmp_path / "worker.log", name="e2e", concurrency=2)
         procs.append(worker)
         api_port = free_port()
-        api = ManagedProcess([str(BIN / "migrator"), "api", "serve", "--host", "127.0.0.1", "--port", str(api_port)],
-                             base_env(fleet.config_path), tmp_path / "api.log").start()
+        api = Process([str(BIN / "migrator"), "api", "serve", "--host", "127.0.0.1", "--port", str(api_port)],
+                      child_env(fleet.config_path), tmp_path / "api.log").start()
         procs.append(api)
 
         token_file = tmp_path / "api-token"
@@ -128,11 +130,11 @@ def test_capacity_alert_through_alertmanager_starts_a_move(hot_fleet, alertmanag
         am_config = tmp_path / "alertmanager.yml"
         am_config.write_text(yaml.safe_dump(alertmanager_test_config(
             f"http://127.0.0.1:{api_port}/v1/alerts", token_file, human.url), sort_keys=False))
-        alertmanager = ManagedProcess([alertmanager_bin, f"--config.file={am_config}",
-                                       f"--storage.path={tmp_path / 'am-data'}",
-                                       f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
-                                       "--log.level=debug"],
-                                      base_env(fleet.config_path), tmp_path / "alertmanager.log").start()
+        alertmanager = Process([alertmanager_bin, f"--config.file={am_config}",
+                               f"--storage.path={tmp_path / 'am-data'}",
+                               f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
+                               "--log.level=debug"],
+                               child_env(fleet.config_path), tmp_path / "alertmanager.log").start()
         procs.append(alertmanager)
 
         def ready(proc, url):

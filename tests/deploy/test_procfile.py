@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from migrator.fleet.processes import BIN, free_port, wait_for
+from migrator.fleet.services import RedisServer, child_env
+from tests.support import ROOT
 from tests.support.edge import haproxy_binary, http_get
 from tests.support.fleet import fleet_certs, make_fleet
 from tests.support.moves import migrator
-from tests.support.processes import BIN, ROOT, RedisServer, base_env, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -134,7 +136,7 @@ def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
             "BEAT_SCHEDULE": str(tmp_path / "celerybeat-schedule"),
             "ROUTER_SYNC_METRICS_PORT": str(ports["sync"]),
         })
-        env = base_env(fleet.config_path)
+        env = child_env(fleet.config_path)
         env["CM_DEPLOY_TEST_MARK"] = marker
         with open(log_path, "wb") as log:
             honcho = subprocess.Popen([str(BIN / "honcho"), "start", "-f", str(PROCFILE), "-e",

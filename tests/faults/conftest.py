@@ -7,13 +7,14 @@ Run alone with ``pytest -m faults``; ``FAULTS_LONG=1`` runs the long version (do
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 
 import pytest
 
-from tests.support.fleet import make_fleet
-from tests.support.processes import RedisServer, start_topology_server, start_worker
+from migrator.fleet.config import merge
+from migrator.fleet.services import RedisServer, start_topology_server, wait_worker_ready
+from tests.support.fleet import make_fleet, start_worker
 
 LONG = os.environ.get("FAULTS_LONG") == "1"
 
@@ -39,18 +40,15 @@ class FaultFleet:
     def settings(self):
         return self.fleet.settings()
 
-    def worker(self, concurrency: int = 2, beat: bool = True):
+    def worker(self, concurrency: int = 2, beat: bool = True, queues: str | None = None):
+        """A worker calling as the mover, with beat inside (the reconciler) unless ``beat=False``."""
         self._n += 1
         name = f"w{self._n}"
-        extra = ["-B", "-s", str(self.tmp / f"beat-{name}")] if beat else []
         proc = start_worker(self.fleet.config_path, self.tmp / f"worker-{name}.log", name=name,
-                            concurrency=concurrency, extra=extra)
-        deadline = time.monotonic() + 60
-        while "ready." not in proc.log():
-            if not proc.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"worker {name} did not start:\n{proc.log()[-3000:]}")
-            time.sleep(0.1)
+                            concurrency=concurrency, queues=queues,
+                            beat_schedule=self.tmp / f"beat-{name}" if beat else None)
         self.workers.append(proc)
+        wait_worker_ready(proc, timeout=60)
         return proc
 
     def supervise(self) -> None:
@@ -87,26 +85,43 @@ class FaultFleet:
         self.workers = [w for w in self.workers if w.alive()]
 
 
-@pytest.fixture
-def faults(tmp_path, monkeypatch):
+@contextlib.contextmanager
+def fault_fleet(tmp_path, monkeypatch, *, cells: int = 3, overrides: dict | None = None,
+                blobs: dict | None = None, customize=None):
+    """A fault scenario's fleet, set up and torn down in one place: a Redis of its own (restartable), the
+    databases and config (``FAULT_SETTINGS`` under ``overrides``), ``customize(fleet)`` (e.g. a cell on a
+    server of its own), the Topology Service, provisioned cells. Yields a :class:`FaultFleet`; on exit every
+    worker is killed and everything stopped and dropped."""
     from migrator.config import clear_settings_cache
-
-    redis = RedisServer(tmp_path / "redis").start()
-    fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url, overrides=FAULT_SETTINGS)
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
-    clear_settings_cache()
     from migrator.control.engine import upgrade_control_db
 
-    upgrade_control_db(fleet.control_dsn)
-    topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
-    fleet.init()
+    redis = RedisServer(tmp_path / "redis").start()
+    fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url, cells=cells,
+                       overrides=merge({k: dict(v) for k, v in FAULT_SETTINGS.items()}, overrides), blobs=blobs)
+    topo = None
     ff = FaultFleet(fleet, redis, tmp_path)
-    ff.supervise()
-    yield ff
-    ff.stop_supervising()
-    for w in ff.workers:
-        w.kill()
-    topo.stop()
-    redis.stop()
-    clear_settings_cache()
-    fleet.drop()
+    try:
+        if customize is not None:
+            customize(fleet)
+        monkeypatch.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
+        clear_settings_cache()
+        upgrade_control_db(fleet.control_dsn)
+        topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
+        fleet.init()
+        yield ff
+    finally:
+        ff.stop_supervising()
+        for w in ff.workers:
+            w.kill()
+        if topo is not None:
+            topo.stop()
+        redis.stop()
+        clear_settings_cache()
+        fleet.drop()
+
+
+@pytest.fixture
+def faults(tmp_path, monkeypatch):
+    with fault_fleet(tmp_path, monkeypatch) as ff:
+        ff.supervise()
+        yield ff

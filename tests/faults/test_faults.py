@@ -14,18 +14,20 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from migrator.fleet.processes import wait_for
+from migrator.fleet.services import child_env
 from migrator.moves.dispatch import Dispatcher
 from migrator.moves.operations import Operations
 from migrator.moves.runner import run_step
 from migrator.moves.store import MoveStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.faults.conftest import trials
 from tests.faults.invariants import check_completed, snapshot
 from tests.faults.report import ScenarioResult
 from tests.faults.writer import lost_writes
-from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move
-from tests.support.processes import ROOT, base_env, wait_for
+from tests.support import ROOT
+from tests.support.moves import HeldTable, migrator, wait_copying, wait_move
 
 pytestmark = pytest.mark.faults
 
@@ -55,10 +57,6 @@ def _finish(ff, result: ScenarioResult, move_id, org, source, target, before, by
     return move
 
 
-def _in_copy(move, store) -> bool:
-    return (move.step == "copy_rows" and copied_rows(store, move.id) > 0) or move.state not in ("queued", "running")
-
-
 def test_worker_sigkill_at_random_moments(faults):
     n = trials(5, 50)
     result = ScenarioResult("1. worker SIGKILL at a random moment")
@@ -84,58 +82,52 @@ def test_worker_sigkill_at_random_moments(faults):
 
 
 def _redis_fault(faults, action: str, strategy: str):
+    """Redis restarted (it keeps nothing on disk) or flushed while the copy runs.
+
+    The target's ``issues`` and ``notes`` are held (HeldTable), so both worker slots are busy with units
+    of those tables while the other tables' unit messages wait in the queue: the fault happens under a
+    running copy, and a flush provably loses messages the move needs, which only the reconciler can
+    send again (flushing only the running tasks' messages would lose nothing)."""
     result = ScenarioResult(f"2. Redis {action} mid-move ({strategy})")
     org, bystander = _seed(faults, 2)
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
     faults.worker()
-    move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"redis {action}",
-                                             strategy=strategy)
-    wait_move(settings, move.id, timeout=60, predicate=_in_copy)
-    lost = 0
-    if action == "restarted":
-        faults.redis.restart()
-    else:
-        lost = _flush_with_messages(faults, settings, move.id)
-        print(f"flushed {lost} message(s)")
+    target = faults.fleet.cell_dsns["cell-2"]
+    with HeldTable(target, "issues"), HeldTable(target, "notes"):
+        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason=f"redis {action}",
+                                                 strategy=strategy)
+        wait_copying(settings, move.id)
+        lost = 0
+        if action == "restarted":
+            faults.redis.restart()
+        else:
+            lost = _flush_queued(faults, settings)
+            print(f"flushed {lost} queued message(s)")
     _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
     events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
     result.worker_restarts = faults.restarts
     result.save()
     assert result.violations == []
-    if lost:
-        assert "reconciled" in events, f"{lost} message(s) flushed: the reconciler should have rebuilt the queue"
+    if action == "flushed":
+        assert lost > 0, "no unit message was waiting in the queue when Redis was flushed"
+        assert "reconciled" in events, f"{lost} queued message(s) flushed: the reconciler should have sent them again"
 
 
-def _flush_with_messages(faults, settings, move_id, timeout: float = 30.0) -> int:
-    """FLUSHALL at a moment when the broker holds messages (queued or delivered but unacknowledged),
-    so the flush really loses work: fast units can leave Redis empty between two of them. Atomic
-    with the count (WATCH/MULTI). Returns how many messages were flushed (0: the move finished first)."""
+def _flush_queued(faults, settings, timeout: float = 60.0) -> int:
+    """FLUSHALL once unit messages wait in the queues (the two held units occupy both worker slots; the
+    rest of the copy's units are queued behind them). Returns how many queued messages were flushed."""
     import redis as redis_lib
 
     from migrator.moves.dispatch import all_queues
 
     client = redis_lib.Redis.from_url(faults.redis.url)
-    keys = [*all_queues(settings), "unacked"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if MoveStore(settings.control_dsn).get(move_id).state != "running":
-            return 0
-        with client.pipeline() as pipe:
-            try:
-                pipe.watch(*keys)
-                held = sum(pipe.llen(q) for q in keys[:-1]) + pipe.hlen("unacked")
-                if held:
-                    pipe.multi()
-                    pipe.flushall()
-                    pipe.execute()
-                    return held
-                pipe.unwatch()
-            except redis_lib.WatchError:
-                continue  # a message moved between the count and the flush: count again
-        time.sleep(0.01)
-    return 0
+    queues = all_queues(settings)
+    queued = wait_for(lambda: sum(client.llen(q) for q in queues), timeout=timeout,
+                      what="unit messages waiting in the queues")
+    client.flushall()
+    return queued
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "online"])
@@ -213,7 +205,7 @@ def test_two_operators_at_the_same_moment(faults):
     settings = faults.settings
     before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
     by = snapshot(settings, [(bystander, "cell-1")])
-    env = base_env(faults.fleet.config_path)
+    env = child_env(faults.fleet.config_path)
     cmd = [str(Path(sys.executable).parent / "migrator"), "move", "--org", str(org), "--json"]
     procs = [subprocess.Popen([*cmd, "--to", cell], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cell in ("cell-2", "cell-3")]
@@ -231,7 +223,7 @@ def test_two_operators_at_the_same_moment(faults):
 
 
 def _writer(faults, org: int, seconds: float, out: Path, seed: int) -> subprocess.Popen:
-    env = base_env(faults.fleet.config_path)
+    env = child_env(faults.fleet.config_path)
     return subprocess.Popen([sys.executable, "-m", "tests.faults.writer", "--org", str(org), "--seconds",
                              str(seconds), "--out", str(out), "--seed", str(seed), "--rate", "80"], env=env, cwd=ROOT)
 
@@ -348,68 +340,51 @@ class OwnCluster:
 def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, strategy):
     """Cell-2 runs on a PostgreSQL server of its own, stopped mid-copy and started again."""
     import shutil
+    import tempfile
 
-    from migrator.config import clear_settings_cache
-    from migrator.control.engine import upgrade_control_db
-    from tests.support.fleet import make_fleet
-    from tests.support.processes import RedisServer, free_port, start_topology_server
+    import yaml
+
+    from migrator.fleet.processes import free_port
+    from tests.faults.conftest import fault_fleet
 
     if shutil.which("runuser") is None:
         pytest.skip("runuser not available")
-    import tempfile
-
     # Outside pytest's root-only tmp tree: the postgres user must reach its data directory.
     cluster_root = Path(tempfile.mkdtemp(prefix="cm-pg-target-"))
     cluster = OwnCluster(cluster_root, free_port()).init()
     cluster.start()
-    redis = RedisServer(tmp_path / "redis").start()
-    fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url, overrides={
-        "moves": {"batch_rows": 250, "chunk_rows": 1500, "blob_batch": 5, "lease_ttl_s": 3, "stale_after_s": 5,
-                  "reconcile_every_s": 1}})
-    import yaml
 
-    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-        c.execute("CREATE DATABASE cell2")
-    cfg = yaml.safe_load(fleet.config_path.read_text())
-    cfg["cells"]["cell-2"]["dsn"] = cluster.dsn("cell2")
-    fleet.config_path.write_text(yaml.safe_dump(cfg))
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
-    clear_settings_cache()
-    from tests.faults.conftest import FaultFleet
+    def cell2_on_its_own_server(fleet):
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE cell2")
+        cfg = yaml.safe_load(fleet.config_path.read_text())
+        cfg["cells"]["cell-2"]["dsn"] = cluster.dsn("cell2")
+        fleet.config_path.write_text(yaml.safe_dump(cfg))
 
-    upgrade_control_db(fleet.control_dsn)
-    topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp_path / "topology.log")
-    ff = FaultFleet(fleet, redis, tmp_path)
     result = ScenarioResult(f"7. target database stopped mid-copy, then started ({strategy})")
     try:
-        fleet.init()
-        org, bystander = _seed(ff, 2, rows=5000)
-        settings = ff.settings
-        before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-        by = snapshot(settings, [(bystander, "cell-1")])
-        ff.worker()
-        # The copy is held on the target (HeldTable), so the server stops under a running copy, never after
-        # the move finished; stopping the server ends the hold.
-        hold = HeldTable(cluster.dsn("cell2"), "notes")
-        move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down",
-                                                 strategy=strategy)
-        wait_copying(settings, move.id)
-        cluster.stop()
-        hold.release()
-        time.sleep(4)
-        cluster.start()
-        _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
-        events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
-        result.save()
-        assert result.violations == []
-        assert "retry" in events or result.failed_then_resumed, "the outage was never seen by the move"
+        with fault_fleet(tmp_path, monkeypatch, customize=cell2_on_its_own_server) as ff:
+            org, bystander = _seed(ff, 2, rows=5000)
+            settings = ff.settings
+            before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
+            by = snapshot(settings, [(bystander, "cell-1")])
+            ff.worker()
+            # The copy is held on the target (HeldTable), so the server stops under a running copy, never
+            # after the move finished; stopping the server ends the hold.
+            hold = HeldTable(cluster.dsn("cell2"), "notes")
+            move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="target down",
+                                                     strategy=strategy)
+            wait_copying(settings, move.id)
+            cluster.stop()
+            hold.release()
+            time.sleep(4)
+            cluster.start()
+            _finish(ff, result, move.id, org, "cell-1", "cell-2", before, by)
+            events = [e.event for e in MoveStore(settings.control_dsn).events(move.id)]
+            result.save()
+            assert result.violations == []
+            assert "retry" in events or result.failed_then_resumed, "the outage was never seen by the move"
     finally:
-        for w in ff.workers:
-            w.kill()
-        topo.stop()
-        redis.stop()
-        clear_settings_cache()
-        fleet.drop()
         try:
             cluster.stop()
         except subprocess.CalledProcessError:

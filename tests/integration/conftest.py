@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from tests.support.processes import start_worker
+from migrator.fleet.services import wait_worker_ready
+from tests.support.fleet import start_worker
+
+
+@pytest.fixture
+def local_fleet(fleet_factory):
+    """Three empty cells; the Topology Service runs in-process on the (migrated) control database."""
+    return fleet_factory(topology=False, upgrade=True)
 
 
 @pytest.fixture
@@ -17,22 +22,9 @@ def provisioned(fleet, topology_server):
 
 
 def _worker(fleet, tmp_path, name="w1", concurrency=2, beat=True):
-    extra = ["-B", "-s", str(tmp_path / f"beat-{name}")] if beat else []
     proc = start_worker(fleet.config_path, tmp_path / f"worker-{name}.log", name=name, concurrency=concurrency,
-                        extra=extra)
-    wait_until_ready(proc)
-    return proc
-
-
-def wait_until_ready(proc, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if "ready." in proc.log():
-            return
-        if not proc.alive():
-            raise RuntimeError(f"celery worker exited:\n{proc.log()[-3000:]}")
-        time.sleep(0.2)
-    raise TimeoutError(f"celery worker not ready after {timeout}s:\n{proc.log()[-3000:]}")
+                        beat_schedule=tmp_path / f"beat-{name}" if beat else None)
+    return wait_worker_ready(proc)
 
 
 @pytest.fixture

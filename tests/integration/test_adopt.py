@@ -9,55 +9,35 @@ Topology Service and a real Celery worker is in test_adopt_e2e.py.
 
 from __future__ import annotations
 
-import json
-
 import psycopg
 import pytest
-from typer.testing import CliRunner
 
 from migrator.cells.guard import freeze_org, unfreeze_org
 from migrator.config import clear_settings_cache
 from migrator.topology.client import topology_client
 from tests.schemas import storefront
-from tests.support.fleet import make_fleet
+from tests.support.cli import run_cli, run_json
 
 pytestmark = pytest.mark.integration
 
 
-def run_cli(*args):
-    from migrator.cli.main import app
-
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def run_json(*args, code: int = 0):
-    result = run_cli(*args, "--json")
-    assert result.exit_code == code, result.output
-    return json.loads(result.stdout)
-
-
 @pytest.fixture
-def adopted_fleet(tmp_path, monkeypatch):
+def adopted_fleet(fleet_factory):
     """Three Storefront cells built without the migrator, in a config with ``adopt: true``.
 
     cell-1 and cell-2 have run for a while with disjoint ID plans (IDs from 1, and from the second
     block); cell-3 is a new cell: the schema only, its sequences still at 1.
     """
-    from migrator.control.engine import upgrade_control_db
 
-    f = make_fleet(tmp_path / "fleet", cells=3, topology=False)
+    f = fleet_factory(topology=False, upgrade=True)
     storefront.adopt_config(f.config_path)
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(f.config_path))
     clear_settings_cache()
-    upgrade_control_db(f.control_dsn)
     block = f.settings().topology.sequence_block
     storefront.create_cell(f.cell_dsns["cell-1"], id_base=0, tenants=3, orders_per_customer=1)
     storefront.create_cell(f.cell_dsns["cell-2"], id_base=block, tenants=1, orders_per_customer=1)
     storefront.create_cell(f.cell_dsns["cell-3"], data=False)
     f.extra["block"] = block
-    yield f
-    clear_settings_cache()
-    f.drop()
+    return f
 
 
 def test_adopt_checks_sequences_changes_nothing_twice_and_uninstall_restores_every_cell(adopted_fleet):
@@ -226,7 +206,7 @@ def test_preflight_names_a_missing_table_and_a_missing_column_and_refuses(adopte
 
 
 def test_a_schema_named_migrator_of_the_application_is_never_taken_over(scratch_db):
-    from migrator.cells.provision import claim_namespace, namespace_state
+    from migrator.cells.namespace import claim_namespace, namespace_state
     from migrator.cells.uninstall import uninstall_cell
     from migrator.errors import MigratorError
 

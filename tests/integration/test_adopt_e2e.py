@@ -13,12 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from migrator.blobs.store import open_store
+from migrator.fleet.services import wait_worker_ready
 from migrator.topology.client import topology_client
-from tests.integration.conftest import wait_until_ready
 from tests.schemas import storefront
 from tests.support.checks import duplicate_keys, org_checksums
+from tests.support.fleet import start_worker
 from tests.support.moves import migrator
-from tests.support.processes import start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def storefront_fleet(fleet, topology_server):
 @pytest.fixture
 def storefront_worker(storefront_fleet, tmp_path):
     proc = start_worker(storefront_fleet.config_path, tmp_path / "worker.log", concurrency=2)
-    wait_until_ready(proc)
+    wait_worker_ready(proc)
     yield proc
     proc.stop()
 

@@ -20,11 +20,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from migrator.fleet.processes import free_port
 from migrator.moves.store import MoveStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from tests.support.api import TOKEN, auth, configure, start_api
 from tests.support.moves import migrator
-from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from psycopg import sql
 
 from migrator.copy.keys import colliding_keys
 from migrator.copy.spec import TableSpec
-from tests.support.databases import create_database, drop_database, unique_name
+from migrator.fleet.databases import create_database, drop_database, unique_name
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 
 from migrator.cells import connections
 from migrator.errors import CellUnavailable
+from migrator.fleet.databases import create_database, drop_database, unique_name
 from migrator.moves.context import MoveContext
-from tests.support.databases import create_database, drop_database, unique_name
 
 pytestmark = pytest.mark.integration
 

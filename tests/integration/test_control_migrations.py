@@ -30,11 +30,11 @@ def test_0003_carries_control_state_of_moves_in_flight(scratch_db):
                      (move_id, json.dumps(report)))
     upgrade_control_db(scratch_db)
     with psycopg.connect(scratch_db, autocommit=True) as conn:
-        row = conn.execute("SELECT source_frozen_clock, freeze_lifted, previous_tokens, capture_applied,"
+        row = conn.execute("SELECT source_frozen_clock, freeze_lifted, previous_tokens, capture_snapshot,"
                            " catch_up_keys_per_s, report FROM moves WHERE id = %s", (move_id,)).fetchone()
-    clock, lifted, tokens, applied, rate, human = row
+    clock, lifted, tokens, snapshot, rate, human = row
     assert clock == frozen and lifted is True and tokens == ["t-old-1", "t-old-2"]
-    assert applied == 4242 and rate == 1234.5
+    assert snapshot is None and rate == 1234.5  # the catch-up starts over from the log's beginning
     assert human == {"catch_up": {"rounds": 3, "keys_per_s": 1234.5}, "write_window_s": 1.5}
 
     command.downgrade(alembic_config(scratch_db), "0002")
@@ -42,4 +42,4 @@ def test_0003_carries_control_state_of_moves_in_flight(scratch_db):
         back = conn.execute("SELECT report FROM moves WHERE id = %s", (move_id,)).fetchone()[0]
     assert dt.datetime.fromisoformat(back["source_frozen_clock"]) == frozen
     assert back["freeze_lifted"] is True and back["tokens"] == ["t-old-1", "t-old-2"]
-    assert back["catch_up"]["applied"] == 4242 and back["write_window_s"] == 1.5
+    assert back["catch_up"]["applied"] == 0 and back["write_window_s"] == 1.5

@@ -20,7 +20,7 @@ from migrator.copy.rows import (
 )
 from migrator.copy.spec import stabilize_session, table_specs
 from migrator.dictionary import load_dictionary
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.verify.checksums import range_checksum, range_checksums
 from tests.support.checks import duplicate_keys, org_checksums
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import yaml
 
-from tests.support.processes import BIN
+from migrator.fleet.processes import BIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -48,7 +48,7 @@ def _is_zombie(proc: Path) -> bool:
 def demo_processes(root: Path) -> list[str]:
     """Live processes whose command line, working directory or environment names the demo folder."""
     root_s = str(root)
-    marker = f"CELLS_MIGRATOR_DEMO={root_s}".encode()
+    marker = f"CELLS_MIGRATOR_FLEET={root_s}".encode()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -186,9 +186,9 @@ def test_crashed_demo_and_stale_files_do_not_block_the_next(tmp_path):
         bystander.kill()
         bystander.wait()
         # Whatever a failed assertion left behind must not outlive the test.
-        from migrator.demo.processes import find_demo_processes, stop_all
+        from migrator.fleet.processes import find_fleet_processes, stop_all
 
-        stop_all(find_demo_processes(root))
+        stop_all(find_fleet_processes(root))
 
 
 def test_missing_embedded_package_is_one_clear_message(tmp_path, monkeypatch):

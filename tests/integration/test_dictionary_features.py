@@ -20,9 +20,9 @@ from migrator.copy.rows import copy_batch, copy_range, last_key, plan_ranges
 from migrator.copy.spec import stabilize_session, table_specs
 from migrator.dictionary import load_dictionary
 from migrator.dictionary.check import check_schema
+from migrator.fleet.databases import create_database, drop_database, unique_name
 from migrator.verify.checksums import range_checksum
 from tests.schemas import storefront
-from tests.support.databases import create_database, drop_database, unique_name
 
 pytestmark = pytest.mark.integration
 

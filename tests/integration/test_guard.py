@@ -22,7 +22,8 @@ from migrator.cells.guard import (
 )
 from migrator.cells.introspect import introspect
 from migrator.cells.provision import apply_sample_schema
-from migrator.dictionary import SAMPLE_DICTIONARY_PATH, Dictionary, load_dictionary
+from migrator.dictionary import Dictionary, load_dictionary
+from migrator.sample import SAMPLE_DICTIONARY_PATH
 
 pytestmark = pytest.mark.integration
 

@@ -9,17 +9,20 @@ import subprocess
 import httpx
 import pytest
 
+from migrator.fleet.processes import BIN, Process, free_port, wait_for
+from migrator.fleet.services import child_env
+from tests.support import ROOT
 from tests.support.api import TOKEN, configure
-from tests.support.processes import BIN, ROOT, ManagedProcess, base_env, free_port, listening_on, wait_for
+from tests.support.listeners import listening_on
 
 pytestmark = pytest.mark.integration
 
 
-def _serve(fleet, tmp_path, name: str, args: list[str], env: dict | None = None) -> ManagedProcess:
-    return ManagedProcess(args, {**base_env(fleet.config_path), **(env or {})}, tmp_path / f"{name}.log").start()
+def _serve(fleet, tmp_path, name: str, args: list[str], env: dict | None = None) -> Process:
+    return Process(args, {**child_env(fleet.config_path), **(env or {})}, tmp_path / f"{name}.log").start()
 
 
-def _listening(proc: ManagedProcess, port: int) -> set[str]:
+def _listening(proc: Process, port: int) -> set[str]:
     def up():
         if not proc.alive():
             raise RuntimeError(proc.log()[-3000:])
@@ -32,7 +35,7 @@ def test_flower_binds_loopback_and_refuses_to_serve_others_without_authenticatio
     flower = [str(BIN / "celery"), "-A", "tasks", "flower"]
     # Without authentication on every interface: refused at start, one clear line.
     port = free_port()
-    out = subprocess.run([*flower, "--address=0.0.0.0", f"--port={port}"], env=base_env(fleet.config_path),
+    out = subprocess.run([*flower, "--address=0.0.0.0", f"--port={port}"], env=child_env(fleet.config_path),
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Flower refuses to listen on 0.0.0.0" in out.stderr and "--basic-auth" in out.stderr

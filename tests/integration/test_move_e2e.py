@@ -9,16 +9,17 @@ import psycopg
 import pytest
 
 from migrator.blobs.store import open_store
-from migrator.seed import seed_organizations
+from migrator.fleet.processes import BIN
+from migrator.fleet.services import child_env
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import duplicate_keys, org_checksums
-from tests.support.processes import BIN, base_env
 
 pytestmark = pytest.mark.integration
 
 
 def migrator(fleet, *args, timeout=300):
-    return subprocess.run([str(BIN / "migrator"), *args], env=base_env(fleet.config_path), capture_output=True,
+    return subprocess.run([str(BIN / "migrator"), *args], env=child_env(fleet.config_path), capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from migrator.blobs.store import open_store
 from migrator.moves.operations import Operations
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import org_checksums
 from tests.support.moves import migrator, wait_move
@@ -126,7 +126,7 @@ def test_missing_blob_fails_naming_the_key_and_lifts_the_freeze(one_org, worker)
 def test_unreachable_target_database(one_org, worker):
     fleet, settings, org = one_org
     # cell-3's database goes away (dropped): the move is refused naming the cell; no password shown.
-    from tests.support.databases import drop_database
+    from migrator.fleet.databases import drop_database
 
     drop_database(fleet.cell_dbs["cell-3"])
     result = migrator(fleet, "move", "--org", str(org), "--to", "cell-3", "--wait", "--json")

@@ -13,7 +13,7 @@ from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.operations import Operations
 from migrator.moves.store import MoveStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.checks import duplicate_keys, leftover_keys, org_checksums
 from tests.support.moves import HeldTable, copied_rows, migrator, wait_copying, wait_move

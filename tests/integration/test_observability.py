@@ -10,9 +10,11 @@ import urllib.request
 import pytest
 import yaml
 
-from migrator.seed import seed_organizations
+from migrator.fleet.processes import BIN, Process, free_port, wait_for
+from migrator.fleet.services import child_env
+from migrator.sample.seed import seed_organizations
+from tests.support.listeners import listening_on
 from tests.support.moves import migrator
-from tests.support.processes import BIN, ManagedProcess, base_env, free_port, listening_on, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,18 +46,18 @@ def _sample(text: str, name: str, **labels) -> float:
 @pytest.fixture
 def observed(provisioned, tmp_path):
     """The fleet's config with a worker metrics port and Flower credentials, a worker and Flower."""
-    from tests.integration.conftest import wait_until_ready
-    from tests.support.processes import start_worker
+    from migrator.fleet.services import wait_worker_ready
+    from tests.support.fleet import start_worker
 
     cfg = yaml.safe_load(provisioned.config_path.read_text())
     worker_port, flower_port = free_port(), free_port()
     cfg["observability"] = {"worker_metrics_port": worker_port, "flower_basic_auth": "ops:s3cret-pw",
                             "log_format": "json"}
     provisioned.config_path.write_text(yaml.safe_dump(cfg))
-    worker = start_worker(provisioned.config_path, tmp_path / "worker.log", extra=["-B", "-s", str(tmp_path / "b")])
-    wait_until_ready(worker)
-    flower = ManagedProcess([str(BIN / "celery"), "-A", "tasks", "flower", f"--port={flower_port}",
-                             "--address=127.0.0.1"], base_env(provisioned.config_path), tmp_path / "flower.log").start()
+    worker = start_worker(provisioned.config_path, tmp_path / "worker.log", beat_schedule=tmp_path / "b")
+    wait_worker_ready(worker)
+    flower = Process([str(BIN / "celery"), "-A", "tasks", "flower", f"--port={flower_port}",
+                     "--address=127.0.0.1"], child_env(provisioned.config_path), tmp_path / "flower.log").start()
     wait_for(lambda: _get(f"http://127.0.0.1:{flower_port}/api/workers")[0] in (200, 401), timeout=30,
              what="flower")
     yield provisioned, worker_port, flower_port, worker
@@ -83,8 +85,8 @@ def test_metrics_logs_and_flower_after_a_move(observed, tmp_path):
 
     # The control-database exporter: moves by state.
     port = free_port()
-    exporter = ManagedProcess([str(BIN / "migrator"), "metrics", "serve", "--port", str(port), "--addr", "127.0.0.1"],
-                              base_env(fleet.config_path), tmp_path / "exporter.log").start()
+    exporter = Process([str(BIN / "migrator"), "metrics", "serve", "--port", str(port), "--addr", "127.0.0.1"],
+                       child_env(fleet.config_path), tmp_path / "exporter.log").start()
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{port}/metrics")[0] == 200, timeout=20, what="exporter")
         text = _get(f"http://127.0.0.1:{port}/metrics")[1]

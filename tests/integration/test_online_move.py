@@ -10,13 +10,14 @@ import time
 import psycopg
 import pytest
 
-from migrator.seed import seed_organizations
+from migrator.fleet.services import child_env
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.faults.invariants import blob_violations
 from tests.faults.writer import lost_writes
+from tests.support import ROOT
 from tests.support.checks import duplicate_keys, org_checksums
 from tests.support.moves import migrator
-from tests.support.processes import ROOT, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def test_online_move_under_writes_loses_nothing(provisioned, worker, tmp_path):
     [org, other] = [o.organization_id for o in
                     seed_organizations(settings, "cell-1", orgs=2, rows=6000, blobs=6, skew=False, seed=21)]
     logs = {org: tmp_path / "org.jsonl", other: tmp_path / "other.jsonl"}
-    env = base_env(provisioned.config_path)
+    env = child_env(provisioned.config_path)
     writers = [subprocess.Popen([sys.executable, "-m", "tests.faults.writer", "--org", str(o), "--seconds", "14",
                                  "--out", str(path), "--seed", str(i), "--rate", "100"], env=env, cwd=ROOT)
                for i, (o, path) in enumerate(logs.items())]

@@ -7,35 +7,14 @@ import json
 import psycopg
 import pytest
 from psycopg import sql
-from typer.testing import CliRunner
 
 from migrator.cells.guard import FROZEN_SQLSTATE, freeze_org
-from migrator.cells.provision import SAMPLE_SCHEMA_PATH, cell_stats, init_cells
-from migrator.config import clear_settings_cache
+from migrator.cells.provision import cell_stats, init_cells
 from migrator.errors import ConfigError, UnknownCell
-from tests.support.fleet import make_fleet
+from migrator.sample import SAMPLE_SCHEMA_PATH
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def local_fleet(tmp_path, monkeypatch):
-    """Three empty cells; the Topology Service runs in-process on the control database."""
-    from migrator.control.engine import upgrade_control_db
-
-    f = make_fleet(tmp_path / "fleet", cells=3, topology=False)
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(f.config_path))
-    clear_settings_cache()
-    upgrade_control_db(f.control_dsn)
-    yield f
-    clear_settings_cache()
-    f.drop()
-
-
-def run_cli(*args):
-    from migrator.cli.main import app
-
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
 def sequence_state(dsn: str) -> dict[str, tuple]:

@@ -10,13 +10,13 @@ import time
 import httpx
 import pytest
 
+from migrator.fleet.processes import wait_for
 from migrator.rebalance.readings import refresh_readings
 from migrator.rebalance.store import RebalanceStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.api import TOKEN, alertmanager_payload, auth, configure, start_api
 from tests.support.moves import migrator, wait_move
-from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ import copy
 import httpx
 import pytest
 
+from migrator.fleet.processes import wait_for
 from migrator.rebalance.readings import refresh_readings
 from migrator.rebalance.store import RebalanceStore
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from tests.support.api import TOKEN, alertmanager_payload, auth, configure, start_api
 from tests.support.moves import wait_move
-from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from migrator.moves.operations import Operations
-from migrator.seed import seed_organizations
+from migrator.sample.seed import seed_organizations
 from migrator.topology.client import topology_client
 from tests.support.edge import Edge, flip_revision, haproxy_binary, http_get, http_send, wait_route
 from tests.support.moves import HeldTable, migrator, wait_copying, wait_move
@@ -115,7 +115,7 @@ def test_router_sync_killed_mid_move_catches_up_and_a_stale_route_loses_nothing(
         samples.append((current, edge.route(org)))
         return m if current else None
 
-    from tests.support.processes import wait_for
+    from migrator.fleet.processes import wait_for
 
     metrics = wait_for(current, timeout=60, interval=0.02, what="router sync to report HAProxy current")
     assert all(route == ("cell-2", "active") for ok, route in samples if ok)

@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from migrator.config import load_settings
+from migrator.fleet.processes import Process, free_port, wait_for
 from migrator.router.admin import AdminSocket
 from migrator.router.haproxy_config import write
 from migrator.router.maps import MapFiles, read_map_file
 from migrator.router.sync import RouterSync, SyncCollector
 from migrator.topology.routes import Change, RouteInfo, Snapshot
 from tests.support.edge import haproxy_binary, http_get
-from tests.support.processes import ManagedProcess, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,7 +64,7 @@ def haproxy(tmp_path):
 
         def start(self):
             args = [exe, "-db", "-f", str(tmp_path / "haproxy.cfg")]
-            self.proc = ManagedProcess(args, {}, tmp_path / "haproxy.log").start()
+            self.proc = Process(args, {}, tmp_path / "haproxy.log", name="haproxy").start()
             wait_for(lambda: http_get(port, "/_migrator/healthz")[0] == 200, timeout=20, what="haproxy")
 
         def stop(self):

@@ -6,14 +6,13 @@ import json
 
 import psycopg
 import pytest
-from typer.testing import CliRunner
 
 from migrator.cells.introspect import introspect
 from migrator.cells.provision import apply_sample_schema
-from migrator.config import clear_settings_cache
-from migrator.dictionary import SAMPLE_DICTIONARY_PATH, load_dictionary
+from migrator.dictionary import load_dictionary
 from migrator.dictionary.check import check_schema
-from tests.support.fleet import make_fleet
+from migrator.sample import SAMPLE_DICTIONARY_PATH
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -23,26 +22,6 @@ def sample_db(scratch_db):
     with psycopg.connect(scratch_db, autocommit=True) as conn:
         apply_sample_schema(conn)
     return scratch_db
-
-
-@pytest.fixture
-def local_fleet(tmp_path, monkeypatch):
-    """Two cells with the Topology Service in-process (no server, no Redis)."""
-    from migrator.control.engine import upgrade_control_db
-
-    f = make_fleet(tmp_path / "fleet", cells=2, topology=False)
-    monkeypatch.setenv("MIGRATOR_CONFIG", str(f.config_path))
-    clear_settings_cache()
-    upgrade_control_db(f.control_dsn)
-    yield f
-    clear_settings_cache()
-    f.drop()
-
-
-def run_cli(*args):
-    from migrator.cli.main import app
-
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
 # ---------------------------------------------------------------------------------- introspect

@@ -11,7 +11,9 @@ from psycopg import sql
 
 from migrator.blobs.store import open_store
 from migrator.errors import MigratorError
-from migrator.seed import (
+from migrator.fleet.processes import BIN
+from migrator.fleet.services import child_env
+from migrator.sample.seed import (
     MIN_ORG_ROWS,
     ORG_TABLES,
     plan_blob_counts,
@@ -20,7 +22,6 @@ from migrator.seed import (
     seed_organizations,
     split_blobs,
 )
-from tests.support.processes import BIN, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -223,7 +224,7 @@ def test_seed_refuses_too_few_rows(fleet):
 
 def test_cli_seed_json_over_grpc_topology(fleet, topology_server):
     fleet.init()
-    env = base_env(fleet.config_path)
+    env = child_env(fleet.config_path)
     proc = subprocess.run([str(BIN / "migrator"), "seed", "--cell", "cell-3", "--orgs", "2", "--rows", "400",
                            "--blobs", "2", "--seed", "3", "--json"],
                           env=env, capture_output=True, text=True, timeout=120)

@@ -16,14 +16,16 @@ import pytest
 import yaml
 
 from migrator.errors import CellUnavailable, PermissionDenied, RouteFrozen
+from migrator.fleet.processes import BIN, free_port
+from migrator.fleet.services import child_env, start_topology_server
 from migrator.moves.store import MoveStore
 from migrator.topology.certs import init_fleet
 from migrator.topology.client import TopologyClient
 from migrator.topology.proto import topology_pb2 as pb
 from migrator.topology.proto import topology_pb2_grpc as pb_grpc
 from migrator.topology.service import token_digest
+from tests.support import ROOT
 from tests.support.fleet import client_tls, fleet_certs
-from tests.support.processes import BIN, ROOT, base_env, free_port, start_topology_server
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +188,7 @@ def test_reads_never_show_a_token(secured):
         mover.freeze(FROZEN_ORG, "another-move", expected_cell="cell-1")
     assert MOVE_TOKEN not in str(exc.value) and token_digest(MOVE_TOKEN) in str(exc.value)
     for args in (["routes", "--json"], ["history", str(FROZEN_ORG), "--json"], ["classify", str(FROZEN_ORG)]):
-        out = subprocess.run([str(BIN / "migrator"), "topology", *args], env=base_env(secured.config_path), cwd=ROOT,
+        out = subprocess.run([str(BIN / "migrator"), "topology", *args], env=child_env(secured.config_path), cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert MOVE_TOKEN not in out.stdout
@@ -207,7 +209,7 @@ def test_a_certificate_of_another_ca_gets_a_clear_error(secured, other_ca):
 
 def _repair(fleet, org: int, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "migrator"), "topology", "repair", str(org), *extra],
-                          env=base_env(fleet.config_path), cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          env=child_env(fleet.config_path), cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_repair_clears_only_a_freeze_no_live_move_owns(provisioned):
@@ -260,7 +262,7 @@ def test_without_tls_the_server_refuses_a_non_loopback_address(fleet, tmp_path):
     config = tmp_path / "plain.yaml"
     config.write_text(yaml.safe_dump(data))
     out = subprocess.run([str(BIN / "migrator"), "topology", "serve", "--listen", f"0.0.0.0:{free_port()}"],
-                         env=base_env(config), cwd=ROOT, capture_output=True, text=True, timeout=60)
+                         env=child_env(config), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "refuses to listen on 0.0.0.0" in out.stderr and "topology.tls" in out.stderr
     # topology.insecure: true serves, and says loudly what it costs.

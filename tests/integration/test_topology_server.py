@@ -9,10 +9,12 @@ import threading
 import pytest
 
 from migrator.errors import MigratorError, RouteFrozen, StaleToken, StaleVersion, UnknownCell, UnknownOrganization
+from migrator.fleet.processes import BIN
+from migrator.fleet.services import child_env
 from migrator.topology.client import TopologyClient
 from migrator.topology.service import RouteConflict, RouteInfo, token_digest
+from tests.support import ROOT
 from tests.support.fleet import client_tls
-from tests.support.processes import BIN, ROOT, base_env
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +91,7 @@ def test_concurrent_flips_through_the_server(client):
 
 
 def _cli(fleet, *args):
-    return subprocess.run([str(BIN / "migrator"), "topology", *args], env=base_env(fleet.config_path), cwd=ROOT,
+    return subprocess.run([str(BIN / "migrator"), "topology", *args], env=child_env(fleet.config_path), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -112,7 +114,7 @@ def test_cli_routes_and_history(client, fleet):
     # classify has a fast path (migrator/cli/fast.py); the full command (here forced by -v) answers the same.
     fast = _cli(fleet, "classify", "21", "--json")
     full = subprocess.run([str(BIN / "migrator"), "-v", "topology", "classify", "21", "--json"],
-                          env=base_env(fleet.config_path), cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          env=child_env(fleet.config_path), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert fast.returncode == full.returncode == 0, fast.stderr + full.stderr
     assert json.loads(fast.stdout) == json.loads(full.stdout) == {
         "organization_id": 21, "cell": "cell-1", "version": 1, "state": "active", "token_digest": None, "revision": 1}

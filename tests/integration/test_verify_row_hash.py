@@ -9,8 +9,8 @@ from psycopg import sql
 
 from migrator.cells.introspect import introspect
 from migrator.copy.spec import TableSpec, stabilize_session
+from migrator.fleet.databases import create_database, drop_database, unique_name
 from migrator.verify.checksums import range_checksum
-from tests.support.databases import create_database, drop_database, unique_name
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,8 @@ import datetime as dt
 import httpx
 import yaml
 
-from tests.support.processes import BIN, ManagedProcess, base_env, free_port, wait_for
+from migrator.fleet.processes import BIN, Process, free_port, wait_for
+from migrator.fleet.services import child_env
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -15,14 +16,9 @@ TOKEN = "test-token-0123456789abcdef"
 def configure(fleet, **sections) -> None:
     """Merge sections into the fleet's config file (before any process reads it)."""
     from migrator.config import clear_settings_cache
+    from migrator.fleet.config import merge, write_config
 
-    data = yaml.safe_load(fleet.config_path.read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key].update(value)
-        else:
-            data[key] = value
-    fleet.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_config(fleet.config_path, merge(yaml.safe_load(fleet.config_path.read_text()), sections))
     clear_settings_cache()
 
 
@@ -48,14 +44,15 @@ def auth(token: str = TOKEN) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def start_api(fleet, log_path) -> tuple[ManagedProcess, str]:
+def start_api(fleet, log_path) -> tuple[Process, str]:
     """`migrator api serve` as a real process on a free loopback port; returns (process, base URL)."""
-    from tests.support.fleet import role_env
+    from migrator.fleet.config import role_env
+    from tests.support.fleet import fleet_certs
 
     port = free_port()
-    proc = ManagedProcess([str(BIN / "migrator"), "api", "serve", "--host", "127.0.0.1", "--port", str(port),
-                           "--log-level", "warning"], {**base_env(fleet.config_path), **role_env("mover")},
-                          log_path).start()
+    proc = Process([str(BIN / "migrator"), "api", "serve", "--host", "127.0.0.1", "--port", str(port),
+                   "--log-level", "warning"], child_env(fleet.config_path, role_env(fleet_certs(), "mover")),
+                   log_path).start()
     url = f"http://127.0.0.1:{port}"
 
     def up():

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from migrator.fleet.processes import BIN, Process, ProcessExited, free_port, wait_for
+from migrator.fleet.services import child_env
 from tests.support import apt
-from tests.support.processes import BIN, ManagedProcess, base_env, free_port, wait_for
 
 PACKAGES = ("haproxy",)
 
@@ -31,9 +32,10 @@ def haproxy_binary() -> tuple[str | None, str | None]:
 
 
 def reader_env() -> dict[str, str]:
-    from tests.support.fleet import role_env
+    from migrator.fleet.config import role_env
+    from tests.support.fleet import fleet_certs
 
-    return role_env("reader")
+    return role_env(fleet_certs(), "reader")
 
 
 def http_get(port: int, path: str, headers: dict | None = None, timeout: float = 5.0) -> tuple[int, dict, str]:
@@ -82,9 +84,9 @@ class Edge:
         self.app_ports = {cell: free_port() for cell in self.cells}
         self.port = free_port()
         self.metrics_port = free_port()
-        self.apps: dict[str, ManagedProcess] = {}
-        self.haproxy: ManagedProcess | None = None
-        self.sync: ManagedProcess | None = None
+        self.apps: dict[str, Process] = {}
+        self.haproxy: Process | None = None
+        self.sync: Process | None = None
         self._sync_runs = 0
         config = yaml.safe_load(self.config_path.read_text())
         for cell in self.cells:
@@ -96,7 +98,7 @@ class Edge:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def env(self) -> dict[str, str]:
-        return base_env(self.config_path)
+        return child_env(self.config_path)
 
     def migrator(self, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "migrator"), *args], env={**self.env(), **(env or {})}, capture_output=True,
@@ -105,13 +107,13 @@ class Edge:
     # -- processes
     def start_apps(self) -> None:
         for cell in self.cells:
-            proc = ManagedProcess([str(BIN / "migrator"), "sample-app", "serve", "--cell", cell], self.env(),
-                                  self.root / f"app-{cell}.log").start()
+            proc = Process([str(BIN / "migrator"), "sample-app", "serve", "--cell", cell], self.env(),
+                           self.root / f"app-{cell}.log", name=f"app-{cell}").start()
             self.apps[cell] = proc
         for cell, proc in self.apps.items():
             def up(cell=cell, proc=proc):
                 if not proc.alive():
-                    raise RuntimeError(f"sample app of {cell} exited:\n{proc.log()[-2000:]}")
+                    raise ProcessExited(f"sample app of {cell} exited:\n{proc.log()[-2000:]}")
                 return http_get(self.app_ports[cell], "/healthz")[0] == 200
             wait_for(up, timeout=60, what=f"the sample app of {cell}")
 
@@ -119,19 +121,19 @@ class Edge:
         result = self.migrator("router", "config", "--json")
         if result.returncode != 0:
             raise RuntimeError(f"migrator router config failed:\n{result.stdout}{result.stderr}")
-        self.haproxy = ManagedProcess([exe, "-db", "-f", str(self.root / "haproxy.cfg")], self.env(),
-                                      self.root / "haproxy.log").start()
+        self.haproxy = Process([exe, "-db", "-f", str(self.root / "haproxy.cfg")], self.env(),
+                               self.root / "haproxy.log", name="haproxy").start()
 
         def up():
             if not self.haproxy.alive():
-                raise RuntimeError(f"haproxy exited:\n{self.haproxy.log()[-2000:]}")
+                raise ProcessExited(f"haproxy exited:\n{self.haproxy.log()[-2000:]}")
             return http_get(self.port, "/_migrator/healthz")[0] == 200
         wait_for(up, timeout=30, what="haproxy")
 
-    def start_sync(self) -> ManagedProcess:
+    def start_sync(self) -> Process:
         self._sync_runs += 1
-        self.sync = ManagedProcess([str(BIN / "migrator"), "router", "sync"], {**self.env(), **self.sync_env},
-                                   self.root / f"router-sync-{self._sync_runs}.log").start()
+        self.sync = Process([str(BIN / "migrator"), "router", "sync"], {**self.env(), **self.sync_env},
+                            self.root / f"router-sync-{self._sync_runs}.log", name="router-sync").start()
         return self.sync
 
     def wait_sync_current(self, revision: int = 0, timeout: float = 60) -> dict[str, float]:
@@ -140,7 +142,7 @@ class Edge:
 
         def current():
             if self.sync is None or not self.sync.alive():
-                raise RuntimeError(f"router sync exited:\n{self.sync.log()[-3000:] if self.sync else ''}")
+                raise ProcessExited(f"router sync exited:\n{self.sync.log()[-3000:] if self.sync else ''}")
             m = self.metrics()
             applied = m.get(f'migrator_router_applied_revision{{haproxy="{sock}"}}', -1)
             lag = m.get(f'migrator_router_sync_lag_seconds{{haproxy="{sock}"}}', -1)

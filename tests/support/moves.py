@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import time
 
+from migrator.fleet.processes import BIN
+from migrator.fleet.services import child_env
 from migrator.moves.store import MoveStore
-from tests.support.processes import BIN, base_env
 
 
 def migrator(fleet, *args, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `migrator` CLI against the fleet's config."""
-    e = base_env(fleet.config_path)
+    e = child_env(fleet.config_path)
     e.update(env or {})
     return subprocess.run([str(BIN / "migrator"), *args], env=e, capture_output=True, text=True, timeout=timeout)
 

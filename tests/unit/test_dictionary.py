@@ -11,12 +11,12 @@ from migrator.dictionary import (
     CELL_LOCAL,
     CLUSTER_WIDE,
     ORGANIZATION,
-    SAMPLE_DICTIONARY_PATH,
     BlobSpec,
     Dictionary,
     load_dictionary,
 )
 from migrator.errors import DictionaryError
+from migrator.sample import SAMPLE_DICTIONARY_PATH
 
 BASE = {
     "version": 1,

@@ -10,8 +10,8 @@ import yaml
 import migrator
 
 PACKAGE = Path(migrator.__file__).parent
-SCHEMA = PACKAGE / "cells" / "sample_schema.sql"
-DICTIONARY = PACKAGE / "dictionary" / "sample.yaml"
+SCHEMA = PACKAGE / "sample" / "schema.sql"
+DICTIONARY = PACKAGE / "sample" / "dictionary.yaml"
 
 CREATE_TABLE = re.compile(r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(?:public\.)?\"?(\w+)\"?", re.I | re.M)
 
@@ -29,8 +29,8 @@ def test_every_schema_table_is_in_the_dictionary_and_back():
     tables = _schema_tables()
     described = set(_dictionary()["tables"])
     assert len(tables) >= 14
-    assert tables - described == set(), "tables in sample_schema.sql missing from sample.yaml"
-    assert described - tables == set(), "tables in sample.yaml missing from sample_schema.sql"
+    assert tables - described == set(), "tables in sample/schema.sql missing from sample/dictionary.yaml"
+    assert described - tables == set(), "tables in sample/dictionary.yaml missing from sample/schema.sql"
 
 
 def test_sharding_keys_and_blob_columns_exist_in_the_schema():
@@ -60,7 +60,8 @@ def test_classifications():
 
 
 def test_the_dictionary_loader_accepts_the_sample():
-    from migrator.dictionary import SAMPLE_DICTIONARY_PATH, load_dictionary
+    from migrator.dictionary import load_dictionary
+    from migrator.sample import SAMPLE_DICTIONARY_PATH
 
     dictionary = load_dictionary(SAMPLE_DICTIONARY_PATH)
     assert set(dictionary.tables) == _schema_tables()

@@ -36,9 +36,9 @@ def unit(ctx, unit) -> dict:
         metrics.blobs_copied.labels("checked").inc(count)
         metrics.blob_bytes_copied.inc(nbytes)
 
-    copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
-                    batch=m.blob_batch, checkpoint=checkpoint)
-    return {}
+    return copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
+                           batch=m.blob_batch, checkpoint=checkpoint, workers=m.blob_workers,
+                           fresh=unit.attempts <= 1 and ctx.move.attempt <= 1, heartbeat_s=ctx.ttl_s / 3)
 
 
 def fan_in(ctx) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from migrator.blobs.copier import blob_units, find_blob, iter_refs, verify_blob
+from migrator.blobs.copier import blob_units, find_blob, verify_blob_range
 from migrator.copy.rows import copy_range, delete_range
 from migrator.errors import ChecksumMismatch
 from migrator.moves.steps.base import ROWS, Step
@@ -67,13 +67,9 @@ def _verify_blobs(ctx, unit) -> dict:
     _src_store, dst_store = stores(ctx)
     table, key_column = unit.unit[len(BLOB_PREFIX):].split(".", 1)
     blob = find_blob(ctx.dictionary, table, key_column)
-    count = 0
-    for refs in iter_refs(ctx.source(), ctx.specs[table], blob, ctx.org, after=None, hi=None,
-                          batch=ctx.settings.moves.blob_batch):
-        for ref in refs:
-            verify_blob(dst_store, ref)
-        count += len(refs)
-        ctx.heartbeat()
+    m = ctx.settings.moves
+    count = verify_blob_range(ctx.source(), dst_store, ctx.specs[table], blob, ctx.org, batch=m.blob_batch,
+                              workers=m.blob_workers, heartbeat=ctx.heartbeat)
     return {"blobs": count, "verified": True}
 
 

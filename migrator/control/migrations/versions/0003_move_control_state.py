@@ -24,14 +24,13 @@ def upgrade() -> None:
     op.add_column('moves', sa.Column('freeze_lifted', sa.Boolean(), server_default=sa.text('false'), nullable=False))
     op.add_column('moves', sa.Column('previous_tokens', postgresql.ARRAY(sa.String(length=64)),
                                      server_default=sa.text("'{}'::varchar[]"), nullable=False))
-    op.add_column('moves', sa.Column('capture_applied', sa.BigInteger(), server_default=sa.text('0'), nullable=False))
+    op.add_column('moves', sa.Column('capture_snapshot', sa.Text(), nullable=True))
     op.add_column('moves', sa.Column('catch_up_keys_per_s', sa.Float(), nullable=True))
     op.execute("""
         UPDATE moves SET
             source_frozen_clock = (report->>'source_frozen_clock')::timestamptz,
             freeze_lifted = coalesce((report->>'freeze_lifted')::boolean, false),
             previous_tokens = coalesce(ARRAY(SELECT jsonb_array_elements_text(report->'tokens')), '{}'),
-            capture_applied = coalesce((report->'catch_up'->>'applied')::bigint, 0),
             catch_up_keys_per_s = (report->'catch_up'->>'keys_per_s')::float8,
             report = report - 'source_frozen_clock' - 'freeze_lifted' - 'tokens'
                      #- '{catch_up,applied}'
@@ -47,12 +46,12 @@ def downgrade() -> None:
             || CASE WHEN freeze_lifted THEN '{"freeze_lifted": true}'::jsonb ELSE '{}'::jsonb END
             || CASE WHEN cardinality(previous_tokens) = 0 THEN '{}'::jsonb
                     ELSE jsonb_build_object('tokens', to_jsonb(previous_tokens)) END
-            || CASE WHEN capture_applied = 0 THEN '{}'::jsonb
+            || CASE WHEN catch_up_keys_per_s IS NULL THEN '{}'::jsonb
                     ELSE jsonb_build_object('catch_up', coalesce(report->'catch_up', '{}'::jsonb)
-                         || jsonb_build_object('applied', capture_applied, 'keys_per_s', catch_up_keys_per_s)) END
+                         || jsonb_build_object('applied', 0, 'keys_per_s', catch_up_keys_per_s)) END
     """)
     op.drop_column('moves', 'catch_up_keys_per_s')
-    op.drop_column('moves', 'capture_applied')
+    op.drop_column('moves', 'capture_snapshot')
     op.drop_column('moves', 'previous_tokens')
     op.drop_column('moves', 'freeze_lifted')
     op.drop_column('moves', 'source_frozen_clock')

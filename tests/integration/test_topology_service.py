@@ -18,8 +18,10 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
+from migrator.fleet.processes import free_port
 from migrator.topology.service import RouteConflict, RouteInfo, TopologyService, token_digest
-from tests.support.processes import free_port
+
+pytestmark = pytest.mark.integration
 
 BLOCK = 1000
 

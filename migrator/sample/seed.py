@@ -1,6 +1,6 @@
 """Seed a provisioned cell with sample organizations (``migrator seed``).
 
-Each organization gets a tree of rows over the sample schema (migrator/cells/sample_schema.sql) in
+Each organization gets a tree of rows over the sample schema (migrator/sample/schema.sql) in
 realistic proportions (notes and issues largest, label links and CI builds sizeable), plus blobs
 in the cell's blob store that its uploads, LFS objects and some CI builds reference by key, sha256
 and size. Rows are generated *inside* PostgreSQL (``INSERT ... SELECT FROM generate_series``), one
@@ -464,8 +464,10 @@ def _seed_shared(conn: psycopg.Connection) -> None:
         conn.execute(_SETTINGS)
 
 
-def _write_blobs(store, org_id: int, counts: dict[str, int], blob_bytes: int, rng: random.Random) -> list[tuple]:
-    """Write the organization's blobs; return rows (kind, ord, key, sha256, size, filename, content_type)."""
+def _write_blobs(store, org_id: int, counts: dict[str, int], blob_bytes: int, rng: random.Random,
+                 sizes: tuple[int, int] | None = None) -> list[tuple]:
+    """Write the organization's blobs; return rows (kind, ord, key, sha256, size, filename, content_type).
+    Sizes are uniform in ``sizes`` (inclusive), else between half and one and a half ``blob_bytes``."""
     folders = {"uploads": "uploads", "lfs_objects": "lfs", "artifacts": "artifacts"}
     names = {
         "uploads": ("rapport-été.pdf", "application/pdf"),
@@ -476,7 +478,7 @@ def _write_blobs(store, org_id: int, counts: dict[str, int], blob_bytes: int, rn
     try:
         for kind, count in counts.items():
             for ord_ in range(count):
-                low, high = max(1, blob_bytes // 2), max(1, blob_bytes + blob_bytes // 2)
+                low, high = sizes or (max(1, blob_bytes // 2), max(1, blob_bytes + blob_bytes // 2))
                 data = rng.randbytes(rng.randint(low, high))
                 key = f"org-{org_id}/{folders[kind]}/{uuid.UUID(int=rng.getrandbits(128), version=4)}"
                 sha, size = store.put_bytes(key, data)
@@ -584,6 +586,7 @@ def seed_organizations(
     skew: bool = True,
     seed: int | None = None,
     progress: Progress | None = None,
+    blob_sizes: tuple[int, int] | None = None,
 ) -> list[SeededOrg]:
     """Add ``orgs`` new organizations with their rows and blobs to ``cell``; register their routes.
 
@@ -592,6 +595,7 @@ def seed_organizations(
     ``blobs`` objects per organization (skewed the same way) of about ``blob_bytes`` bytes each.
     ``seed`` makes the blob contents, keys and random column values reproducible. ``progress`` is
     called as ``progress(description, rows_done)`` after each table of each organization.
+    ``blob_sizes``: (smallest, largest) object size in bytes instead of about ``blob_bytes``.
     """
     if orgs < 1:
         raise MigratorError(f"--orgs must be at least 1, not {orgs}", "pass --orgs 1 or more")
@@ -617,7 +621,7 @@ def seed_organizations(
             return _seed(conn, cell, store, topology, cell_info,
                          sizes=plan_org_sizes(orgs, rows, skew=skew),
                          blob_counts=plan_blob_counts(orgs, blobs, skew=skew),
-                         blob_bytes=blob_bytes, seed=seed, progress=progress)
+                         blob_bytes=blob_bytes, seed=seed, progress=progress, blob_sizes=blob_sizes)
         finally:
             close = getattr(topology, "close", None)
             if close is not None:
@@ -625,7 +629,8 @@ def seed_organizations(
 
 
 def _seed(conn: psycopg.Connection, cell: str, store, topology, cell_info, *, sizes: list[int],
-          blob_counts: list[int], blob_bytes: int, seed: int | None, progress: Progress | None) -> list[SeededOrg]:
+          blob_counts: list[int], blob_bytes: int, seed: int | None, progress: Progress | None,
+          blob_sizes: tuple[int, int] | None = None) -> list[SeededOrg]:
     rng = random.Random(seed)
     _seed_shared(conn)
     nusers = conn.execute("SELECT least(count(*), 1000) FROM users").fetchone()[0]
@@ -647,7 +652,7 @@ def _seed(conn: psycopg.Connection, cell: str, store, topology, cell_info, *, si
             if progress is not None:
                 progress(f"org {_org}: {table}", n)
 
-        blob_rows = _write_blobs(store, org_id, split, blob_bytes, rng)
+        blob_rows = _write_blobs(store, org_id, split, blob_bytes, rng, blob_sizes)
         try:
             with conn.transaction():
                 _insert_org(conn, org_id, plan, blob_rows, nusers, report)

@@ -18,10 +18,12 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
+from migrator.fleet.processes import free_port
 from migrator.topology.client import TopologyClient, topology_client
 from migrator.topology.server import build_server
 from migrator.topology.service import RouteConflict, TopologyService, token_digest
-from tests.support.processes import free_port
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

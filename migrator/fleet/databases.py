@@ -1,4 +1,8 @@
-"""Throwaway PostgreSQL databases with unique names, dropped after use."""
+"""Throwaway PostgreSQL databases with unique names, on one server reached through an admin DSN.
+
+The server is ``$MIGRATOR_TEST_PG`` (the test suite; ``$MIGRATOR_BENCH_PG`` first for benchmarks), else
+``postgresql://postgres@127.0.0.1:5432/postgres``.
+"""
 
 from __future__ import annotations
 

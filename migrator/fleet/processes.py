@@ -1,10 +1,13 @@
-"""The demo fleet's processes: start them in their own process group, find them again, stop them.
+"""A fleet's processes: start them in their own process group, find them again, stop them.
+
+:class:`Process` is a child with its output in a log file, in a session of its own, stopped (and
+killed if need be) with everything in its group: a Celery worker's pool children too.
 
 A process is named by its pid *and* its start time (``/proc/PID/stat``), so a pid recorded by a demo
-that crashed long ago and since reused by an unrelated process is never mistaken for ours. Every
-process the demo starts carries ``CELLS_MIGRATOR_DEMO=<demo dir>`` in its environment, which is how
-orphans of a crashed demo are found again (:func:`find_demo_processes`). Both need Linux's ``/proc``;
-elsewhere a pid is only checked to exist, and orphans are not searched for.
+that crashed long ago and since reused by an unrelated process is never mistaken for ours
+(:class:`ProcRef`). Every process the demo starts carries ``CELLS_MIGRATOR_FLEET=<fleet dir>`` in its
+environment, which is how orphans of a crashed demo are found again (:func:`find_fleet_processes`).
+Both need Linux's ``/proc``; elsewhere a pid is only checked to exist, and orphans are not searched for.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Not MIGRATOR_*: every MIGRATOR_ variable is read as a setting.
-MARKER_ENV = "CELLS_MIGRATOR_DEMO"
+MARKER_ENV = "CELLS_MIGRATOR_FLEET"
+BIN = Path(sys.executable).parent  # this interpreter's scripts: migrator, celery
 _PR_SET_PDEATHSIG = 1
 _HAVE_PROC = Path("/proc/self/stat").exists()
 
@@ -125,10 +131,10 @@ def _ancestors(pid: int) -> set[int]:
     return seen
 
 
-def find_demo_processes(root: Path) -> list[ProcRef]:
-    """Every live process that belongs to the demo fleet in ``root`` (never this process or its parents).
+def find_fleet_processes(root: Path) -> list[ProcRef]:
+    """Every live process that belongs to the fleet in ``root`` (never this process or its parents).
 
-    Ours: started with ``CELLS_MIGRATOR_DEMO=<root>``, or an embedded PostgreSQL / Redis server whose
+    Ours: started with ``CELLS_MIGRATOR_FLEET=<root>``, or an embedded PostgreSQL / Redis server whose
     command line names a path inside ``root`` (its data directory or config file).
     """
     root_s = str(Path(root).resolve())
@@ -157,7 +163,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def spawn(name: str, args: list[str], *, env: dict[str, str], cwd: Path, log_path: Path,
+def spawn(name: str, args: list[str], *, env: dict[str, str], cwd: Path | None, log_path: Path,
           die_with_parent: bool) -> tuple[subprocess.Popen, ProcRef]:
     """Start ``args`` in a new session (its own process group), output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,3 +239,119 @@ def stop_all(refs: list[ProcRef], *, sig: int = signal.SIGTERM, timeout: float =
             os.kill(r.pid, signal.SIGKILL)
     _wait_gone(left, 5.0)
     return len(live)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProcessExited(RuntimeError):
+    """A process a wait was for has exited: waiting longer cannot help (``wait_for`` raises it at once)."""
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Call ``predicate`` until it returns something true (returned); TimeoutError naming ``what`` and the
+    last exception it raised otherwise. A :class:`ProcessExited` from the predicate ends the wait at once."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except ProcessExited:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc}" if last_exc else ""))
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (from /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        ppid = parent_pid(pid)
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+# ------------------------------------------------------------------------------------ a child
+
+
+class Process:
+    """A child process in a session of its own, output appended to ``log_path``; stopped with its group."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
+                 name: str | None = None, die_with_parent: bool = False):
+        self.args, self.env, self.log_path = list(args), env, Path(log_path)
+        self.cwd = cwd
+        self.name = name or Path(args[0]).name
+        self.die_with_parent = die_with_parent
+        self.proc: subprocess.Popen | None = None
+        self.expected_exit = False  # set when we stop or kill it on purpose
+
+    def start(self) -> Process:
+        self.proc, _ = spawn(self.name, self.args, env=self.env, cwd=self.cwd, log_path=self.log_path,
+                             die_with_parent=self.die_with_parent)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def ref(self) -> ProcRef:
+        return ProcRef(self.name, self.pid, start_time(self.pid))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (SIGKILL by default) and wait for the leader."""
+        self.expected_exit = True
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM to the group, SIGKILL after ``timeout``; then whatever is left of the group (pool children
+        of a worker that died first)."""
+        self.expected_exit = True
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
