@@ -15,15 +15,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from migrator.configfile import DEFAULT_CONFIG_PATH, config_path_from_env, read_config_file
 from migrator.dsn import mask_dsn
 from migrator.errors import ConfigError, UnknownCell
 
-DEFAULT_CONFIG_PATH = "migrator.yaml"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+__all__ = ["DEFAULT_CONFIG_PATH", "Settings", "clear_settings_cache", "config_path_from_env", "get_settings",
+           "load_settings"]
+
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})")
+
+
+def _host_port(value: str) -> str:
+    """HOST:PORT, or unix:/absolute/path (a unix socket)."""
+    if (value or "").startswith("unix:/"):
+        return value
+    match = _HOST_PORT.fullmatch(value or "")
+    if not match or not 1 <= int(match.group(1)) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT (or unix:/absolute/path)")
+    return value
 
 
 class _Strict(BaseModel):
@@ -92,6 +104,14 @@ class CellConfig(_Strict):
     state: Literal["active", "draining", "offline"] = "active"
     # adopt: the cell already runs the application; never apply the sample schema to it.
     adopt: bool = False
+    # The cell's application servers (HOST:PORT or unix:/path): its backend behind the edge router
+    # (migrator router config).
+    app_servers: list[str] = Field(default_factory=list)
+
+    @field_validator("app_servers")
+    @classmethod
+    def _app_servers(cls, servers: list[str]) -> list[str]:
+        return [_host_port(s) for s in servers]
 
     def masked_dsn(self) -> str:
         return mask_dsn(self.dsn)
@@ -127,6 +147,62 @@ class TopologyConfig(_Strict):
     # Size of the ID range each cell's sequences get.
     sequence_block: int = Field(default=1_000_000_000_000, ge=1)
     notify_channel: str = Field(default="topology_routes", min_length=1, max_length=63)
+    # The route change stream (WatchRoutes): a heartbeat with the head revision this often while
+    # nothing changes (followers call a stream silent for 3 heartbeats + 2 s dead and reconnect),
+    # and at most this many streams at once (routers and applications' lookups; each holds a thread).
+    watch_heartbeat_s: float = Field(default=1.0, ge=0.05, le=60)
+    max_watchers: int = Field(default=64, ge=1, le=10_000)
+
+
+class RouterConfig(_Strict):
+    """The edge router: HAProxy in front of the cells' application servers, its maps kept in step with the
+    Topology Service by ``migrator router sync`` (docs/adr/0018-edge-router.md). Paths are relative to
+    the config file."""
+
+    # HAProxy's frontend: where requests arrive (HOST:PORT, or unix:/path).
+    listen: str = "127.0.0.1:8000"
+    # How a request names its organization: a header, a path segment (/orgs/42/notes: segment 2 is 42),
+    # or any HAProxy sample expression (e.g. req.cook(org), url_param(org)).
+    org_from: Literal["header", "path", "sample"] = "header"
+    org_header: str = Field(default="X-Organization-Id", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    org_path_segment: int = Field(default=2, ge=1, le=32)
+    org_sample: str | None = Field(default=None, pattern=r"^[^\n\r]+$")
+    # A request for an organization without a route: "404", or the name of the cell that takes it.
+    unknown_org: str = "404"
+    # Writes to a frozen organization (and any 503 HAProxy gives) carry Retry-After: this many seconds.
+    retry_after_s: int = Field(default=1, ge=1, le=3600)
+    # Where `migrator router config` writes HAProxy's configuration, and the folder of its two maps
+    # (orgs.map: organization -> cell; frozen.map: organizations whose writes are refused).
+    haproxy_config: str = "router/haproxy.cfg"
+    map_dir: str = "router"
+    # The HAProxy admin sockets `migrator router sync` keeps current: unix socket paths or HOST:PORT (a
+    # fleet of routers). The first is the one `router config` declares (stats socket ... level admin).
+    admin_sockets: list[str] = Field(default_factory=lambda: ["router/haproxy-admin.sock"], min_length=1)
+    # `router sync`: its metrics endpoint (None: none), and how often it compares each HAProxy's maps
+    # with the routes it follows and repairs any difference (e.g. after HAProxy reloaded).
+    metrics_addr: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9720, ge=1, le=65535)
+    verify_every_s: float = Field(default=5.0, gt=0)
+    # HAProxy: health check of the application servers (None: none), an endpoint answering which cell
+    # an organization is routed to (None: off), timeouts, connections, access log to stdout.
+    health_check_path: str | None = Field(default="/healthz", pattern=r"^/[^\s]*$")
+    route_probe_path: str | None = Field(default="/_migrator/route", pattern=r"^/[^\s]*$")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    client_timeout_s: float = Field(default=30.0, gt=0)
+    server_timeout_s: float = Field(default=30.0, gt=0)
+    maxconn: int = Field(default=4096, ge=1)
+    access_log: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _host_port(value)
+
+    @model_validator(mode="after")
+    def _sample_given(self) -> RouterConfig:
+        if self.org_from == "sample" and not self.org_sample:
+            raise ValueError("org_from: sample needs org_sample (an HAProxy sample expression, e.g. req.cook(org))")
+        return self
 
 
 class MoveConfig(_Strict):
@@ -304,6 +380,7 @@ class Settings(BaseSettings):
     rebalance: RebalanceConfig = Field(default_factory=RebalanceConfig)
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
     # Where this settings object was read from (set by load_settings, not by the user).
     config_path: str | None = None
 
@@ -314,6 +391,14 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}", name):
                 raise ValueError(f"cell name {name!r} must be 1-63 letters, digits, '-', '_' or '.'")
         return cells
+
+    @model_validator(mode="after")
+    def _router_default_cell(self) -> Settings:
+        default = self.router.unknown_org
+        if default != "404" and default not in self.cells:
+            known = ", ".join(sorted(self.cells)) or "none"
+            raise ValueError(f"router.unknown_org {default!r} is neither 404 nor a configured cell ({known})")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -354,55 +439,12 @@ class Settings(BaseSettings):
         return path
 
 
-def _expand_env(value: Any, where: str = "") -> Any:
-    if isinstance(value, str):
-
-        def repl(m: re.Match) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(
-                    f"config key {where or '?'} refers to ${{{name}}}, which is not set",
-                    f"export {name}=... before running",
-                )
-            return os.environ[name]
-
-        return _ENV_REF.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line: where (line and column, 1-based) and what, instead of PyYAML's multi-line dump."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    what = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
-    context = getattr(exc, "context", None)
-    if context:
-        what = f"{what} ({context})"
-    if mark is None:
-        return what
-    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
-
-
-def config_path_from_env() -> Path:
-    return Path(os.environ.get("MIGRATOR_CONFIG", DEFAULT_CONFIG_PATH))
-
-
 def load_settings(path: str | os.PathLike | None = None) -> Settings:
     """Read the config file (``path``, else ``$MIGRATOR_CONFIG``, else ``./migrator.yaml``)."""
     cfg_path = Path(path) if path is not None else config_path_from_env()
     data: dict[str, Any] = {}
     if cfg_path.exists():
-        try:
-            loaded = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {cfg_path} is not valid YAML: {yaml_problem(exc)}",
-                              "fix the YAML syntax there") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {cfg_path} must be a mapping of keys", "see README.md, Configuration")
-        data = _expand_env(loaded)
+        data = read_config_file(cfg_path)
     elif not os.environ.get("MIGRATOR_CONTROL_DSN"):
         raise ConfigError(
             f"config file {cfg_path} not found",

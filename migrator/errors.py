@@ -158,3 +158,16 @@ class BrokerUnavailable(MigratorError):
     """The broker (Redis) did not take a message; what was recorded stays recorded."""
 
     code = "broker_unavailable"
+
+
+class WatchEnded(CellUnavailable):
+    """A route change stream ended (its server stopped, lost notifications, or the watcher fell behind):
+    watch again; a new stream starts with a fresh snapshot."""
+
+    code = "watch_ended"
+
+
+class TooManyWatchers(MigratorError):
+    """The Topology Service already streams routes to topology.max_watchers callers."""
+
+    code = "too_many_watchers"

@@ -87,3 +87,11 @@ def s3_server(tmp_path_factory):
     use_test_credentials()
     with MotoServer(tmp_path_factory.mktemp("moto")) as server:
         yield server
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How long installing Debian packages took (tests/support/apt.py: promtool, amtool, haproxy)."""
+    from tests.support import apt
+
+    for line in apt.summary_lines():
+        terminalreporter.write_line(f"tests: {line}")

@@ -1,19 +1,13 @@
-"""``migrator``: the operator's command line. ``migrator COMMAND --help`` explains each command."""
+"""``migrator``: the operator's command line. ``migrator COMMAND --help`` explains each command.
+
+The typer app is built on first use (``app``), so that ``migrator topology classify`` can answer from
+:mod:`migrator.cli.fast` without loading typer, the config model or any other command.
+"""
 
 from __future__ import annotations
 
-import importlib
-
-import typer
-
-from migrator.cli.common import setup_logging
-
-app = typer.Typer(
-    help="cells-migrator: move an organization between cells (freeze, copy, verify, flip).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+import functools
+import sys
 
 # Each module adds its commands to the app with register(app).
 COMMAND_MODULES = (
@@ -26,20 +20,50 @@ COMMAND_MODULES = (
     "migrator.cli.metrics",
     "migrator.cli.api",
     "migrator.cli.rebalance",
+    "migrator.cli.router",
+    "migrator.cli.sample_app",
 )
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+
+@functools.cache
+def build_app():
+    import importlib
+
+    import typer
+
+    from migrator.cli.common import setup_logging
+
+    app = typer.Typer(
+        help="cells-migrator: move an organization between cells (freeze, copy, verify, flip).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+    @app.callback()
+    def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
+        setup_logging(10 if verbose else 30)
+
+    return app
 
 
-@app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
-    setup_logging(10 if verbose else 30)
+def __getattr__(name: str):
+    if name == "app":
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def main() -> None:
-    app()
+def main() -> int | None:
+    from migrator.cli.fast import run_fast
+
+    code = run_fast(sys.argv[1:])
+    if code is not None:
+        return code
+    build_app()()
+    return None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -178,10 +178,15 @@ def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
     org = seeded[0].organization_id  # the biggest
 
     fleet.wait_worker_ready()
+    from migrator.demo.edge import DemoEdge
+
+    edge = DemoEdge.start(fleet, say)  # the edge router, when HAProxy is installed
     topology = topology_client(settings)
     try:
         route_before = topology.classify(org)
         ops = Operations(settings, topology=topology)
+        if edge is not None:
+            edge.follow(org, SOURCE)
         move = ops.request_move(org, TARGET, actor="demo", reason=f"migrator demo: {SOURCE} -> {TARGET}")
         say(f"migrator move --org {org} --to {TARGET}: move {move.id} enqueued; live progress:")
         watchdog = _Watchdog(fleet, opts.timeout)
@@ -196,8 +201,11 @@ def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
         finally:
             watchdog.stop()
         move = ops.store.get(move.id)
-        return build_report(ops.store, move, route_before=route_before, route_after=topology.classify(org),
-                            route_history=topology.history(org), seeded=seeded)
+        report = build_report(ops.store, move, route_before=route_before, route_after=topology.classify(org),
+                              route_history=topology.history(org), seeded=seeded)
+        if edge is not None and move.state == "completed":
+            report["edge"] = edge.summary(TARGET, out)
+        return report
     finally:
         close = getattr(topology, "close", None)
         if close is not None:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from migrator.errors import ConfigError, MigratorError
+from migrator.errors import MigratorError
 
 ROLES = ("reader", "mover", "admin")
 # A role may do what every lower role may.
@@ -264,12 +264,3 @@ def describe(path: str | os.PathLike) -> dict:
         "expires_at": cert.not_valid_after_utc.timestamp(),
         "days_left": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 1), "sans": sans,
     }
-
-
-def read_file(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}",
-                          "make the fleet's certificates with `migrator topology certs init DIR` and point "
-                          "topology.tls at them") from None

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 
 import grpc
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from migrator.errors import CellUnavailable, MigratorError
+from migrator.errors import CellUnavailable, MigratorError, WatchEnded
+from migrator.topology.messages import ERROR_METADATA_KEY, cell_of, history_of, route_of
 from migrator.topology.proto import topology_pb2 as pb
 from migrator.topology.proto import topology_pb2_grpc as pb_grpc
-from migrator.topology.server import ERROR_METADATA_KEY
-from migrator.topology.service import CellInfo, RepairResult, RouteInfo, TopologyService
+from migrator.topology.routes import CellInfo, Change, Heartbeat, RepairResult, RouteInfo, Snapshot
 from migrator.topology.tls import ClientTls, client_tls
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -71,21 +73,6 @@ def _transport_unavailable(exc: BaseException) -> bool:
     return not any(key == ERROR_METADATA_KEY for key, _ in (exc.trailing_metadata() or ()))
 
 
-def _route(msg: pb.Route) -> RouteInfo:
-    digest = msg.token_digest if msg.HasField("token_digest") else None
-    return RouteInfo(msg.organization_id, msg.cell, msg.version, msg.state, digest)
-
-
-def _cell(msg: pb.Cell) -> CellInfo:
-    return CellInfo(msg.name, msg.address, msg.state, msg.seq_min, msg.seq_max)
-
-
-def _history(msg: pb.HistoryEntry) -> dict:
-    optional = ("from_cell", "to_cell", "token_digest")
-    return {name: (getattr(msg, name) if name not in optional or msg.HasField(name) else None)
-            for name in pb.HistoryEntry.DESCRIPTOR.fields_by_name}
-
-
 class TopologyClient:
     """The Topology Service at ``address`` (HOST:PORT or unix:PATH); the methods of :class:`TopologyService`.
 
@@ -124,62 +111,116 @@ class TopologyClient:
     # -- cells ------------------------------------------------------------------------------------
 
     def register_cell(self, name: str, address: str = "", state: str = "active") -> CellInfo:
-        return _cell(self._call("RegisterCell", pb.RegisterCellRequest(name=name, address=address, state=state)))
+        return cell_of(self._call("RegisterCell", pb.RegisterCellRequest(name=name, address=address, state=state)))
 
     def set_cell_state(self, name: str, state: str) -> CellInfo:
-        return _cell(self._call("SetCellState", pb.SetCellStateRequest(name=name, state=state)))
+        return cell_of(self._call("SetCellState", pb.SetCellStateRequest(name=name, state=state)))
 
     def get_cell(self, name: str) -> CellInfo:
-        return _cell(self._call("GetCell", pb.GetCellRequest(name=name)))
+        return cell_of(self._call("GetCell", pb.GetCellRequest(name=name)))
 
     def list_cells(self) -> list[CellInfo]:
-        return [_cell(c) for c in self._call("ListCells", pb.ListCellsRequest()).cells]
+        return [cell_of(c) for c in self._call("ListCells", pb.ListCellsRequest()).cells]
 
     # -- routes -----------------------------------------------------------------------------------
 
     def register_route(self, organization_id: int, cell: str, *, actor: str = "", reason: str = "") -> RouteInfo:
-        return _route(self._call("RegisterRoute", pb.RegisterRouteRequest(
+        return route_of(self._call("RegisterRoute", pb.RegisterRouteRequest(
             organization_id=organization_id, cell=cell, actor=actor, reason=reason)))
 
     def classify(self, organization_id: int) -> RouteInfo:
-        return _route(self._call("Classify", pb.ClassifyRequest(organization_id=organization_id)))
+        return route_of(self._call("Classify", pb.ClassifyRequest(organization_id=organization_id)))
 
     def list_routes(self, cell: str | None = None) -> list[RouteInfo]:
-        return [_route(r) for r in self._call("ListRoutes", pb.ListRoutesRequest(cell=cell)).routes]
+        return [route_of(r) for r in self._call("ListRoutes", pb.ListRoutesRequest(cell=cell)).routes]
 
     def freeze(self, organization_id: int, token: str, *, expected_cell: str, actor: str = "",
                reason: str = "") -> RouteInfo:
-        return _route(self._call("Freeze", pb.FreezeRequest(
+        return route_of(self._call("Freeze", pb.FreezeRequest(
             organization_id=organization_id, token=token, expected_cell=expected_cell, actor=actor, reason=reason)))
 
     def refence(self, organization_id: int, old_token: str, new_token: str, *, actor: str = "",
                 reason: str = "") -> RouteInfo:
-        return _route(self._call("Refence", pb.RefenceRequest(
+        return route_of(self._call("Refence", pb.RefenceRequest(
             organization_id=organization_id, old_token=old_token, new_token=new_token, actor=actor, reason=reason)))
 
     def flip(self, organization_id: int, from_cell: str, to_cell: str, *, expected_version: int, token: str,
              actor: str = "", reason: str = "") -> RouteInfo:
-        return _route(self._call("Flip", pb.FlipRequest(
+        return route_of(self._call("Flip", pb.FlipRequest(
             organization_id=organization_id, from_cell=from_cell, to_cell=to_cell,
             expected_version=expected_version, token=token, actor=actor, reason=reason)))
 
     def unfreeze(self, organization_id: int, token: str, *, actor: str = "", reason: str = "") -> RouteInfo:
-        return _route(self._call("Unfreeze", pb.UnfreezeRequest(
+        return route_of(self._call("Unfreeze", pb.UnfreezeRequest(
             organization_id=organization_id, token=token, actor=actor, reason=reason)))
 
     def history(self, organization_id: int) -> list[dict]:
-        return [_history(e) for e in self._call("History", pb.HistoryRequest(organization_id=organization_id)).entries]
+        request = pb.HistoryRequest(organization_id=organization_id)
+        return [history_of(e) for e in self._call("History", request).entries]
 
     def repair(self, organization_id: int, *, actor: str = "", reason: str) -> RepairResult:
         msg = self._call("Repair", pb.RepairRequest(organization_id=organization_id, actor=actor, reason=reason))
         digest = msg.cleared_token_digest if msg.HasField("cleared_token_digest") else None
-        return RepairResult(_route(msg.route), msg.cleared, digest)
+        return RepairResult(route_of(msg.route), msg.cleared, digest)
+
+
+    # -- the route change stream --------------------------------------------------------------------
+
+    def watch_routes(self, stop: threading.Event | None = None, *, first_message_s: float | None = None):
+        """The route map, then every change as it commits (:class:`Snapshot`, then :class:`Change` and
+        :class:`Heartbeat`), until ``stop`` is set (then it returns).
+
+        A stream that the server ends, that breaks, or that stays silent for 3 heartbeats + 2 s raises
+        :class:`~migrator.errors.CellUnavailable` (:class:`~migrator.errors.WatchEnded`): call again,
+        the new stream starts with a fresh snapshot. Not retried here: the caller decides."""
+        call = self._stub.WatchRoutes(pb.WatchRoutesRequest())
+        state = {"last": time.monotonic(), "limit": first_message_s or self.timeout, "silent": False}
+        done = threading.Event()
+
+        def watchdog() -> None:
+            while not done.wait(0.1):
+                if stop is not None and stop.is_set():
+                    call.cancel()
+                    return
+                if time.monotonic() - state["last"] > state["limit"]:
+                    state["silent"] = True
+                    call.cancel()
+                    return
+
+        threading.Thread(target=watchdog, name="route-watch-watchdog", daemon=True).start()
+        chunks: list[RouteInfo] = []
+        try:
+            for msg in call:
+                state["last"] = time.monotonic()
+                kind = msg.kind
+                if kind == pb.RouteEvent.SNAPSHOT:
+                    chunks.extend(route_of(r) for r in msg.routes)
+                elif kind == pb.RouteEvent.SYNCED:
+                    heartbeat_s = (msg.heartbeat_ms or 1000) / 1000
+                    state["limit"] = 3 * heartbeat_s + 2.0
+                    yield Snapshot(chunks, msg.head, heartbeat_s)
+                    chunks = []
+                elif kind == pb.RouteEvent.CHANGE:
+                    yield Change(route_of(msg.routes[0]), msg.action)
+                elif kind == pb.RouteEvent.HEARTBEAT:
+                    yield Heartbeat(msg.head)
+            raise WatchEnded(f"the route stream from {self.address} ended", "watch again")
+        except grpc.RpcError as exc:
+            if stop is not None and stop.is_set():
+                return
+            if state["silent"]:
+                raise WatchEnded(f"the route stream from {self.address} was silent for {state['limit']:.1f} s",
+                                 "watch again; check the Topology Service and the network") from None
+            raise error_from_rpc(exc, self.address, tls=self.tls) from None
+        finally:
+            done.set()
+            call.cancel()
 
 
 _SHARED: dict[tuple, TopologyClient] = {}
 
 
-def topology_client(settings, *, shared: bool = False) -> TopologyClient | TopologyService:
+def topology_client(settings, *, shared: bool = False) -> TopologyClient | TopologyService:  # noqa: F821
     """The Topology Service as configured: over gRPC if ``topology.address`` is set (mutual TLS with
     ``topology.tls``), else in-process (whoever holds ``control_dsn`` may do anything anyway).
 
@@ -196,6 +237,9 @@ def topology_client(settings, *, shared: bool = False) -> TopologyClient | Topol
         if client is None:
             client = _SHARED[key] = TopologyClient(address, tls=client_tls(settings))
         return client
+    from migrator.topology.service import TopologyService
+
     return TopologyService(settings.control_dsn, notify_channel=settings.topology.notify_channel,
-                           sequence_block=settings.topology.sequence_block)
+                           sequence_block=settings.topology.sequence_block,
+                           watch_heartbeat_s=settings.topology.watch_heartbeat_s)
 

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from migrator.dsn import mask_dsn
 from migrator.errors import CellUnavailable
-from migrator.topology.service import RouteInfo
+from migrator.topology.routes import RouteInfo
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ class RouteChange:
     cell: str
     version: int
     state: str
-    action: str  # register | freeze | refence | flip | unfreeze
+    action: str  # register | freeze | refence | flip | unfreeze | repair
+    revision: int = 0  # route_history id of this change (0 from a server older than revisions)
+    token_digest: str | None = None  # digest of the token holding a freeze (never the token)
 
 
 class Subscription:
@@ -102,7 +104,7 @@ def parse_change(payload: str) -> RouteChange | None:
     try:
         data = json.loads(payload)
         return RouteChange(int(data["organization_id"]), data["cell"], int(data["version"]), data["state"],
-                           data["action"])
+                           data["action"], int(data.get("revision") or 0), data.get("token_digest"))
     except (ValueError, KeyError, TypeError):
         log.warning("ignoring a malformed route notification: %.200s", payload)
         return None

@@ -39,13 +39,13 @@ from migrator.errors import (
     UnknownOrganization,
 )
 from migrator.topology.certs import Identity, identity_of_pem
+from migrator.topology.messages import ERROR_METADATA_KEY, cell_msg, history_msg, route_msg
 from migrator.topology.proto import topology_pb2 as pb
 from migrator.topology.proto import topology_pb2_grpc as pb_grpc
-from migrator.topology.service import CellInfo, RouteConflict, RouteInfo, TopologyService
+from migrator.topology.service import RouteConflict, TopologyService
 
 log = logging.getLogger(__name__)
 
-ERROR_METADATA_KEY = "migrator-error-bin"
 STOP_GRACE_S = 5.0
 
 # First match wins (subclasses before their bases).
@@ -71,29 +71,28 @@ def status_for(exc: MigratorError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
-def cell_msg(cell: CellInfo) -> pb.Cell:
-    return pb.Cell(name=cell.name, address=cell.address, state=cell.state, seq_min=cell.seq_min,
-                   seq_max=cell.seq_max)
-
-
-def route_msg(route: RouteInfo) -> pb.Route:
-    return pb.Route(organization_id=route.organization_id, cell=route.cell, version=route.version,
-                    state=route.state, token_digest=route.token_digest)
-
-
-def history_msg(entry: dict) -> pb.HistoryEntry:
-    return pb.HistoryEntry(**{k: entry[k] for k in pb.HistoryEntry.DESCRIPTOR.fields_by_name if k in entry})
-
-
 READER, MOVER, ADMIN = "reader", "mover", "admin"
 # The role each rpc needs (a higher role may do what a lower one may).
 RPC_ROLES: dict[str, str] = {
     "GetCell": READER, "ListCells": READER, "Classify": READER, "ListRoutes": READER, "History": READER,
+    "WatchRoutes": READER,
     "Freeze": MOVER, "Refence": MOVER, "Flip": MOVER, "Unfreeze": MOVER,
     "RegisterCell": ADMIN, "SetCellState": ADMIN, "RegisterRoute": ADMIN, "Repair": ADMIN,
 }
 # Without TLS nobody can be told apart: every caller that reaches a local-only server is trusted.
 UNAUTHENTICATED_CALLER = Identity("unauthenticated", ADMIN)
+
+
+def _refuse(context, name: str, exc: Exception):
+    """End a call with the status of ``exc`` (a MigratorError: its code, message and hint in the trailers)."""
+    if isinstance(exc, MigratorError):
+        message, hint = redact(exc.message), redact(exc.hint) if exc.hint else None
+        log.info("%s refused: %s: %s", name, exc.code, message)
+        payload = json.dumps({"code": exc.code, "message": message, "hint": hint}).encode()
+        context.set_trailing_metadata(((ERROR_METADATA_KEY, payload),))
+        context.abort(status_for(exc), message)
+    log.error("%s failed", name, exc_info=exc)
+    context.abort(grpc.StatusCode.INTERNAL, redact(f"topology service error: {type(exc).__name__}: {exc}"))
 
 
 def _rpc(method):
@@ -107,25 +106,38 @@ def _rpc(method):
         try:
             caller = self.authorize(context, name, role)
             return method(self, request, caller)
-        except MigratorError as exc:
-            message, hint = redact(exc.message), redact(exc.hint) if exc.hint else None
-            log.info("%s refused: %s: %s", name, exc.code, message)
-            payload = json.dumps({"code": exc.code, "message": message, "hint": hint}).encode()
-            context.set_trailing_metadata(((ERROR_METADATA_KEY, payload),))
-            context.abort(status_for(exc), message)
         except Exception as exc:  # noqa: BLE001 - the caller must get an answer, the log the traceback
-            log.exception("%s failed", name)
-            context.abort(grpc.StatusCode.INTERNAL, redact(f"topology service error: {type(exc).__name__}: {exc}"))
+            _refuse(context, name, exc)
 
     return wrapper
+
+
+SNAPSHOT_CHUNK = 1000  # routes per SNAPSHOT message (about 50 kB)
+
+
+def event_messages(event, chunk: int = SNAPSHOT_CHUNK):
+    """The RouteEvent messages of one :mod:`~migrator.topology.watch` event."""
+    from migrator.topology.watch import Change, Heartbeat, Snapshot
+
+    if isinstance(event, Snapshot):
+        for i in range(0, len(event.routes), chunk):
+            yield pb.RouteEvent(kind=pb.RouteEvent.SNAPSHOT, routes=[route_msg(r) for r in event.routes[i:i + chunk]])
+        yield pb.RouteEvent(kind=pb.RouteEvent.SYNCED, head=event.head, heartbeat_ms=round(event.heartbeat_s * 1000))
+    elif isinstance(event, Change):
+        yield pb.RouteEvent(kind=pb.RouteEvent.CHANGE, routes=[route_msg(event.route)], action=event.action)
+    elif isinstance(event, Heartbeat):
+        yield pb.RouteEvent(kind=pb.RouteEvent.HEARTBEAT, head=event.head)
 
 
 class TopologyServicer(pb_grpc.TopologyServicer):
     """gRPC face of a :class:`TopologyService`: authorization, then one service method per rpc."""
 
-    def __init__(self, service: TopologyService, *, tls: bool = False):
+    def __init__(self, service: TopologyService, *, tls: bool = False, hub=None):
+        from migrator.topology.watch import RouteWatchHub
+
         self.service = service
         self.tls = tls
+        self.hub = hub if hub is not None else RouteWatchHub(service, heartbeat_s=service.watch_heartbeat_s)
 
     def authorize(self, context, rpc: str, role: str) -> Identity:
         """The caller, if its certificate's role may call ``rpc``; PermissionDenied otherwise."""
@@ -219,17 +231,40 @@ class TopologyServicer(pb_grpc.TopologyServicer):
         return pb.RepairResponse(route=route_msg(result.route), cleared=result.cleared,
                                  cleared_token_digest=result.cleared_token_digest)
 
+    def WatchRoutes(self, request, context):  # noqa: N802 - a server stream: not wrapped by _rpc
+        try:
+            caller = self.authorize(context, "WatchRoutes", RPC_ROLES["WatchRoutes"])
+        except Exception as exc:  # noqa: BLE001
+            _refuse(context, "WatchRoutes", exc)
+        stop = threading.Event()
+        context.add_callback(stop.set)  # the caller went away: the stream's thread returns
+        log.info("WatchRoutes: streaming routes to %s (%s)", context.peer(), caller.name)
+        try:
+            for event in self.hub.watch(stop):
+                yield from event_messages(event)
+        except Exception as exc:  # noqa: BLE001
+            _refuse(context, "WatchRoutes", exc)
+        finally:
+            log.info("WatchRoutes: stream to %s ended", context.peer())
+
 
 def build_server(service: TopologyService, listen: str, *, credentials: grpc.ServerCredentials | None = None,
-                 max_workers: int = 16) -> grpc.Server:
+                 max_workers: int = 16, max_watchers: int = 64, hub=None) -> grpc.Server:
     """A gRPC server for ``service`` bound to ``listen`` (HOST:PORT or unix:PATH), not yet started.
 
     ``credentials``: mutual TLS (:func:`migrator.topology.tls.server_credentials`); None serves in clear
-    and trusts every caller (the caller checks the address with ``check_listen`` first)."""
+    and trusts every caller (the caller checks the address with ``check_listen`` first). Each route
+    stream (WatchRoutes) holds a thread: ``max_watchers`` of them on top of ``max_workers`` for calls.
+    ``hub``: the process's :class:`~migrator.topology.watch.RouteWatchHub` (made here if None)."""
+    from migrator.topology.watch import RouteWatchHub
+
+    if hub is None:
+        hub = RouteWatchHub(service, heartbeat_s=service.watch_heartbeat_s, max_watchers=max_watchers)
     # so_reuseport off: a second server on the same port must fail, not silently share it.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="topology"),
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers + max_watchers,
+                                                    thread_name_prefix="topology"),
                          options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_TopologyServicer_to_server(TopologyServicer(service, tls=credentials is not None), server)
+    pb_grpc.add_TopologyServicer_to_server(TopologyServicer(service, tls=credentials is not None, hub=hub), server)
     try:
         port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     except RuntimeError as exc:
@@ -252,9 +287,15 @@ def serve(settings, listen: str | None = None) -> None:
         _warn_if_expiring(settings)
     log.info("control database %s: upgrading schema", mask_dsn(settings.control_dsn))
     upgrade_control_db(settings.control_dsn)
+    from migrator.topology.watch import RouteWatchHub
+
     service = TopologyService(settings.control_dsn, notify_channel=settings.topology.notify_channel,
-                              sequence_block=settings.topology.sequence_block)
-    server = build_server(service, listen, credentials=credentials)
+                              sequence_block=settings.topology.sequence_block,
+                              watch_heartbeat_s=settings.topology.watch_heartbeat_s)
+    hub = RouteWatchHub(service, heartbeat_s=settings.topology.watch_heartbeat_s,
+                        max_watchers=settings.topology.max_watchers).start()
+    server = build_server(service, listen, credentials=credentials, max_watchers=settings.topology.max_watchers,
+                          hub=hub)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -272,6 +313,7 @@ def serve(settings, listen: str | None = None) -> None:
         while not stop.wait(1.0):
             pass
     finally:
+        hub.close()  # route streams end first: their followers reconnect to the next server
         server.stop(STOP_GRACE_S).wait()
         log.info("topology service stopped")
 

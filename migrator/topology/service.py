@@ -12,13 +12,11 @@ nobody can use to act. ``repair`` clears a freeze whose token no live move owns.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from sqlalchemy import Connection, func, insert, select, update
@@ -40,6 +38,10 @@ from migrator.errors import (
     UnknownOrganization,
 )
 from migrator.moves.workflow import ACTIVE_STATES
+from migrator.topology.routes import CellInfo, RepairResult, RouteInfo, token_digest
+
+__all__ = ["CellInfo", "RepairResult", "RouteConflict", "RouteInfo", "TopologyService", "live_move_owning",
+           "token_digest"]
 
 CELL_STATES = ("active", "draining", "offline")
 ROUTE_STATES = ("active", "frozen")
@@ -54,35 +56,6 @@ class RouteConflict(MigratorError):
     code = "route_conflict"
 
 
-def token_digest(token: str | None) -> str | None:
-    """What answers show of a move token: the first 16 hex digits of its SHA-256."""
-    if not token:
-        return None
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class RouteInfo:
-    organization_id: int
-    cell: str
-    version: int
-    state: str  # active | frozen
-    token_digest: str | None  # digest of the token holding the freeze (never the token)
-
-    @property
-    def frozen(self) -> bool:
-        return self.state == "frozen"
-
-    def held_by(self, token: str | None) -> bool:
-        """Whether ``token`` holds this route's freeze."""
-        mine = token_digest(token)
-        return bool(self.frozen and mine and self.token_digest and hmac.compare_digest(mine, self.token_digest))
-
-    def holder(self, tokens) -> str | None:
-        """The one of ``tokens`` that holds this route's freeze, or None."""
-        return next((t for t in tokens if self.held_by(t)), None)
-
-
 @dataclass(frozen=True)
 class _Held:
     """A route as loaded inside the service, with its raw token (never returned to a caller)."""
@@ -94,28 +67,19 @@ class _Held:
         return getattr(self.route, name)
 
 
-@dataclass(frozen=True)
-class RepairResult:
-    route: RouteInfo
-    cleared: bool  # False: the route was not frozen, nothing changed
-    cleared_token_digest: str | None = None
-
-
-@dataclass(frozen=True)
-class CellInfo:
-    name: str
-    address: str
-    state: str
-    seq_min: int
-    seq_max: int
-
-
 _ROUTE_COLUMNS = (Route.organization_id, Route.cell, Route.version, Route.state, Route.move_token)
+# A route as read: with its revision, the id of its latest history row (index on organization_id).
+_REVISION = (select(func.coalesce(func.max(RouteHistory.id), 0))
+             .where(RouteHistory.organization_id == Route.organization_id)
+             .correlate(Route).scalar_subquery().label("revision"))
+_READ_COLUMNS = (*_ROUTE_COLUMNS, _REVISION)
 _CELL_COLUMNS = (Cell.name, Cell.address, Cell.state, Cell.seq_min, Cell.seq_max)
 
 
 def _route(row) -> RouteInfo:
-    return RouteInfo(int(row.organization_id), row.cell, int(row.version), row.state, token_digest(row.move_token))
+    revision = int(getattr(row, "revision", 0) or 0)
+    return RouteInfo(int(row.organization_id), row.cell, int(row.version), row.state, token_digest(row.move_token),
+                     revision)
 
 
 def _held(row) -> _Held:
@@ -138,17 +102,31 @@ def _shown(token: str) -> str:
 class TopologyService:
     """Cells, their sequence ranges, and the routes of organizations, in the control database."""
 
-    def __init__(self, control_dsn: str, *, notify_channel: str = "topology_routes", sequence_block: int = 10**12):
+    def __init__(self, control_dsn: str, *, notify_channel: str = "topology_routes", sequence_block: int = 10**12,
+                 watch_heartbeat_s: float = 1.0):
         if sequence_block < 1:
             raise MigratorError(f"sequence_block must be positive, not {sequence_block}",
                                 "set topology.sequence_block in the config")
         self.control_dsn = control_dsn
         self.notify_channel = notify_channel
         self.sequence_block = sequence_block
+        self.watch_heartbeat_s = watch_heartbeat_s
         self._engine = control_engine(control_dsn)
+        self._hub = None
 
     def close(self) -> None:
-        """Nothing to release (the engine is shared); here so callers can close either kind of client."""
+        """Stop following route changes, if :meth:`watch_routes` started to (the engine is shared)."""
+        if self._hub is not None:
+            self._hub.close()
+            self._hub = None
+
+    def watch_routes(self, stop=None):
+        """The route map, then every change as it commits (:mod:`migrator.topology.watch`), in-process."""
+        from migrator.topology.watch import RouteWatchHub
+
+        if self._hub is None:
+            self._hub = RouteWatchHub(self, heartbeat_s=self.watch_heartbeat_s)
+        return self._hub.watch(stop)
 
     def __enter__(self) -> TopologyService:
         return self
@@ -178,21 +156,26 @@ class TopologyService:
 
     def _notify(self, conn: Connection, route: RouteInfo, action: str) -> None:
         payload = {"organization_id": route.organization_id, "cell": route.cell, "version": route.version,
-                   "state": route.state, "action": action}
+                   "state": route.state, "action": action, "revision": route.revision,
+                   "token_digest": route.token_digest}
         conn.execute(select(func.pg_notify(self.notify_channel, json.dumps(payload))))
 
     def _record(self, conn: Connection, route: RouteInfo, action: str, *, from_cell: str | None,
                 to_cell: str | None, token: str | None, actor: str, reason: str) -> RouteInfo:
-        """Append the history row and send the notification of a route change (same transaction)."""
-        conn.execute(insert(RouteHistory).values(
+        """Append the history row and send the notification of a route change (same transaction).
+
+        The route comes back with its new revision (the history row's id)."""
+        revision = conn.execute(insert(RouteHistory).values(
             organization_id=route.organization_id, action=action, from_cell=from_cell, to_cell=to_cell,
-            version=route.version, token=token, actor=actor or "", reason=reason or ""))
+            version=route.version, token=token, actor=actor or "", reason=reason or "")
+            .returning(RouteHistory.id)).scalar_one()
+        route = replace(route, revision=int(revision))
         self._notify(conn, route, action)
         return route
 
     def _load_route(self, conn: Connection, organization_id: int, *, lock: bool = False) -> _Held:
-        stmt = select(*_ROUTE_COLUMNS).where(Route.organization_id == organization_id)
-        row = conn.execute(stmt.with_for_update() if lock else stmt).one_or_none()
+        stmt = select(*_READ_COLUMNS).where(Route.organization_id == organization_id)
+        row = conn.execute(stmt.with_for_update(of=Route) if lock else stmt).one_or_none()
         if row is None:
             raise UnknownOrganization(f"organization {organization_id} has no route in the Topology Service",
                                       "register it first (register_route) or check the organization id")
@@ -284,11 +267,23 @@ class TopologyService:
             return self._load_route(conn, organization_id).route
 
     def list_routes(self, cell: str | None = None) -> list[RouteInfo]:
-        stmt = select(*_ROUTE_COLUMNS).order_by(Route.organization_id)
+        stmt = select(*_READ_COLUMNS).order_by(Route.organization_id)
         if cell is not None:
             stmt = stmt.where(Route.cell == cell)
         with self._tx() as conn:
             return [_route(r) for r in conn.execute(stmt)]
+
+    def head_revision(self) -> int:
+        """The newest route revision (route_history id) committed; 0 when there is none."""
+        with self._tx() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(RouteHistory.id), 0))).scalar_one())
+
+    def snapshot(self) -> tuple[list[RouteInfo], int]:
+        """Every route with its revision, and the head revision read after them (so head >= each revision)."""
+        with self._tx() as conn:
+            routes = [_route(r) for r in conn.execute(select(*_READ_COLUMNS).order_by(Route.organization_id))]
+            head = int(conn.execute(select(func.coalesce(func.max(RouteHistory.id), 0))).scalar_one())
+        return routes, head
 
     def freeze(self, organization_id: int, token: str, *, expected_cell: str, actor: str = "",
                reason: str = "") -> RouteInfo:

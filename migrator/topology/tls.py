@@ -20,7 +20,6 @@ import grpc
 
 from migrator.errors import ConfigError
 from migrator.net import is_loopback_host
-from migrator.topology.certs import read_file
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,15 @@ def is_local(address: str) -> bool:
     """A unix socket, or a loopback host (127.0.0.0/8, ::1, localhost)."""
     host = host_of(address)
     return host is None or is_loopback_host(host)
+
+
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}",
+                          "make the fleet's certificates with `migrator topology certs init DIR` and point "
+                          "topology.tls at them") from None
 
 
 def _path(settings, value: str | None, key: str) -> Path:

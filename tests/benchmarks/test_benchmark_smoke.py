@@ -109,3 +109,22 @@ def test_scale_benchmark(tmp_path):
     assert {"total", "preflight", "copy_rows", "verify", "cleanup"} <= set(ratios["full_vs_empty"])
     assert "total" in ratios["grown_vs_full"]
     assert set(result["ratios"]["large/online"]["copy_vs_raw"]) == {"empty", "full", "grown"}
+
+
+def test_router_benchmark(tmp_path):
+    from tests.support.edge import haproxy_binary
+
+    if haproxy_binary()[0] is None:
+        pytest.skip(f"haproxy is not available ({haproxy_binary()[1]})")
+    result = _run("router.py", "--online-moves", "1", "--frozen-moves", "1", "--rows", "300", "--bystanders", "1",
+                  "--workers", "1", "--rate", "40", "--threads", "4", "--overhead-rate", "10", "--lookups", "1000",
+                  "--classify-runs", "1", tmp_path=tmp_path)
+    assert [m["strategy"] for m in result["moves"]] == ["frozen", "online"]
+    assert [(m["from"], m["to"]) for m in result["moves"]] == [("cell-1", "cell-2"), ("cell-2", "cell-3")]
+    client = result["client"]
+    assert client["requests"] > 0 and client["writes_acked"] > 0
+    assert (client["writes_acked_but_missing"], client["reads_failed"],
+            client["answers_not_2xx_or_503_retry_after"]) == (0, 0, 0), client["examples"]
+    assert result["propagation"]["flips"] == 2 and result["propagation"]["not_seen_within_30s"] == 0
+    assert result["overhead"]["pairs"] > 0 and result["lookup_cache"]["lookups"] == 1000
+    assert set(result["classify_cli"]) == {"json", "table"} and set(result["targets"]) >= {"flip_p99_le_100ms"}

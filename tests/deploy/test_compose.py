@@ -18,7 +18,8 @@ from tests.deploy.conftest import DEPLOY, ROOT
 
 COMPOSE = DEPLOY / "compose.yaml"
 EXPECTED = {"postgres", "redis", "topology", "api", "worker-control", "worker-rows", "worker-blobs", "beat", "flower",
-            "exporter", "prometheus", "alertmanager"}
+            "exporter", "prometheus", "alertmanager", "app-cell-1", "app-cell-2", "app-cell-3", "router-config",
+            "router", "router-sync"}
 CONFIG_IN_CONTAINER = "/etc/cells-migrator/migrator.yaml"
 
 
@@ -128,6 +129,8 @@ def test_the_topology_service_runs_with_mutual_tls_and_each_process_gets_only_it
     assert mounts["topology"] == "certs-server"
     assert {mounts[n] for n in ("api", "worker-control", "worker-rows", "worker-blobs")} == {"certs-mover"}
     assert mounts["migrator"] == "certs-admin" and mounts["exporter"] == "certs-public"
+    assert mounts["router-sync"] == "certs-reader"  # the router only reads routes
+    assert not any(mounts[n] for n in ("app-cell-1", "app-cell-2", "app-cell-3", "router-config"))
     script = services["certs"]["command"][0]
     assert "migrator topology certs init" in script and "--san topology" in script
     assert all("key" not in step for step in script.split(";") if "/public/" in step), "certs-public holds no key"
@@ -154,6 +157,26 @@ def test_migrator_processes_and_their_commands():
     assert _argv(services["beat"])[3] == "beat" and "-s" in _argv(services["beat"])
     assert _argv(services["flower"])[3] == "flower" and "FLOWER_BASIC_AUTH" in _env(services["flower"])
     assert sum(1 for s in services.values() if "beat" in _argv(s)[3:4]) == 1, "exactly one beat"
+    assert _argv(services["router-sync"])[1:3] == ["router", "sync"]
+    assert _argv(services["router-config"])[1:3] == ["router", "config"]
+    assert {tuple(_argv(services[f"app-cell-{i}"])[1:5]) for i in (1, 2, 3)} == {
+        ("sample-app", "serve", "--cell", f"cell-{i}") for i in (1, 2, 3)}
+
+
+def test_the_router_follows_the_topology_service_inside_the_compose_network(monkeypatch):
+    """HAProxy reads what router-config wrote in the shared volume; router-sync reaches its admin socket by name;
+    every cell's application is a service."""
+    services, settings = _services(), _settings(monkeypatch)
+    router = services["router"]
+    assert router["depends_on"]["router-config"] == {"condition": "service_completed_successfully"}
+    assert router["command"][-1] == settings.router.haproxy_config
+    for name in ("router", "router-config", "router-sync"):
+        assert any(v.split(":")[:2] == ["router", settings.router.map_dir] for v in services[name]["volumes"]), name
+    [admin] = settings.router.admin_sockets
+    assert admin.split(":")[0] == "router" and "ports" not in router
+    for cell in settings.cells.values():
+        [server] = cell.app_servers
+        assert server.split(":")[0] in services
 
 
 def _settings(monkeypatch):

@@ -24,6 +24,7 @@ import yaml
 from migrator.fleet.processes import BIN, free_port, wait_for
 from migrator.fleet.services import RedisServer, child_env
 from tests.support import ROOT
+from tests.support.edge import haproxy_binary, http_get
 from tests.support.fleet import fleet_certs, make_fleet
 from tests.support.moves import migrator
 
@@ -33,7 +34,8 @@ PROCFILE = ROOT / "deploy" / "Procfile"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"
 TOKEN = "procfile-test-token-0123456789"
 FLOWER_AUTH = ("ops", "procfile-pw")
-EXPECTED = {"topology", "api", "worker_control", "worker_rows", "worker_blobs", "beat", "flower", "exporter"}
+EXPECTED = {"topology", "api", "worker_control", "worker_rows", "worker_blobs", "beat", "flower", "exporter",
+            "app_cell1", "app_cell2", "app_cell3", "router", "router_sync"}
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
@@ -102,13 +104,23 @@ def test_procfile_lists_the_processes():
 @pytest.mark.skipif(not (BIN / "honcho").exists(), reason="honcho is not installed in this virtualenv "
                     "(pip install honcho; the dev extras include it)")
 def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
+    if haproxy_binary()[0] is None:
+        pytest.skip(f"the Procfile's router needs haproxy ({haproxy_binary()[1]})")
     redis = RedisServer(tmp_path / "redis").start()
     fleet = make_fleet(tmp_path / "fleet", broker_url=redis.url)
+    # The edge: each cell's sample application and the router on free ports, its files in the test's folder.
+    config = yaml.safe_load(fleet.config_path.read_text())
+    for cell in config["cells"].values():
+        cell["app_servers"] = [f"127.0.0.1:{free_port()}"]
+    router_port, edge = free_port(), tmp_path / "edge"
+    config["router"] = {"listen": f"127.0.0.1:{router_port}", "map_dir": str(edge),
+                        "haproxy_config": str(edge / "haproxy.cfg"), "admin_sockets": [str(edge / "admin.sock")]}
+    fleet.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     marker = uuid.uuid4().hex
     honcho = None
     log_path = tmp_path / "honcho.log"
     try:
-        ports = {name: free_port() for name in ("api", "flower", "exporter", "control", "rows", "blobs")}
+        ports = {name: free_port() for name in ("api", "flower", "exporter", "control", "rows", "blobs", "sync")}
         _env_file(tmp_path / "deploy.env", {
             "MIGRATOR_CONFIG": str(fleet.config_path),
             "TOPOLOGY_CERTS": str(fleet_certs()["ca"].parent),  # the API and the workers call as movers
@@ -122,6 +134,7 @@ def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
             "WORKER_BLOBS_METRICS_PORT": str(ports["blobs"]),
             "WORKER_ROWS_CONCURRENCY": "2",
             "BEAT_SCHEDULE": str(tmp_path / "celerybeat-schedule"),
+            "ROUTER_SYNC_METRICS_PORT": str(ports["sync"]),
         })
         env = child_env(fleet.config_path)
         env["CM_DEPLOY_TEST_MARK"] = marker
@@ -144,6 +157,8 @@ def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
         wait_for(up(f"http://127.0.0.1:{ports['exporter']}/metrics"), timeout=60, what="the exporter")
         wait_for(up(f"http://127.0.0.1:{ports['flower']}/api/workers", ok=(401,)), timeout=30, what="flower")
         wait_for(lambda: "beat: Starting" in log_path.read_text(), timeout=60, what="celery beat")
+        wait_for(up(f"http://127.0.0.1:{router_port}/_migrator/healthz"), timeout=40, what="the router")
+        wait_for(up(f"http://127.0.0.1:{ports['sync']}/metrics"), timeout=40, what="router sync's metrics")
 
         # The operator's commands, as in docs/deploy.md.
         result = migrator(fleet, "cells", "init", timeout=60)
@@ -157,6 +172,12 @@ def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr + log_path.read_text()[-4000:]
         move = json.loads(result.stdout)
         assert move["state"] == "completed"
+        # The router followed the flip: the organization's requests reach cell-2's application.
+        org_header = {"X-Organization-Id": str(org["organization_id"])}
+        wait_for(lambda: http_get(router_port, "/_migrator/route", org_header)[2] == "cell-2 active", timeout=30,
+                 what="the router to route the organization to cell-2")
+        status, headers, _ = http_get(router_port, f"/orgs/{org['organization_id']}/notes", org_header)
+        assert (status, headers["x-cell"]) == (200, "cell-2")
 
         # Each queue was served by its own worker: row units on rows, blob units on blobs.
         metrics = {q: _get(f"http://127.0.0.1:{ports[q]}/metrics")[1] for q in ("control", "rows", "blobs")}

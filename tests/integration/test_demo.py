@@ -100,7 +100,10 @@ def assert_isolated_config(root: Path) -> None:
 
 
 def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
+    from tests.support.edge import haproxy_binary
+
     root = tmp_path / "demo"
+    edge = haproxy_binary()[0] is not None  # installed with apt-get when missing and possible
     result = run_demo(root, "--exit")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
@@ -113,6 +116,9 @@ def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
                      f"export MIGRATOR_CONFIG={root}/migrator.yaml", "fleet stopped"):
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
     assert "NO" not in [cell.strip() for line in out.splitlines() for cell in line.split("│")]
+    if edge:  # the edge router ran, on unix sockets, and the organization's requests crossed over
+        crossing = out[out.index("through the router during the move"):out.index("completed, VERIFIED")]
+        assert "read -> 200 from cell-1" in crossing and "write -> 201 from cell-2" in crossing, crossing
 
     assert_isolated_config(root)
     assert "mutual TLS" in (root / "logs" / "topology.log").read_text()

@@ -50,6 +50,7 @@ READS = {
     "ListCells": pb.ListCellsRequest(),
     "GetCell": pb.GetCellRequest(name="cell-1"),
     "History": pb.HistoryRequest(organization_id=FROZEN_ORG),
+    "WatchRoutes": pb.WatchRoutesRequest(),  # a stream: its first message (the route map)
 }
 
 
@@ -82,7 +83,12 @@ def _channel(address: str, *, ca: bytes | None = None, cert: dict | None = None)
 
 def _call(channel: grpc.Channel, rpc: str, request):
     try:
-        return getattr(pb_grpc.TopologyStub(channel), rpc)(request, timeout=5)
+        answer = getattr(pb_grpc.TopologyStub(channel), rpc)(request, timeout=5)
+        if rpc == "WatchRoutes":
+            first = next(answer)
+            answer.cancel()
+            return first
+        return answer
     except grpc.RpcError as exc:
         return exc
 
@@ -167,12 +173,15 @@ def test_reads_never_show_a_token(secured):
     channel = _channel(secured.topology_listen, ca=fleet["ca"].read_bytes(), cert=fleet["clients"]["reader"])
     answers = [_call(channel, "Classify", pb.ClassifyRequest(organization_id=FROZEN_ORG)),
                _call(channel, "ListRoutes", pb.ListRoutesRequest()),
-               _call(channel, "History", pb.HistoryRequest(organization_id=FROZEN_ORG))]
+               _call(channel, "History", pb.HistoryRequest(organization_id=FROZEN_ORG)),
+               _call(channel, "WatchRoutes", pb.WatchRoutesRequest())]
     channel.close()
     for answer in answers:
         assert not isinstance(answer, grpc.RpcError), answer
         assert MOVE_TOKEN.encode() not in answer.SerializeToString()
     assert answers[0].state == "frozen" and answers[0].token_digest == token_digest(MOVE_TOKEN)
+    assert answers[3].kind == pb.RouteEvent.SNAPSHOT and {r.organization_id for r in answers[3].routes} == {
+        ORG, FROZEN_ORG}
     # The mover's own refusals name the holder by digest too.
     with TopologyClient(secured.topology_listen, tls=client_tls("mover")) as mover, \
             pytest.raises(RouteFrozen) as exc:

@@ -102,14 +102,22 @@ def test_cli_routes_and_history(client, fleet):
     assert out.returncode == 0, out.stderr
     assert [r["organization_id"] for r in json.loads(out.stdout)] == [21, 22]
     out = _cli(fleet, "routes", "--cell", "cell-2", "--json")
+    # revision: the id of the route's latest history entry (22's registration was the second change).
     assert json.loads(out.stdout) == [{"organization_id": 22, "cell": "cell-2", "version": 1, "state": "active",
-                                       "token_digest": None}]
+                                       "token_digest": None, "revision": 2}]
     out = _cli(fleet, "history", "21", "--json")
     (entry,) = json.loads(out.stdout)
     # Who asked, and the certificate that made the call.
     assert (entry["action"], entry["actor"], entry["reason"]) == ("register", "ops [admin/admin]", "onboarding")
     out = _cli(fleet, "classify", "404")
     assert out.returncode == 1 and "organization 404" in out.stderr
+    # classify has a fast path (migrator/cli/fast.py); the full command (here forced by -v) answers the same.
+    fast = _cli(fleet, "classify", "21", "--json")
+    full = subprocess.run([str(BIN / "migrator"), "-v", "topology", "classify", "21", "--json"],
+                          env=child_env(fleet.config_path), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert fast.returncode == full.returncode == 0, fast.stderr + full.stderr
+    assert json.loads(fast.stdout) == json.loads(full.stdout) == {
+        "organization_id": 21, "cell": "cell-1", "version": 1, "state": "active", "token_digest": None, "revision": 1}
     assert _cli(fleet, "routes").returncode == 0
 
 

@@ -101,6 +101,11 @@ class TopologyStub:
                 request_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairRequest.SerializeToString,
                 response_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairResponse.FromString,
                 _registered_method=True)
+        self.WatchRoutes = channel.unary_stream(
+                '/migrator.topology.v1.Topology/WatchRoutes',
+                request_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.WatchRoutesRequest.SerializeToString,
+                response_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RouteEvent.FromString,
+                _registered_method=True)
 
 
 class TopologyServicer:
@@ -186,6 +191,13 @@ class TopologyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRoutes(self, request, context):
+        """The route map, then every change as it commits (readers: routers, applications' lookup caches).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TopologyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -253,6 +265,11 @@ def add_TopologyServicer_to_server(servicer, server):
                     servicer.Repair,
                     request_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairRequest.FromString,
                     response_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RepairResponse.SerializeToString,
+            ),
+            'WatchRoutes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRoutes,
+                    request_deserializer=migrator_dot_topology_dot_proto_dot_topology__pb2.WatchRoutesRequest.FromString,
+                    response_serializer=migrator_dot_topology_dot_proto_dot_topology__pb2.RouteEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -608,6 +625,33 @@ class Topology:
             '/migrator.topology.v1.Topology/Repair',
             migrator_dot_topology_dot_proto_dot_topology__pb2.RepairRequest.SerializeToString,
             migrator_dot_topology_dot_proto_dot_topology__pb2.RepairResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/migrator.topology.v1.Topology/WatchRoutes',
+            migrator_dot_topology_dot_proto_dot_topology__pb2.WatchRoutesRequest.SerializeToString,
+            migrator_dot_topology_dot_proto_dot_topology__pb2.RouteEvent.FromString,
             options,
             channel_credentials,
             insecure,
