@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from migrator.atomic_file import replacing
 from migrator.errors import BlobMissing, CellUnavailable, ConfigError
 
 CHUNK = 1024 * 1024
@@ -265,27 +266,14 @@ class LocalBlobStore(BlobStore):
         return SourceObject(stream, os.fstat(stream._stream.fileno()).st_size)
 
     def put_stream(self, key: str, stream: BinaryIO, *, expect_sha256: str | None = None) -> tuple[str, int]:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for block in iter(lambda: stream.read(CHUNK), b""):
-                    digest.update(block)
-                    size += len(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
+        with replacing(self._path(key), prefix=".incoming-") as out:  # a half-written object never shows
+            for block in iter(lambda: stream.read(CHUNK), b""):
+                digest.update(block)
+                size += len(block)
+                out.write(block)
             if expect_sha256 and digest.hexdigest() != expect_sha256:
                 raise DigestMismatch(key, digest.hexdigest(), size)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
         return digest.hexdigest(), size
 
     def delete(self, key: str) -> bool:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
+
+from migrator.atomic_file import write_text
 
 
 def tls_section(certs: dict, role: str = "admin") -> dict:
@@ -53,10 +54,4 @@ def fleet_config(*, control_dsn: str, broker_url: str, cell_dsns: dict[str, str]
 
 def write_config(path: Path, config: dict, header: str = "") -> None:
     """Write ``config`` as YAML, readable by its owner only (it may hold a password), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(header + yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, path)
+    write_text(Path(path), header + yaml.safe_dump(config, sort_keys=False), mode=0o600)

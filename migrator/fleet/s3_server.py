@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from migrator.fleet.processes import BIN, Process, ProcessExited, free_port, wait_for
+from migrator.fleet.services import ServerProcess
 
 # Credentials for the test server (moto accepts any); the worker processes inherit them.
 TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -36,15 +37,13 @@ def use_test_credentials(monkeypatch=None) -> None:
             os.environ[key] = value
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """``moto_server -H 127.0.0.1 -p PORT`` in its own process."""
 
     def __init__(self, workdir: Path, port: int | None = None, *, record: bool = False):
-        self.workdir = Path(workdir)
-        self.port = port or free_port()
+        super().__init__(workdir, port)
         self.record = record
         self.recording = self.workdir / "moto-recording.jsonl"
-        self.proc: Process | None = None
         self.log_path = self.workdir / "moto.log"
 
     @property
@@ -68,16 +67,9 @@ class MotoServer:
         wait_for(up, timeout=60, what="moto_server")
         return self
 
-    def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL): the endpoint refuses connections until restarted."""
-        if self.proc is not None:
-            self.proc.stop(timeout=10)
-        self.proc = None
-
     def restart(self) -> None:
         """Start again on the same port; with ``record``, replay what the stopped server had received."""
-        self.stop()
-        self.start()
+        super().restart()
         if self.record and self.recording.exists():
             import requests
 
@@ -111,12 +103,6 @@ class MotoServer:
         client = self.client()
         for name in names:
             client.create_bucket(Bucket=name)
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def s3_blobs(server: MotoServer, bucket: str, **extra) -> dict:

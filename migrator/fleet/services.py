@@ -22,13 +22,36 @@ def child_env(config_path: Path, extra: dict[str, str] | None = None) -> dict[st
     return env
 
 
-class RedisServer:
-    """A redis-server of our own on a free port, keeping nothing on disk (tests restart or flush it freely)."""
+class ServerProcess:
+    """A server of a fleet in a process of its own, on a port it keeps across restarts; ``start()`` it."""
 
     def __init__(self, workdir: Path, port: int | None = None):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.proc: Process | None = None
+
+    def start(self) -> ServerProcess:  # pragma: no cover - each server starts its own way
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after 10 s): the port refuses connections until a restart."""
+        if self.proc is not None:
+            self.proc.stop(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class RedisServer(ServerProcess):
+    """A redis-server of our own on a free port, keeping nothing on disk (tests restart or flush it freely)."""
 
     @property
     def url(self) -> str:
@@ -49,15 +72,6 @@ class RedisServer:
         finally:
             client.close()
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(timeout=10)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 def start_topology_server(config_path: Path, listen: str, log_path: Path, env: dict[str, str] | None = None,

@@ -10,12 +10,11 @@ starting at any moment reads either the old map or the new one, whole.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrator.atomic_file import write_text
 from migrator.topology.routes import RouteInfo
 
 ORGS_MAP = "orgs.map"
@@ -58,21 +57,7 @@ def render(entries: Mapping[str, str], header: str = "") -> str:
 
 def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` so that a reader sees the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_text(path, text, mode=0o644)
 
 
 def ensure_files(files: MapFiles) -> list[Path]:

@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from migrator.fleet.services import RedisServer, child_env
 from tests.support import ROOT
 from tests.support.edge import haproxy_binary, http_get
 from tests.support.fleet import fleet_certs, make_fleet
+from tests.support.http import get, sample
 from tests.support.moves import migrator
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -36,24 +35,6 @@ TOKEN = "procfile-test-token-0123456789"
 FLOWER_AUTH = ("ops", "procfile-pw")
 EXPECTED = {"topology", "api", "worker_control", "worker_rows", "worker_blobs", "beat", "flower", "exporter",
             "app_cell1", "app_cell2", "app_cell3", "router", "router_sync"}
-
-
-def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
-def _sample(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if (head == name or head.startswith(name + "{")) and all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 def _env_file(path: Path, overrides: dict[str, str]) -> dict[str, str]:
@@ -147,7 +128,7 @@ def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
             def check():
                 if honcho.poll() is not None:
                     raise RuntimeError(f"honcho exited {honcho.returncode}:\n{log_path.read_text()[-4000:]}")
-                return _get(url, headers)[0] in ok
+                return get(url, headers)[0] in ok
             return check
 
         host, port = fleet.topology_listen.rsplit(":", 1)
@@ -180,20 +161,20 @@ def test_honcho_runs_the_system_and_a_move_completes(tmp_path):
         assert (status, headers["x-cell"]) == (200, "cell-2")
 
         # Each queue was served by its own worker: row units on rows, blob units on blobs.
-        metrics = {q: _get(f"http://127.0.0.1:{ports[q]}/metrics")[1] for q in ("control", "rows", "blobs")}
-        assert _sample(metrics["rows"], "migrator_rows_copied_total") == org["rows"]
-        assert _sample(metrics["control"], "migrator_rows_copied_total") == 0
-        assert _sample(metrics["blobs"], "migrator_blob_bytes_copied_total") > 0
-        assert _sample(metrics["control"], "migrator_steps_total", step="flip", outcome="done") >= 1 or \
-            _sample(metrics["control"], "migrator_step_duration_seconds_count", step="flip") >= 1
-        exporter = _get(f"http://127.0.0.1:{ports['exporter']}/metrics")[1]
-        assert _sample(exporter, "migrator_moves", state="completed") == 1
-        status, body = _get(f"http://127.0.0.1:{ports['api']}/v1/moves/{move['id']}",
+        metrics = {q: get(f"http://127.0.0.1:{ports[q]}/metrics")[1] for q in ("control", "rows", "blobs")}
+        assert sample(metrics["rows"], "migrator_rows_copied_total") == org["rows"]
+        assert sample(metrics["control"], "migrator_rows_copied_total") == 0
+        assert sample(metrics["blobs"], "migrator_blob_bytes_copied_total") > 0
+        assert sample(metrics["control"], "migrator_steps_total", step="flip", outcome="done") >= 1 or \
+            sample(metrics["control"], "migrator_step_duration_seconds_count", step="flip") >= 1
+        exporter = get(f"http://127.0.0.1:{ports['exporter']}/metrics")[1]
+        assert sample(exporter, "migrator_moves", state="completed") == 1
+        status, body = get(f"http://127.0.0.1:{ports['api']}/v1/moves/{move['id']}",
                             {"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and json.loads(body)["state"] == "completed"
         auth = "Basic " + base64.b64encode(":".join(FLOWER_AUTH).encode()).decode()
         def flower_tasks():
-            status, body = _get(f"http://127.0.0.1:{ports['flower']}/api/tasks", {"Authorization": auth})
+            status, body = get(f"http://127.0.0.1:{ports['flower']}/api/tasks", {"Authorization": auth})
             assert status == 200, body
             tasks = {t.get("name"): str(t.get("worker")).split("@")[0] for t in json.loads(body).values()}
             return tasks if "migrator.unfreeze" in tasks else None

@@ -39,6 +39,13 @@ def _seed(ff, n: int, rows: int = ROWS, cell: str = "cell-1", seed: int = 1):
                                                            seed=seed)]
 
 
+def _mover_and_bystander(ff, rows: int = ROWS):
+    """Two organizations seeded in cell-1: the one to move (its id and snapshot) and a bystander's snapshot."""
+    org, bystander = _seed(ff, 2, rows=rows)
+    settings = ff.settings
+    return org, snapshot(settings, [(org, "cell-1")])[(org, "cell-1")], snapshot(settings, [(bystander, "cell-1")])
+
+
 def _finish(ff, result: ScenarioResult, move_id, org, source, target, before, bystanders, *, writers=False):
     """Wait for the move; a failed one is resumed once. Then check the invariants."""
     settings = ff.settings
@@ -89,10 +96,8 @@ def _redis_fault(faults, action: str, strategy: str):
     running copy, and a flush provably loses messages the move needs, which only the reconciler can
     send again (flushing only the running tasks' messages would lose nothing)."""
     result = ScenarioResult(f"2. Redis {action} mid-move ({strategy})")
-    org, bystander = _seed(faults, 2)
+    org, before, by = _mover_and_bystander(faults)
     settings = faults.settings
-    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-    by = snapshot(settings, [(bystander, "cell-1")])
     faults.worker()
     target = faults.fleet.cell_dsns["cell-2"]
     with HeldTable(target, "issues"), HeldTable(target, "notes"):
@@ -144,10 +149,8 @@ def test_redis_flushed_mid_move(faults, strategy):
 @pytest.mark.parametrize("which", ["source", "target", "control"])
 def test_connections_terminated_mid_batch(faults, which, strategy):
     result = ScenarioResult(f"3. connections terminated ({which}, {strategy})")
-    org, bystander = _seed(faults, 2, rows=4000)
+    org, before, by = _mover_and_bystander(faults, rows=4000)
     settings = faults.settings
-    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-    by = snapshot(settings, [(bystander, "cell-1")])
     faults.worker()
     dsn = {"source": faults.fleet.cell_dsns["cell-1"], "target": faults.fleet.cell_dsns["cell-2"],
            "control": faults.fleet.control_dsn}[which]
@@ -172,10 +175,8 @@ def test_connections_terminated_mid_batch(faults, which, strategy):
 @pytest.mark.parametrize("strategy", ["frozen", "online"])
 def test_duplicate_delivery_and_two_workers(faults, strategy):
     result = ScenarioResult(f"4. duplicate delivery + two workers ({strategy})")
-    org, bystander = _seed(faults, 2, rows=4000)
+    org, before, by = _mover_and_bystander(faults, rows=4000)
     settings = faults.settings
-    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-    by = snapshot(settings, [(bystander, "cell-1")])
     faults.worker()
     faults.worker()
     store = MoveStore(settings.control_dsn)
@@ -201,10 +202,8 @@ def test_duplicate_delivery_and_two_workers(faults, strategy):
 
 def test_two_operators_at_the_same_moment(faults):
     result = ScenarioResult("5. two operators, same organization, same moment")
-    org, bystander = _seed(faults, 2, rows=1000)
+    org, before, by = _mover_and_bystander(faults, rows=1000)
     settings = faults.settings
-    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-    by = snapshot(settings, [(bystander, "cell-1")])
     env = child_env(faults.fleet.config_path)
     cmd = [str(Path(sys.executable).parent / "migrator"), "move", "--org", str(org), "--json"]
     procs = [subprocess.Popen([*cmd, "--to", cell], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -268,10 +267,8 @@ def test_writers_before_during_and_after(faults, tmp_path, strategy):
 @pytest.mark.parametrize("strategy", ["frozen", "online"])
 def test_stale_worker_cannot_advance_or_flip(faults, strategy):
     result = ScenarioResult(f"8. stale worker (superseded token, {strategy})")
-    org, bystander = _seed(faults, 2, rows=4000)
+    org, before, by = _mover_and_bystander(faults, rows=4000)
     settings = faults.settings
-    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-    by = snapshot(settings, [(bystander, "cell-1")])
     ops = Operations(settings)
     with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes"):  # the move cannot flip before the pause
         worker = faults.worker()
@@ -364,10 +361,8 @@ def test_target_database_stopped_mid_copy_then_started(tmp_path, monkeypatch, st
     result = ScenarioResult(f"7. target database stopped mid-copy, then started ({strategy})")
     try:
         with fault_fleet(tmp_path, monkeypatch, customize=cell2_on_its_own_server) as ff:
-            org, bystander = _seed(ff, 2, rows=5000)
+            org, before, by = _mover_and_bystander(ff, rows=5000)
             settings = ff.settings
-            before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-            by = snapshot(settings, [(bystander, "cell-1")])
             ff.worker()
             # The copy is held on the target (HeldTable), so the server stops under a running copy, never
             # after the move finished; stopping the server ends the hold.
@@ -403,10 +398,8 @@ def test_abort_under_fault_leaves_source_authoritative(faults, strategy):
     from tests.faults.invariants import check_not_moved
 
     result = ScenarioResult(f"1b. abort while a worker is killed ({strategy})")
-    org, bystander = _seed(faults, 2, rows=4000)
+    org, before, by = _mover_and_bystander(faults, rows=4000)
     settings = faults.settings
-    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-    by = snapshot(settings, [(bystander, "cell-1")])
     with HeldTable(faults.fleet.cell_dsns["cell-2"], "notes") as hold:
         worker = faults.worker()
         move = Operations(settings).request_move(org, "cell-2", actor="faults", reason="abort under fault",
@@ -449,10 +442,8 @@ def test_worker_killed_inside_the_write_window(faults, strategy):
     capture too, so there the transaction is opened while the copy is held (HeldTable), after capture.
     """
     result = ScenarioResult(f"9. worker SIGKILLed inside the write window ({strategy})")
-    org, bystander = _seed(faults, 2, rows=2000)
+    org, before, by = _mover_and_bystander(faults, rows=2000)
     settings = faults.settings
-    before = snapshot(settings, [(org, "cell-1")])[(org, "cell-1")]
-    by = snapshot(settings, [(bystander, "cell-1")])
     faults.worker()
     faults.worker()
     store = MoveStore(settings.control_dsn)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
@@ -13,34 +11,11 @@ import yaml
 from migrator.fleet.processes import BIN, Process, free_port, wait_for
 from migrator.fleet.services import child_env
 from migrator.sample.seed import seed_organizations
+from tests.support.http import get, sample
 from tests.support.listeners import listening_on
 from tests.support.moves import migrator
 
 pytestmark = pytest.mark.integration
-
-
-def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url)
-    if auth:
-        import base64
-
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
-def _sample(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()) and (head == name or head.startswith(name + "{")):
-            total += float(value)
-    return total
 
 
 @pytest.fixture
@@ -58,7 +33,7 @@ def observed(provisioned, tmp_path):
     wait_worker_ready(worker)
     flower = Process([str(BIN / "celery"), "-A", "tasks", "flower", f"--port={flower_port}",
                      "--address=127.0.0.1"], child_env(provisioned.config_path), tmp_path / "flower.log").start()
-    wait_for(lambda: _get(f"http://127.0.0.1:{flower_port}/api/workers")[0] in (200, 401), timeout=30,
+    wait_for(lambda: get(f"http://127.0.0.1:{flower_port}/api/workers")[0] in (200, 401), timeout=30,
              what="flower")
     yield provisioned, worker_port, flower_port, worker
     flower.stop()
@@ -73,25 +48,25 @@ def test_metrics_logs_and_flower_after_a_move(observed, tmp_path):
     assert result.returncode == 0, result.stderr
     move = json.loads(result.stdout)
 
-    status, text = _get(f"http://127.0.0.1:{worker_port}/metrics")
+    status, text = get(f"http://127.0.0.1:{worker_port}/metrics")
     assert status == 200
     assert listening_on(worker_port) == {"127.0.0.1"}  # observability.worker_metrics_addr's default
-    assert _sample(text, "migrator_rows_copied_total") == org.rows
-    assert _sample(text, "migrator_bytes_copied_total") > 0
-    assert _sample(text, "migrator_blob_bytes_copied_total") > 0
-    assert _sample(text, "migrator_write_window_seconds_count") == 1
-    assert _sample(text, "migrator_step_duration_seconds_count", step="copy_rows", kind="unit") >= 1
-    assert _sample(text, "migrator_moves_finished_total", state="completed") == 1
+    assert sample(text, "migrator_rows_copied_total") == org.rows
+    assert sample(text, "migrator_bytes_copied_total") > 0
+    assert sample(text, "migrator_blob_bytes_copied_total") > 0
+    assert sample(text, "migrator_write_window_seconds_count") == 1
+    assert sample(text, "migrator_step_duration_seconds_count", step="copy_rows", kind="unit") >= 1
+    assert sample(text, "migrator_moves_finished_total", state="completed") == 1
 
     # The control-database exporter: moves by state.
     port = free_port()
     exporter = Process([str(BIN / "migrator"), "metrics", "serve", "--port", str(port), "--addr", "127.0.0.1"],
                        child_env(fleet.config_path), tmp_path / "exporter.log").start()
     try:
-        wait_for(lambda: _get(f"http://127.0.0.1:{port}/metrics")[0] == 200, timeout=20, what="exporter")
-        text = _get(f"http://127.0.0.1:{port}/metrics")[1]
-        assert _sample(text, "migrator_moves", state="completed") == 1
-        assert _sample(text, "migrator_control_database_up") == 1
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/metrics")[0] == 200, timeout=20, what="exporter")
+        text = get(f"http://127.0.0.1:{port}/metrics")[1]
+        assert sample(text, "migrator_moves", state="completed") == 1
+        assert sample(text, "migrator_control_database_up") == 1
     finally:
         exporter.stop()
 
@@ -100,11 +75,11 @@ def test_metrics_logs_and_flower_after_a_move(observed, tmp_path):
     assert any(rec.get("move_id") == move["id"] and rec.get("step") for rec in lines)
 
     # Flower: the move's tasks, readable with the credentials, 401 without.
-    assert _get(f"http://127.0.0.1:{flower_port}/api/tasks")[0] == 401
+    assert get(f"http://127.0.0.1:{flower_port}/api/tasks")[0] == 401
     deadline = time.monotonic() + 20
     tasks = {}
     while time.monotonic() < deadline:
-        status, body = _get(f"http://127.0.0.1:{flower_port}/api/tasks", auth=("ops", "s3cret-pw"))
+        status, body = get(f"http://127.0.0.1:{flower_port}/api/tasks", auth=("ops", "s3cret-pw"))
         assert status == 200
         tasks = json.loads(body)
         if any(t.get("name") == "migrator.unfreeze" for t in tasks.values()):

@@ -6,18 +6,8 @@ import socket
 
 import pytest
 
+from migrator import errors as err
 from migrator.control.engine import control_engine, upgrade_control_db
-from migrator.errors import (
-    CellUnavailable,
-    InvalidMoveState,
-    MigratorError,
-    RouteFrozen,
-    SameCell,
-    StaleToken,
-    StaleVersion,
-    UnknownCell,
-    UnknownOrganization,
-)
 from migrator.fleet.processes import free_port
 from migrator.topology.client import TopologyClient, topology_client
 from migrator.topology.server import build_server
@@ -63,9 +53,9 @@ def test_client_mirrors_the_service(pair):
 def _refusal(call):
     try:
         call()
-    except MigratorError as exc:
+    except err.MigratorError as exc:
         return exc
-    raise AssertionError("expected a MigratorError")
+    raise AssertionError("expected a err.MigratorError")
 
 
 def test_errors_arrive_as_the_same_class_message_and_hint(pair):
@@ -76,15 +66,15 @@ def test_errors_arrive_as_the_same_class_message_and_hint(pair):
     service.register_route(6, "a")
     service.freeze(6, "t1", expected_cell="a")
     cases = [
-        (UnknownOrganization, lambda t: t.classify(404)),
-        (UnknownCell, lambda t: t.get_cell("zz")),
+        (err.UnknownOrganization, lambda t: t.classify(404)),
+        (err.UnknownCell, lambda t: t.get_cell("zz")),
         (RouteConflict, lambda t: t.register_route(5, "b")),
-        (RouteFrozen, lambda t: t.freeze(6, "t9", expected_cell="a")),
-        (StaleVersion, lambda t: t.flip(6, "a", "b", expected_version=3, token="t1")),
-        (StaleToken, lambda t: t.flip(6, "a", "b", expected_version=1, token="t9")),
-        (InvalidMoveState, lambda t: t.flip(6, "b", "a", expected_version=1, token="t1")),
-        (SameCell, lambda t: t.flip(6, "a", "a", expected_version=1, token="t1")),
-        (MigratorError, lambda t: t.set_cell_state("a", "sleepy")),
+        (err.RouteFrozen, lambda t: t.freeze(6, "t9", expected_cell="a")),
+        (err.StaleVersion, lambda t: t.flip(6, "a", "b", expected_version=3, token="t1")),
+        (err.StaleToken, lambda t: t.flip(6, "a", "b", expected_version=1, token="t9")),
+        (err.InvalidMoveState, lambda t: t.flip(6, "b", "a", expected_version=1, token="t1")),
+        (err.SameCell, lambda t: t.flip(6, "a", "a", expected_version=1, token="t1")),
+        (err.MigratorError, lambda t: t.set_cell_state("a", "sleepy")),
     ]
     for cls, call in cases:
         local, remote = _refusal(lambda: call(service)), _refusal(lambda: call(client))  # noqa: B023
@@ -95,7 +85,7 @@ def test_errors_arrive_as_the_same_class_message_and_hint(pair):
 def test_unreachable_server_is_cell_unavailable():
     address = f"127.0.0.1:{free_port()}"
     client = TopologyClient(address, attempts=3)
-    with pytest.raises(CellUnavailable) as exc:
+    with pytest.raises(err.CellUnavailable) as exc:
         client.classify(1)
     assert address in exc.value.message
     assert "migrator topology serve" in exc.value.hint
@@ -104,7 +94,7 @@ def test_unreachable_server_is_cell_unavailable():
 
 def test_second_server_on_the_same_port_fails(pair, scratch_db):
     service, client = pair
-    with pytest.raises(MigratorError, match="cannot listen"):
+    with pytest.raises(err.MigratorError, match="cannot listen"):
         build_server(service, client.address)
     with socket.create_connection(tuple(client.address.rsplit(":", 1))):  # the first still serves
         pass

@@ -6,18 +6,8 @@ import threading
 
 import pytest
 
+from migrator import errors as err
 from migrator.control.engine import control_engine, upgrade_control_db
-from migrator.errors import (
-    CellUnavailable,
-    InvalidMoveState,
-    MigratorError,
-    RouteFrozen,
-    SameCell,
-    StaleToken,
-    StaleVersion,
-    UnknownCell,
-    UnknownOrganization,
-)
 from migrator.fleet.processes import free_port
 from migrator.topology.service import RouteConflict, RouteInfo, TopologyService, token_digest
 
@@ -89,15 +79,15 @@ def test_concurrent_registrations_never_overlap(topo):
 
 
 def test_cell_errors(topo):
-    with pytest.raises(UnknownCell, match="'nope'"):
+    with pytest.raises(err.UnknownCell, match="'nope'"):
         topo.get_cell("nope")
-    with pytest.raises(UnknownCell):
+    with pytest.raises(err.UnknownCell):
         topo.set_cell_state("nope", "draining")
     topo.register_cell("a")
     assert topo.set_cell_state("a", "offline").state == "offline"
-    with pytest.raises(MigratorError, match="not one of"):
+    with pytest.raises(err.MigratorError, match="not one of"):
         topo.set_cell_state("a", "sleepy")
-    with pytest.raises(MigratorError, match="cell name"):
+    with pytest.raises(err.MigratorError, match="cell name"):
         topo.register_cell("bad name!")
 
 
@@ -113,9 +103,9 @@ def test_register_route(routed):
     with pytest.raises(RouteConflict, match="already routed to a") as exc:
         routed.register_route(7, "b")
     assert exc.value.code == "route_conflict"
-    with pytest.raises(UnknownCell):
+    with pytest.raises(err.UnknownCell):
         routed.register_route(8, "zzz")
-    with pytest.raises(UnknownOrganization, match="organization 8"):
+    with pytest.raises(err.UnknownOrganization, match="organization 8"):
         routed.classify(8)
     routed.register_route(8, "b")
     assert [r.organization_id for r in routed.list_routes()] == [7, 8]
@@ -146,37 +136,37 @@ def test_freeze_flip_unfreeze(routed):
 
 
 def test_freeze_refusals(routed):
-    with pytest.raises(StaleVersion, match="not on b"):
+    with pytest.raises(err.StaleVersion, match="not on b"):
         routed.freeze(7, "t1", expected_cell="b")
     routed.freeze(7, "t1", expected_cell="a")
-    with pytest.raises(RouteFrozen, match="frozen by another move"):
+    with pytest.raises(err.RouteFrozen, match="frozen by another move"):
         routed.freeze(7, "t2", expected_cell="a")
-    with pytest.raises(UnknownOrganization):
+    with pytest.raises(err.UnknownOrganization):
         routed.freeze(99, "t1", expected_cell="a")
-    with pytest.raises(MigratorError, match="token is required"):
+    with pytest.raises(err.MigratorError, match="token is required"):
         routed.freeze(7, "", expected_cell="a")
 
 
 def test_flip_refusals(routed):
-    with pytest.raises(StaleToken, match="not frozen"):
+    with pytest.raises(err.StaleToken, match="not frozen"):
         routed.flip(7, "a", "b", expected_version=1, token="t1")
     routed.freeze(7, "t1", expected_cell="a")
-    with pytest.raises(StaleToken, match=f"frozen by token sha256:{token_digest('t1')}, not by token "
+    with pytest.raises(err.StaleToken, match=f"frozen by token sha256:{token_digest('t1')}, not by token "
                                          f"sha256:{token_digest('t2')}"):
         routed.flip(7, "a", "b", expected_version=1, token="t2")
-    with pytest.raises(StaleVersion, match="at version 1 on a") as exc:
+    with pytest.raises(err.StaleVersion, match="at version 1 on a") as exc:
         routed.flip(7, "a", "b", expected_version=5, token="t1")
     assert "migrator topology history 7" in exc.value.hint
-    with pytest.raises(InvalidMoveState, match="flip c -> b"):
+    with pytest.raises(err.InvalidMoveState, match="flip c -> b"):
         routed.flip(7, "c", "b", expected_version=1, token="t1")
-    with pytest.raises(SameCell):
+    with pytest.raises(err.SameCell):
         routed.flip(7, "a", "a", expected_version=1, token="t1")
-    with pytest.raises(UnknownCell):
+    with pytest.raises(err.UnknownCell):
         routed.flip(7, "a", "nowhere", expected_version=1, token="t1")
-    with pytest.raises(UnknownOrganization):
+    with pytest.raises(err.UnknownOrganization):
         routed.flip(99, "a", "b", expected_version=1, token="t1")
     routed.flip(7, "a", "b", expected_version=1, token="t1")
-    with pytest.raises(StaleVersion):  # another target after the flip happened
+    with pytest.raises(err.StaleVersion):  # another target after the flip happened
         routed.flip(7, "a", "c", expected_version=1, token="t1")
     assert [a for a, *_ in actions(routed)].count("flip") == 1
     assert routed.classify(7).cell == "b"
@@ -184,18 +174,18 @@ def test_flip_refusals(routed):
 
 def test_refence_hands_the_freeze_to_a_new_attempt(routed):
     routed.freeze(7, "t1", expected_cell="a")
-    with pytest.raises(StaleToken):
+    with pytest.raises(err.StaleToken):
         routed.refence(7, "t0", "t2")
     assert routed.refence(7, "t1", "t2").held_by("t2")
     assert routed.refence(7, "t1", "t2").held_by("t2")  # idempotent
-    with pytest.raises(StaleToken):
+    with pytest.raises(err.StaleToken):
         routed.flip(7, "a", "b", expected_version=1, token="t1")  # the old attempt is fenced off
-    with pytest.raises(StaleToken):
+    with pytest.raises(err.StaleToken):
         routed.unfreeze(7, "t1")
     assert routed.flip(7, "a", "b", expected_version=1, token="t2").cell == "b"
     assert [a for a, *_ in actions(routed)] == ["register", "freeze", "refence", "flip"]
     routed.unfreeze(7, "t2")
-    with pytest.raises(StaleToken, match="active"):
+    with pytest.raises(err.StaleToken, match="active"):
         routed.refence(7, "t2", "t3")  # nothing to take over
 
 
@@ -205,14 +195,14 @@ def test_history_of_unknown_organization_is_empty(routed):
 
 def test_unreachable_control_database_names_it_without_password():
     dsn = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/nothing"
-    with pytest.raises(CellUnavailable) as exc:
+    with pytest.raises(err.CellUnavailable) as exc:
         TopologyService(dsn).classify(1)
     assert "does not answer" in exc.value.message
     assert "***" in exc.value.message and "s3cret" not in str(exc.value)
 
 
 def test_control_database_without_schema_says_how_to_fix_it(scratch_db):
-    with pytest.raises(MigratorError, match="no topology tables") as exc:
+    with pytest.raises(err.MigratorError, match="no topology tables") as exc:
         TopologyService(scratch_db).list_cells()
     assert "migrator topology serve" in exc.value.hint
     control_engine(scratch_db).dispose()

@@ -17,18 +17,22 @@ from migrator.dictionary import (
 )
 from migrator.errors import DictionaryError
 from migrator.sample import SAMPLE_DICTIONARY_PATH
+from tests.unit.dictionaries import ORGANIZATION_TABLES, UPLOADS
+
+# A dictionary file's head: the root table ``orgs``; a test's tables follow (indented 10).
+ORGS_YAML = """
+        version: 1
+        root: orgs
+        tables:
+          orgs: {root: true}
+"""
 
 BASE = {
     "version": 1,
     "root": "organizations",
     "tables": {
-        "organizations": {"root": True},
-        "namespaces": {"sharding_key": {"organization_id": "organizations"}},
-        "projects": {"sharding_key": {"namespace_id": "namespaces"}},
-        "notes": {"sharding_key": {"project_id": "projects"}},
-        "labels": {"sharding_key": {"project_id": "projects", "group_id": "namespaces"}},
-        "uploads": {"sharding_key": {"project_id": "projects"},
-                    "blobs": {"key": "file_key", "checksum": "sha256", "size": "size"}},
+        **ORGANIZATION_TABLES,
+        **UPLOADS,
         "ci_pipelines": {"sharding_key": {"project_id": "projects"}},
         "ci_builds": {"sharding_key": {"pipeline_id": "ci_pipelines"},
                       "blobs": [{"key": "artifact_key", "checksum": "artifact_sha256"}]},
@@ -107,11 +111,7 @@ def test_top_level_root_flags_its_table():
 
 
 def test_load_from_file(tmp_path):
-    path = write(tmp_path, """
-        version: 1
-        root: orgs
-        tables:
-          orgs: {root: true}
+    path = write(tmp_path, ORGS_YAML + """
           things: {sharding_key: {org_id: orgs}}
     """)
     d = load_dictionary(path)
@@ -132,11 +132,7 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_duplicate_table_is_refused(tmp_path):
-    path = write(tmp_path, """
-        version: 1
-        root: orgs
-        tables:
-          orgs: {root: true}
+    path = write(tmp_path, ORGS_YAML + """
           things: {sharding_key: {org_id: orgs}}
           things: {classification: cell_local}
     """)
@@ -233,11 +229,7 @@ def test_cycle_between_two_tables_reports_both():
 
 
 def test_strict_load_from_file_reports_first_chain_problem_and_count(tmp_path):
-    path = write(tmp_path, """
-        version: 1
-        root: orgs
-        tables:
-          orgs: {root: true}
+    path = write(tmp_path, ORGS_YAML + """
           a: {sharding_key: {x_id: nowhere}}
           b: {sharding_key: {y_id: elsewhere}}
     """)

@@ -8,6 +8,7 @@ from migrator.cells.introspect import ColumnInfo, ForeignKeyInfo, LiveSchema, Ta
 from migrator.dictionary import Dictionary
 from migrator.dictionary.check import check_schema
 from migrator.errors import DictionaryError
+from tests.unit.dictionaries import ORGANIZATION_TABLES, UPLOADS
 
 
 def table(name, columns, pk=("id",), fks=(), types=None):
@@ -25,22 +26,18 @@ def live_of(*tables, schema="public"):
     return LiveSchema(schema=schema, tables={t.name: t for t in tables})
 
 
-DICT = Dictionary.from_mapping({
-    "version": 1,
-    "root": "organizations",
-    "tables": {
-        "organizations": {"root": True},
-        "namespaces": {"sharding_key": {"organization_id": "organizations"}},
-        "projects": {"sharding_key": {"namespace_id": "namespaces"}},
-        "notes": {"sharding_key": {"project_id": "projects"}},
-        "labels": {"sharding_key": {"project_id": "projects", "group_id": "namespaces"}},
-        "label_links": {"sharding_key": {"label_id": "labels"}},
-        "uploads": {"sharding_key": {"project_id": "projects"},
-                    "blobs": {"key": "file_key", "checksum": "sha256", "size": "size"}},
-        "application_settings": {"classification": "cell_local"},
-        "users": {"classification": "cluster_wide"},
-    },
-})
+def orgs_dictionary(tables: dict) -> Dictionary:
+    """A dictionary rooted at ``orgs`` with these tables besides it."""
+    return Dictionary.from_mapping({"version": 1, "root": "orgs", "tables": {"orgs": {"root": True}, **tables}})
+
+
+DICT = Dictionary.from_mapping({"version": 1, "root": "organizations", "tables": {
+    **ORGANIZATION_TABLES,
+    "label_links": {"sharding_key": {"label_id": "labels"}},
+    **UPLOADS,
+    "application_settings": {"classification": "cell_local"},
+    "users": {"classification": "cluster_wide"},
+}})
 
 LIVE = live_of(
     table("organizations", ["id", "name"]),
@@ -120,12 +117,11 @@ def test_predicate_aliases_never_shadow_the_callers_alias():
 
 
 def test_predicate_uses_the_foreign_keys_referenced_column():
-    d = Dictionary.from_mapping({"version": 1, "root": "orgs", "tables": {
-        "orgs": {"root": True},
+    d = orgs_dictionary({
         "projects": {"sharding_key": {"org_id": "orgs"}},
         "events": {"sharding_key": {"project_code": "projects"}},
         "by_path": {"sharding_key": {"org_path": "orgs"}},
-    }})
+    })
     live = live_of(
         table("orgs", ["id", "path"]),
         table("projects", ["id", "code", "org_id"]),
@@ -142,11 +138,10 @@ def test_predicate_uses_the_foreign_keys_referenced_column():
 
 
 def test_composite_fk_maps_the_column_to_its_referenced_column():
-    d = Dictionary.from_mapping({"version": 1, "root": "orgs", "tables": {
-        "orgs": {"root": True},
+    d = orgs_dictionary({
         "parts": {"sharding_key": {"org_id": "orgs"}},
         "items": {"sharding_key": {"part_no": "parts"}},
-    }})
+    })
     live = live_of(
         table("orgs", ["id"]),
         table("parts", ["org_id", "no", "kind"], pk=("org_id", "no")),
@@ -156,11 +151,10 @@ def test_composite_fk_maps_the_column_to_its_referenced_column():
 
 
 def test_composite_parent_key_without_fk_is_an_error_naming_table_and_column():
-    d = Dictionary.from_mapping({"version": 1, "root": "orgs", "tables": {
-        "orgs": {"root": True},
+    d = orgs_dictionary({
         "parts": {"sharding_key": {"org_id": "orgs"}},
         "items": {"sharding_key": {"part_no": "parts"}},
-    }})
+    })
     live = live_of(table("orgs", ["id"]), table("parts", ["org_id", "no"], pk=("org_id", "no")),
                    table("items", ["id", "part_no"]))
     with pytest.raises(DictionaryError) as exc:
@@ -234,12 +228,11 @@ def test_copy_order_follows_foreign_keys_beyond_sharding_keys():
 
 
 def test_copy_order_breaks_foreign_key_cycles_deterministically():
-    d = Dictionary.from_mapping({"version": 1, "root": "orgs", "tables": {
-        "orgs": {"root": True},
+    d = orgs_dictionary({
         "a": {"sharding_key": {"org_id": "orgs"}},
         "b": {"sharding_key": {"org_id": "orgs"}},
         "c": {"sharding_key": {"a_id": "a"}},
-    }})
+    })
     live = live_of(
         table("orgs", ["id"]),
         table("a", ["id", "org_id", "b_id"], fks=[(["b_id"], "b", ["id"])]),
@@ -295,11 +288,10 @@ def test_check_reports_every_kind_of_problem():
 
 
 def test_check_reports_unresolvable_parent_key():
-    d = Dictionary.from_mapping({"version": 1, "root": "orgs", "tables": {
-        "orgs": {"root": True},
+    d = orgs_dictionary({
         "parts": {"sharding_key": {"org_id": "orgs"}},
         "items": {"sharding_key": {"part_no": "parts"}},
-    }})
+    })
     live = live_of(table("orgs", ["id"]), table("parts", ["org_id", "no"], pk=("org_id", "no")),
                    table("items", ["id", "part_no"]))
     [problem] = check_schema(d, live)
