@@ -24,8 +24,7 @@ ORGS_YAML = """
         version: 1
         root: orgs
         tables:
-          orgs: {root: true}
-"""
+          orgs: {root: true}"""
 
 BASE = {
     "version": 1,
