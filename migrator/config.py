@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from migrator.configfile import DEFAULT_CONFIG_PATH, config_path_from_env, read_config_file
 from migrator.dsn import mask_dsn
 from migrator.errors import ConfigError, UnknownCell
+from migrator.sample import SAMPLE_DICTIONARY_PATH
 
 __all__ = ["DEFAULT_CONFIG_PATH", "Settings", "clear_settings_cache", "config_path_from_env", "get_settings",
            "load_settings"]
@@ -427,7 +428,6 @@ class Settings(BaseSettings):
             if not path.is_absolute() and self.config_path:
                 path = Path(self.config_path).parent / path
             return path
-        from migrator.sample import SAMPLE_DICTIONARY_PATH
 
         return SAMPLE_DICTIONARY_PATH
 

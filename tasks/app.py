@@ -10,6 +10,7 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from migrator.config import get_settings
+from migrator.control.engine import control_engine
 from migrator.dsn import install_log_masking
 from migrator.moves.dispatch import broker_transport_options, kombu_queues, queue_name, task_queues
 from tasks import observability as worker_observability
@@ -65,7 +66,6 @@ app.conf.update(
 @worker_process_init.connect
 def _fresh_connections(**_):
     """Each forked pool process opens its own database connections."""
-    from migrator.control.engine import control_engine
 
     control_engine.cache_clear()
     install_log_masking()

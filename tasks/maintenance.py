@@ -7,10 +7,12 @@ import uuid
 from migrator.config import get_settings
 from migrator.db import is_transient
 from migrator.moves import steps
+from migrator.moves.change_log import collect_abandoned
 from migrator.moves.dispatch import Dispatcher
 from migrator.moves.reconciler import reconcile
 from migrator.moves.steps.abort import FLIPPED, run_abort
 from migrator.moves.steps.cleanup import run_cleanup
+from migrator.moves.store import MoveStore
 from tasks.app import app
 
 
@@ -28,7 +30,6 @@ def abort_task(self, move_id: str, organization_id: int, token: str):
 
 
 def move_store_dispatch(move_id: str, step: str) -> None:
-    from migrator.moves.store import MoveStore
 
     settings = get_settings()
     move = MoveStore(settings.control_dsn).get(move_id)
@@ -51,8 +52,6 @@ def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, 
 @app.task(name="migrator.collect_captures")
 def collect_captures_task():
     """Remove change captures (and their logs) whose online move ended without removing them."""
-    from migrator.moves.change_log import collect_abandoned
-    from migrator.moves.store import MoveStore
 
     settings = get_settings()
     return collect_abandoned(settings, MoveStore(settings.control_dsn))

@@ -1,10 +1,16 @@
 """Worker-side observability: multiprocess metrics served by the worker's main process (on
 ``observability.worker_metrics_addr``, loopback by default), JSON logs, Flower's basic auth from the
 config and its refusal to serve unauthenticated beyond loopback. ``prepare`` runs before any metric
-is created."""
+is created.
+
+Imports inside the functions are deliberate: prometheus-client must not be imported before
+``PROMETHEUS_MULTIPROC_DIR`` is set (it picks its value class at import), Flower only under
+``celery flower``, and the migrator's metrics and logging modules only once the environment they
+read is in place."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -31,8 +37,6 @@ def guard_flower() -> None:
     original = Flower.start_http_server
 
     def start_http_server(self):
-        import logging
-
         from migrator.observability.flower import check_flower
 
         problem = check_flower(self.options)

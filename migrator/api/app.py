@@ -8,15 +8,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from kombu import Connection
 from sqlalchemy import text
 
 from migrator import __version__
-from migrator.api import errors
+from migrator.api import errors, moves, rebalance
 from migrator.api.auth import accepted_tokens, require_token
 from migrator.api.gate import RequestGate
 from migrator.api.schemas import HealthOut, responses
 from migrator.config import Settings, get_settings
+from migrator.control.engine import control_engine
+from migrator.db import first_line
 from migrator.errors import ConfigError
+from migrator.moves.dispatch import Dispatcher
+from migrator.moves.operations import Operations
+from migrator.rebalance.service import Rebalancer
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 3.0
@@ -36,7 +42,6 @@ class Services:
     def dispatcher(self):
         with self._lock:
             if self._dispatcher is None:
-                from migrator.moves.dispatch import Dispatcher
 
                 self._dispatcher = Dispatcher(self.settings)
             return self._dispatcher
@@ -46,7 +51,6 @@ class Services:
         dispatcher = self.dispatcher
         with self._lock:
             if self._ops is None:
-                from migrator.moves.operations import Operations
 
                 self._ops = Operations(self.settings, dispatcher=dispatcher)
             return self._ops
@@ -56,7 +60,6 @@ class Services:
         ops = self.ops
         with self._lock:
             if self._rebalancer is None:
-                from migrator.rebalance.service import Rebalancer
 
                 self._rebalancer = Rebalancer(self.settings, ops=ops)
             return self._rebalancer
@@ -74,7 +77,6 @@ class Services:
 
 
 def check_control_db(settings: Settings) -> dict:
-    from migrator.control.engine import control_engine
 
     try:
         with control_engine(settings.control_dsn).connect() as conn:
@@ -82,20 +84,17 @@ def check_control_db(settings: Settings) -> dict:
             conn.execute(text("SELECT 1"))
         return {"ok": True}
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        from migrator.db import first_line
 
         return {"ok": False, "error": first_line(exc)}
 
 
 def check_broker(settings: Settings) -> dict:
-    from kombu import Connection
 
     try:
         with Connection(settings.broker_url, connect_timeout=HEALTH_TIMEOUT_S) as conn:
             conn.ensure_connection(max_retries=1, timeout=HEALTH_TIMEOUT_S)
         return {"ok": True}
     except Exception as exc:  # noqa: BLE001
-        from migrator.db import first_line
 
         return {"ok": False, "error": first_line(exc)}
 
@@ -140,7 +139,6 @@ def create_app(settings: Settings | None = None, *, require_configured_token: bo
 
     app.mount("/metrics", make_asgi_app())
 
-    from migrator.api import moves, rebalance
 
     protected = [Depends(require_token)]
     app.include_router(moves.router, dependencies=protected)

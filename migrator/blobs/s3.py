@@ -32,6 +32,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
+import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from s3transfer.subscribers import BaseSubscriber
 from tenacity import Retrying as _Retrying
 from tenacity import before_sleep_log, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -68,13 +73,11 @@ _THROTTLING = {"Throttling", "ThrottlingException", "ThrottledException", "Reque
 
 def is_transient_s3_error(exc: BaseException) -> bool:
     """An error that may go away if the same request is sent again."""
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
-
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         code = exc.response.get("Error", {}).get("Code", "")
         return status >= 500 or status == 429 or code in _THROTTLING
-    return isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError | ConnectionResetError
+    return isinstance(exc, BotocoreConnectionError | HTTPClientError | IncompleteReadError | ConnectionResetError
                       | ConnectionAbortedError | BrokenPipeError | TimeoutError)
 
 
@@ -135,7 +138,6 @@ class S3BlobStore(BlobStore):
                  multipart_threshold: int = 8 * MB, multipart_chunksize: int = 8 * MB, max_concurrency: int = 8,
                  retry_attempts: int = 5, connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0,
                  copy_object_limit: int = COPY_OBJECT_LIMIT):
-        import boto3
         from botocore.config import Config
 
         super().__init__()
@@ -185,7 +187,6 @@ class S3BlobStore(BlobStore):
         """boto3's transfer manager over this store's client (built on first use)."""
         with self._tm_lock:
             if self._tm is None:
-                from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
                 config = TransferConfig(multipart_threshold=self.multipart_threshold,
                                         multipart_chunksize=self.multipart_chunksize,
@@ -214,7 +215,6 @@ class S3BlobStore(BlobStore):
 
     # ---------------------------------------------------------------- reading
     def _head(self, key: str) -> dict | None:
-        from botocore.exceptions import ClientError
 
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
@@ -234,7 +234,6 @@ class S3BlobStore(BlobStore):
         return self._call(f"HEAD {key}", self._stat, key)
 
     def _get(self, key: str) -> SourceObject:
-        from botocore.exceptions import ClientError
 
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
@@ -263,7 +262,6 @@ class S3BlobStore(BlobStore):
     # ---------------------------------------------------------------- writing
     def _put_small(self, key: str, data: bytes, digest: str, attrs: dict, *, if_absent: bool) -> bool:
         """One PutObject carrying its sha256. ``if_absent``: only if nothing is there (False: 412)."""
-        from botocore.exceptions import ClientError
 
         args = {**attrs, "Metadata": {**attrs.get("Metadata", {}), METADATA_SHA256: digest}}
         if if_absent:
@@ -294,7 +292,6 @@ class S3BlobStore(BlobStore):
     def _put_large(self, key: str, reader: HashingReader, size: int | None, attrs: dict) -> None:
         """A multipart upload (boto3's transfer manager) of the stream; completes only if the reader
         reaches its end (it refuses to when the sha256 is not the expected one)."""
-        from s3transfer.subscribers import BaseSubscriber
 
         class _Size(BaseSubscriber):
             def on_queued(self, future, **kwargs):
@@ -388,7 +385,6 @@ class S3BlobStore(BlobStore):
 
     def _copy_server_side(self, src: S3BlobStore, key: str, expect_sha256: str | None, size: int | None,
                           fresh: bool) -> Received:
-        from botocore.exceptions import ClientError
 
         if not fresh and expect_sha256 and self._holds(key, expect_sha256):
             return Received(skipped=True, server_side=True)

@@ -322,6 +322,7 @@ def open_store(settings, cell: str) -> BlobStore:
     with _STORES_LOCK:
         store = _STORES.get(key)
         if store is None:
+            # deferred: boto3 is slow to import and only S3 stores need it
             from migrator.blobs.s3 import S3BlobStore
 
             store = _STORES[key] = S3BlobStore.from_config(cfg, name=name)
@@ -330,6 +331,7 @@ def open_store(settings, cell: str) -> BlobStore:
 
 def same_store(a: BlobStore, b: BlobStore) -> bool:
     """True when two configured stores are one and the same place (never copy or delete then)."""
+    # deferred: boto3 is slow to import and only S3 stores need it
     from migrator.blobs.s3 import S3BlobStore
 
     if isinstance(a, LocalBlobStore) and isinstance(b, LocalBlobStore):
@@ -342,6 +344,7 @@ def same_store(a: BlobStore, b: BlobStore) -> bool:
 def __getattr__(name: str):
     # ``from migrator.blobs.store import S3BlobStore`` keeps working; the class lives in s3.py.
     if name == "S3BlobStore":
+        # deferred: boto3 is slow to import and only S3 stores need it
         from migrator.blobs.s3 import S3BlobStore
 
         return S3BlobStore

@@ -28,6 +28,7 @@ from psycopg import sql
 
 from migrator.cells.introspect import introspect
 from migrator.db import cell_connection
+from migrator.dictionary import load_dictionary
 from migrator.errors import MigratorError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,6 @@ def _frozen_here(conn: psycopg.Connection) -> set[int]:
 def discover_orgs(settings, cell: str, *, register: bool = False, topology=None, dictionary=None,
                   actor: str = "orgs discover") -> Discovery:
     """Classify the organizations of ``cell`` (see the module docstring); ``register`` routes the new ones."""
-    from migrator.dictionary import load_dictionary
 
     settings.cell(cell)
     dictionary = dictionary or load_dictionary(settings.dictionary_file())
@@ -125,6 +125,7 @@ def discover_orgs(settings, cell: str, *, register: bool = False, topology=None,
 
     own_client = topology is None
     if own_client:
+        # deferred: the gRPC client is slow to import and only this path needs it
         from migrator.topology.client import topology_client
 
         topology = topology_client(settings)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from migrator.db import connection
+from migrator.errors import SchemaMismatch
 
 MIGRATOR_SCHEMA = "migrator"
 
@@ -121,7 +122,6 @@ class LiveSchema:
     row_hash: bool = False  # the server has hash_record_extended (PostgreSQL 14+)
 
     def table(self, name: str) -> TableInfo:
-        from migrator.errors import SchemaMismatch
 
         try:
             return self.tables[name]

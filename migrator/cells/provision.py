@@ -20,6 +20,7 @@ import logging
 import psycopg
 from psycopg import sql
 
+from migrator.blobs.store import open_store
 from migrator.cells.capture import install_capture
 from migrator.cells.guard import install_guard
 from migrator.cells.introspect import LiveSchema, introspect
@@ -32,6 +33,7 @@ from migrator.cells.sequences import (
     set_sequence_ranges,
 )
 from migrator.cells.uninstall import uninstall_cell
+from migrator.control.engine import upgrade_control_db
 from migrator.db import cell_connection
 from migrator.dictionary.model import Dictionary, load_dictionary
 from migrator.errors import ConfigError
@@ -82,7 +84,6 @@ def _record_cell_info(conn: psycopg.Connection, name: str, lo: int, hi: int, ado
 
 
 def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequences: bool = False) -> dict:
-    from migrator.blobs.store import open_store
 
     cfg = settings.cell(name)
     store = open_store(settings, name)
@@ -139,6 +140,7 @@ def init_cells(settings, names: list[str] | None = None, *, set_sequences: bool 
     next value is outside the cell's ID range, and ``set_sequences`` moves them (and the unbounded
     ones) into it.
     """
+    # deferred: the gRPC client is slow to import and only this path needs it
     from migrator.topology.client import topology_client
 
     selected = list(names) if names else list(settings.cells)
@@ -148,7 +150,6 @@ def init_cells(settings, names: list[str] | None = None, *, set_sequences: bool 
         settings.cell(name)  # UnknownCell before touching anything
     dictionary = load_dictionary(settings.dictionary_file())
     # The control database's schema first (idempotent), so a fresh install needs no other step.
-    from migrator.control.engine import upgrade_control_db
 
     upgrade_control_db(settings.control_dsn)
     topology = topology_client(settings)

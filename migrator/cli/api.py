@@ -1,4 +1,8 @@
-"""``migrator api``: serve the operators' HTTP API (uvicorn), print its OpenAPI spec, make a token."""
+"""``migrator api``: serve the operators' HTTP API (uvicorn), print its OpenAPI spec, make a token.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

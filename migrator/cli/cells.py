@@ -1,4 +1,8 @@
-"""``migrator cells`` (provision and size the cells) and ``migrator orgs`` (where organizations live)."""
+"""``migrator cells`` (provision and size the cells) and ``migrator orgs`` (where organizations live).
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

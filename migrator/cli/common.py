@@ -1,4 +1,8 @@
-"""What every CLI command shares: settings, one clear error message, JSON output."""
+"""What every CLI command shares: settings, one clear error message, JSON output.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

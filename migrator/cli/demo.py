@@ -1,4 +1,8 @@
-"""``migrator demo``: the main job, end to end, on a fleet that needs no server installed."""
+"""``migrator demo``: the main job, end to end, on a fleet that needs no server installed.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ Whenever it meets something it does not handle here (an in-process Topology Serv
 does not know, any other option such as ``--help``, a config the full model would refuse to use
 without TLS) it returns None and the full CLI runs the command: same answer, slower start. It does not
 validate the rest of the config.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
 """
 
 from __future__ import annotations

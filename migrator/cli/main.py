@@ -2,6 +2,9 @@
 
 The typer app is built on first use (``app``), so that ``migrator topology classify`` can answer from
 :mod:`migrator.cli.fast` without loading typer, the config model or any other command.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
 """
 
 from __future__ import annotations

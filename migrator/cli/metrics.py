@@ -1,4 +1,8 @@
-"""``migrator metrics serve``: the control-database exporter for Prometheus."""
+"""``migrator metrics serve``: the control-database exporter for Prometheus.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

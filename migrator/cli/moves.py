@@ -1,4 +1,8 @@
-"""Operator commands for moves: move, status, watch, pause, resume, abort, cleanup, reconcile."""
+"""Operator commands for moves: move, status, watch, pause, resume, abort, cleanup, reconcile.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Also adds ``migrator orgs pin|unpin|pins`` and ``migrator cells capacity`` to the groups of
 ``migrator.cli.cells`` (registered after it in ``COMMAND_MODULES``).
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
 """
 
 from __future__ import annotations

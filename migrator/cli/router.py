@@ -1,4 +1,8 @@
-"""``migrator router``: the edge router (HAProxy) in front of the cells, kept in step with the routes."""
+"""``migrator router``: the edge router (HAProxy) in front of the cells, kept in step with the routes.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``migrator sample-app serve``: the small application of one cell (demo, tests, router benchmark)."""
+"""``migrator sample-app serve``: the small application of one cell (demo, tests, router benchmark).
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``migrator schema check``: hold the data dictionary against every cell's live schema."""
+"""``migrator schema check``: hold the data dictionary against every cell's live schema.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

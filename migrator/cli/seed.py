@@ -1,4 +1,8 @@
-"""``migrator seed``: fill a provisioned cell with sample organizations, rows and blobs."""
+"""``migrator seed``: fill a provisioned cell with sample organizations, rows and blobs.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

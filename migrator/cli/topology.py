@@ -1,4 +1,8 @@
-"""``migrator topology``: run the Topology Service and read its routes."""
+"""``migrator topology``: run the Topology Service and read its routes.
+
+Commands import the modules they drive when they run, not at import: `migrator --help` and the fast
+paths (`topology classify`) stay quick, and a command needs only its own dependencies.
+"""
 
 from __future__ import annotations
 

@@ -46,6 +46,7 @@ def session_factory(dsn: str) -> sessionmaker[Session]:
 
 
 def alembic_config(dsn: str):
+    # deferred: alembic is slow to import and only upgrades need it
     from alembic.config import Config
 
     cfg = Config()
@@ -56,6 +57,7 @@ def alembic_config(dsn: str):
 
 def upgrade_control_db(dsn: str, revision: str = "head") -> None:
     """Bring the control database's schema to ``revision`` (idempotent)."""
+    # deferred: alembic is slow to import and only upgrades need it
     from alembic import command
 
     try:

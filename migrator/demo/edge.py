@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import yaml
 
+from migrator.demo.fleet import DemoError
+from migrator.router.haproxy_config import write
+
 CLIENT_INTERVAL_S = 0.1
 
 
@@ -76,7 +79,6 @@ class DemoEdge:
             say("edge router: not started (HAProxy is not installed; `apt-get install haproxy` shows requests "
                 "following the flip through it)")
             return None
-        from migrator.router.haproxy_config import write
 
         paths = fleet.paths
         sockets = paths.topology_socket.parent  # short enough for unix socket paths
@@ -115,7 +117,6 @@ class DemoEdge:
         self.fleet._spawn(name, args, env)
 
     def _wait(self, ready, what: str, timeout: float = 60) -> None:
-        from migrator.demo.fleet import DemoError
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

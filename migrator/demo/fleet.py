@@ -37,8 +37,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
+from kombu import Connection
 from psycopg import sql
 
+from migrator.config import load_settings
 from migrator.dsn import mask_dsn
 from migrator.errors import MigratorError
 from migrator.fleet.config import fleet_config, write_config
@@ -53,6 +55,8 @@ from migrator.fleet.processes import (
     stop_process,
 )
 from migrator.fleet.services import child_env
+from migrator.topology.certs import init_fleet
+from migrator.topology.tls import client_tls
 
 DEFAULT_DIR = ".migrator-demo"
 CELLS = ("cell-1", "cell-2", "cell-3")
@@ -215,15 +219,14 @@ class Fleet:
 
     def make_certs(self) -> None:
         """The Topology Service's CA and certificates (kept across demos: made once per folder)."""
-        from migrator.topology.certs import init_fleet
 
         created = init_fleet(self.paths.certs)["created"]
         if created:
             self.say(f"certificates of the Topology Service's mutual TLS in {self.paths.certs}: {', '.join(created)}")
 
     def topology_client(self, **kwargs):
+        # deferred: the gRPC client is slow to import and only this path needs it
         from migrator.topology.client import TopologyClient
-        from migrator.topology.tls import client_tls
 
         return TopologyClient(self.topology_address, tls=client_tls(self.settings()), **kwargs)
 
@@ -232,7 +235,6 @@ class Fleet:
                      header="# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n")
 
     def settings(self):
-        from migrator.config import load_settings
 
         return load_settings(self.paths.config)
 
@@ -307,6 +309,7 @@ class Fleet:
                  f"{time.monotonic() - started:.1f} s on unix socket {info.socket_dir}/.s.PGSQL.{info.port}")
 
     def start_redis(self) -> None:
+        # deferred: redis-py only for the embedded Redis's health check
         import redis
 
         started = time.monotonic()
@@ -475,7 +478,6 @@ def _socket_dsn(server_dsn: str, dbname: str) -> str:
 
 
 def _broker_answers(url: str | None, timeout: float = 3.0) -> bool:
-    from kombu import Connection
 
     try:
         with Connection(url, connect_timeout=timeout, transport_options={"socket_timeout": timeout}) as conn:
@@ -501,7 +503,6 @@ def _stop_everything(paths: DemoPaths, processes: dict[str, ProcRef]) -> int:
 
 def _drop_demo_databases(paths: DemoPaths, say: Say) -> None:
     """use-config mode: the demo's databases go with its fleet (only names it made: ``cm_demo_*``)."""
-    from migrator.config import load_settings
 
     try:
         settings = load_settings(paths.config)
@@ -548,6 +549,7 @@ def _start_pgserver(paths: DemoPaths, say: Say):
         raise missing_package("pgserver", "the embedded PostgreSQL")
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
+        # deferred: the embedded PostgreSQL package is optional and slow to import
         import pgserver
     for attempt in (1, 2):
         paths.pgdata.mkdir(parents=True, exist_ok=True)

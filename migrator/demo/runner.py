@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from migrator.config import clear_settings_cache, load_settings
 from migrator.demo.fleet import (
     DEFAULT_DIR,
     EMBEDDED,
@@ -101,7 +102,6 @@ def _use_demo_environment(paths: DemoPaths, *, embedded: bool) -> None:
     Embedded, the libpq variables (PGHOST, PGPORT, ...) go too: they would steer the embedded server
     and its clients (the demo's DSNs name host and port; nothing falls back to a default server).
     """
-    from migrator.config import clear_settings_cache
 
     for key in list(os.environ):
         if key.upper().startswith("MIGRATOR_") or (embedded and key.startswith("PG")):
@@ -157,6 +157,7 @@ def _print_seeded(seeded: list, out: Console) -> None:
 
 
 def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
+    # deferred: the demo's steps import the whole system; `migrator demo --help` should not
     from migrator.cells.provision import init_cells
     from migrator.moves.operations import Operations
     from migrator.moves.watch import watch_move
@@ -178,6 +179,7 @@ def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
     org = seeded[0].organization_id  # the biggest
 
     fleet.wait_worker_ready()
+    # deferred: the edge router only when haproxy is installed
     from migrator.demo.edge import DemoEdge
 
     edge = DemoEdge.start(fleet, say)  # the edge router, when HAProxy is installed
@@ -247,7 +249,6 @@ def run_demo(opts: DemoOptions) -> int:
     paths = DemoPaths(opts.directory)
     configured = None
     if opts.use_config:
-        from migrator.config import load_settings
 
         configured = load_settings(opts.config)
         if Path(configured.config_path) == paths.config:

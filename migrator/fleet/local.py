@@ -15,6 +15,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from migrator.cells.provision import init_cells
+from migrator.config import load_settings
+from migrator.control.engine import control_engine, upgrade_control_db
 from migrator.fleet.config import fleet_config, role_env, tls_section, write_config
 from migrator.fleet.databases import ADMIN_DSN, create_database, drop_database, unique_name
 from migrator.fleet.processes import Process, free_port
@@ -101,7 +104,6 @@ class LocalFleet:
         return self.root
 
     def settings(self):
-        from migrator.config import load_settings
 
         return load_settings(self.config_path)
 
@@ -118,13 +120,11 @@ class LocalFleet:
 
     def init(self, names=None):
         """Provision the cells (sample schema, guard, sequence ranges, registration): ``migrator cells init``."""
-        from migrator.cells.provision import init_cells
 
         return init_cells(self.settings(), names=names)
 
     def start_topology(self) -> Process:
         """The control database upgraded, then ``migrator topology serve`` on the fleet's listen address."""
-        from migrator.control.engine import upgrade_control_db
 
         upgrade_control_db(self.control_dsn)
         self.topology = start_topology_server(self.config_path, self.topology_listen, self.root / "topology.log",
@@ -169,7 +169,6 @@ class LocalFleet:
         if self.redis is not None:
             self.redis.stop()
         with contextlib.suppress(Exception):
-            from migrator.control.engine import control_engine
 
             control_engine.cache_clear()
         self.drop()

@@ -71,6 +71,7 @@ class MotoServer(ServerProcess):
         """Start again on the same port; with ``record``, replay what the stopped server had received."""
         super().restart()
         if self.record and self.recording.exists():
+            # deferred: requests only to replay a recording
             import requests
 
             requests.post(f"{self.endpoint_url}/moto-api/recorder/replay-recording", timeout=120).raise_for_status()
@@ -94,6 +95,7 @@ class MotoServer(ServerProcess):
         return out
 
     def client(self):
+        # deferred: boto3 is slow to import and only S3 stores need it
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",

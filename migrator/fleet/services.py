@@ -58,6 +58,7 @@ class RedisServer(ServerProcess):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        # deferred: redis-py only to wait for the server
         import redis
 
         exe = shutil.which("redis-server")

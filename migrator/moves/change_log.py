@@ -21,6 +21,7 @@ from psycopg import sql
 from migrator.blobs.copier import BlobRef, blob_units, copy_blob
 from migrator.blobs.store import open_store, same_store
 from migrator.cells import capture as cap
+from migrator.cells.guard import TRIGGER_NAME as GUARD_TRIGGER
 from migrator.copy.delta import apply_round as apply_rows
 from migrator.copy.delta import logged_keys_sql
 from migrator.db import connection
@@ -97,7 +98,6 @@ def pending(ctx) -> int:
 def check_capture_intact(ctx) -> None:
     """Refuse to go on when the source's capture (or its freeze guard) may have missed changes: a trigger
     missing or not firing now, or switched off at any moment since the capture started."""
-    from migrator.cells.guard import TRIGGER_NAME as GUARD_TRIGGER
 
     src = ctx.source()
     mine = [c for c in cap.captures(src) if c["capture_id"] == capture_id(ctx.move)]

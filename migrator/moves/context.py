@@ -10,9 +10,11 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from migrator.cells import connections
+from migrator.cells.introspect import introspect
 from migrator.config import Settings
 from migrator.control.models import Move
 from migrator.copy.spec import TableSpec, table_specs
+from migrator.dictionary import load_dictionary
 from migrator.moves.store import MoveStore
 
 
@@ -36,6 +38,7 @@ class MoveContext:
 
     @cached_property
     def topology(self):
+        # deferred: the gRPC client is slow to import and only this path needs it
         from migrator.topology.client import topology_client
 
         return topology_client(self.settings, shared=True)
@@ -74,7 +77,6 @@ class MoveContext:
         Preflight checked that both cells have the same schema; a resume is a new attempt (a new
         token) and reads it again, so a schema migrated while a move was paused is seen.
         """
-        from migrator.cells.introspect import introspect
 
         key = (os.getpid(), str(self.move.id), self.token, self.settings.cell(cell).dsn)
         with _schemas_lock:
@@ -121,7 +123,6 @@ def _cached_dictionary(path):
     try:
         stat = Path(path).stat()
     except OSError:
-        from migrator.dictionary import load_dictionary
 
         return load_dictionary(path)  # raises the error that names the file
     return _load_dictionary(str(path), stat.st_mtime_ns, stat.st_size, os.getpid())
@@ -129,6 +130,5 @@ def _cached_dictionary(path):
 
 @lru_cache(maxsize=8)
 def _load_dictionary(path: str, mtime_ns: int, size: int, pid: int):
-    from migrator.dictionary import load_dictionary
 
     return load_dictionary(path)

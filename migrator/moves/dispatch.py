@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cache
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from migrator.config import Settings
 from migrator.moves import steps
@@ -52,7 +53,6 @@ def kombu_queues(settings: Settings) -> list:
     routing key. With Redis that means a message is pushed straight onto the queue's list: no
     exchange binding is consulted, so a flushed Redis (which loses kombu's bindings along with the
     messages) cannot make later messages vanish silently."""
-    from kombu import Exchange, Queue
 
     return [Queue(q, Exchange("", type="direct"), routing_key=q) for q in all_queues(settings)]
 

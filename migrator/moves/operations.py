@@ -7,13 +7,14 @@ import getpass
 import logging
 
 from migrator.config import Settings
-from migrator.db import first_line
+from migrator.db import connect, first_line
+from migrator.dictionary import load_dictionary
 from migrator.errors import BrokerUnavailable, CaptureIncomplete, InvalidMoveState, MigratorError
 from migrator.moves import change_log, recovery
 from migrator.moves import workflow as wf
 from migrator.moves.admission import admit
 from migrator.moves.dispatch import Dispatcher
-from migrator.moves.steps.preflight import validate_request
+from migrator.moves.steps.preflight import run_preflight, validate_request
 from migrator.moves.store import MoveStore, new_token
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Operations:
     @property
     def topology(self):
         if self._topology is None:
+            # deferred: the gRPC client is slow to import and only this path needs it
             from migrator.topology.client import topology_client
 
             self._topology = topology_client(self.settings)
@@ -76,9 +78,6 @@ class Operations:
 
     def dry_run(self, org: int, target: str) -> dict:
         """Preflight only, in this process: nothing is recorded or changed."""
-        from migrator.db import connect
-        from migrator.dictionary import load_dictionary
-        from migrator.moves.steps.preflight import run_preflight
 
         route = validate_request(self.settings, self.topology, org, target)
         conns = []

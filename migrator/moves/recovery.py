@@ -107,6 +107,7 @@ def lift_freeze(settings: Settings, move, token: str, *, cells, reason: str, act
     ``leave_foreign`` leaves a freeze held by someone else alone instead of raising StaleToken.
     ``cell_conn(cell)``: a step's own connections (MoveContext.cell_conn); else each cell is connected.
     """
+    # deferred: the gRPC client is slow to import and only this path needs it
     from migrator.topology.client import topology_client
 
     org = int(move.organization_id)
@@ -141,6 +142,7 @@ def lift_freeze(settings: Settings, move, token: str, *, cells, reason: str, act
 def _route_flipped(settings: Settings, move) -> bool:
     """Whether the route already points at the target (the flip may have committed even if its reply
     was lost). When the Topology Service does not answer, assume it may have."""
+    # deferred: the gRPC client is slow to import and only this path needs it
     from migrator.topology.client import topology_client
 
     if move.flipped_at is not None:

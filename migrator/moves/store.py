@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Text, and_, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import Text, and_, case, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -416,7 +417,5 @@ class MoveStore:
 
 
 def _jsonb(data: dict):
-    from sqlalchemy import literal
-    from sqlalchemy.dialects.postgresql import JSONB
 
     return literal(data, JSONB)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import time
 
+from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from migrator.control.engine import control_engine
 from migrator.control.models import ACTIVE_MOVE_STATES, TERMINAL_MOVE_STATES
+from migrator.topology.certs import CertificateError, describe
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,6 @@ class CertificateCollector(Collector):
         self.settings = settings
 
     def collect(self):
-        from migrator.topology.certs import CertificateError, describe
 
         gauge = GaugeMetricFamily("migrator_certificate_expiry_timestamp_seconds",
                                   "When a certificate of topology.tls stops being valid (Unix time)",
@@ -131,7 +132,6 @@ class CertificateCollector(Collector):
 
 
 def serve(settings, port: int, addr: str = "127.0.0.1") -> None:
-    from prometheus_client import REGISTRY, start_http_server
 
     REGISTRY.register(ControlDatabaseCollector(settings))
     REGISTRY.register(CertificateCollector(settings))

@@ -96,6 +96,7 @@ def measure_cell(settings: Settings, cell: str, dictionary) -> tuple[dict, dict[
 
 def refresh_readings(settings: Settings, cells: list[str] | None = None, *, topology=None) -> list[dict]:
     """Measure the cells (all configured ones by default) and replace their cached readings."""
+    # deferred: the gRPC client is slow to import and only this path needs it
     from migrator.topology.client import topology_client
 
     store = RebalanceStore(settings.control_dsn)

@@ -25,6 +25,7 @@ from migrator.config import Settings
 from migrator.errors import BrokerUnavailable, GuardrailExceeded, MigratorError
 from migrator.moves.admission import Guardrails
 from migrator.moves.operations import Operations
+from migrator.moves.store import MoveStore
 from migrator.rebalance.planner import Plan, human_bytes, is_hot, plan_cell, projected
 from migrator.rebalance.policy import FleetView, fleet_view
 from migrator.rebalance.readings import refresh_readings
@@ -395,7 +396,6 @@ def _iso(v):
 
 
 def plan_as_dict(store: RebalanceStore, row) -> dict:
-    from migrator.moves.store import MoveStore
 
     items = []
     move_store = None

@@ -23,6 +23,7 @@ def compare(want: dict[str, str], have: dict[str, str]) -> tuple[int, int, int, 
 
 
 def compare_all(settings, sockets: list[str] | None = None) -> dict:
+    # deferred: the gRPC client is slow to import and only this path needs it
     from migrator.topology.client import topology_client
 
     client = topology_client(settings)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 from migrator.errors import ConfigError, MigratorError
 from migrator.router.admin import socket_address
-from migrator.router.maps import BACKEND_PREFIX, MapFiles
+from migrator.router.maps import BACKEND_PREFIX, MapFiles, ensure_files
+from migrator.router.maps import write_atomically as write_file
 
 HEALTH_PATH = "/_migrator/healthz"
 NO_CELL_BACKEND = "no_cell_backend"
@@ -37,7 +39,6 @@ def org_expression(router) -> str:
 
 def socket_bind(address: str, base: Path | None) -> str:
     """The ``stats socket`` address of an admin socket entry of ``router.admin_sockets``."""
-    import socket
 
     family, target = socket_address(address, base)
     if family == socket.AF_UNIX:
@@ -165,8 +166,6 @@ def check(path: Path) -> str | None:
 
 def write(settings, out: Path | None = None, *, admin_socket: str | None = None, validate: bool = True) -> dict:
     """Write the configuration (and empty maps where none exist); what was written."""
-    from migrator.router.maps import ensure_files
-    from migrator.router.maps import write_atomically as write_file
 
     target = Path(out) if out is not None else settings.resolve_path(settings.router.haproxy_config)
     text = render(settings, admin_socket=admin_socket)

@@ -31,6 +31,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from migrator.errors import MigratorError
 from migrator.router.admin import AdminSocket, ProcessIdentity
 from migrator.router.maps import MapFiles, frozen_entries, orgs_entries, render, write_atomically
@@ -90,6 +93,7 @@ class RouterSync:
 
     @classmethod
     def from_settings(cls, settings, *, sockets: list[str] | None = None, write_files: bool = True) -> RouterSync:
+        # deferred: the gRPC client is slow to import and only this path needs it
         from migrator.topology.client import topology_client
 
         base = Path(settings.config_path).parent if settings.config_path else None
@@ -337,7 +341,6 @@ class SyncCollector:
         self.sync = sync
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.sync.snapshot_status()
         yield GaugeMetricFamily("migrator_router_stream_connected", "1 while the route stream from the Topology "
@@ -383,7 +386,6 @@ class SyncCollector:
 
 def serve_metrics(sync: RouterSync, addr: str, port: int):
     """Serve the sync's metrics (and nothing else) on ``addr:port``."""
-    from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SyncCollector(sync))

@@ -172,6 +172,7 @@ def create_app(dsn: str, cell: str, *, retry_after_s: int = 1, pool_size: int = 
 
 def serve(settings, cell: str, listen: str, *, log_level: str = "warning") -> None:
     """Serve the application of ``cell`` on ``listen`` (HOST:PORT or unix:/path) until interrupted."""
+    # deferred: only `sample-app serve` runs a server
     import uvicorn
 
     app = create_app(settings.cell(cell).dsn, cell, retry_after_s=settings.router.retry_after_s)

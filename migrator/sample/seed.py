@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from migrator.blobs.store import open_store
 from migrator.db import cell_connection
 from migrator.errors import MigratorError
 
@@ -607,7 +608,6 @@ def seed_organizations(
     if blobs < 0 or blob_bytes < 1:
         raise MigratorError("--blobs must be >= 0 and --blob-bytes >= 1", "pass sensible sizes")
 
-    from migrator.blobs.store import open_store
 
     settings.cell(cell)  # UnknownCell for a name not in the config
     with cell_connection(settings, cell) as conn:
@@ -672,6 +672,7 @@ def _seed(conn: psycopg.Connection, cell: str, store, topology, cell_info, *, si
 
 
 def _topology(settings):
+    # deferred: the gRPC client is slow to import and only this path needs it
     from migrator.topology.client import topology_client
 
     return topology_client(settings)

@@ -237,6 +237,7 @@ def topology_client(settings, *, shared: bool = False) -> TopologyClient | Topol
         if client is None:
             client = _SHARED[key] = TopologyClient(address, tls=client_tls(settings))
         return client
+    # deferred: the in-process service (SQLAlchemy) only when topology.address is null
     from migrator.topology.service import TopologyService
 
     return TopologyService(settings.control_dsn, notify_channel=settings.topology.notify_channel,

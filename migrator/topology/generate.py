@@ -6,6 +6,7 @@ package-relatively, so it works as ``migrator.topology.proto.topology_pb2_grpc``
 
 from __future__ import annotations
 
+import importlib.resources
 import re
 import sys
 from pathlib import Path
@@ -19,10 +20,10 @@ SOURCE_ROOT = Path(__file__).parents[2]
 
 def generate() -> list[Path]:
     try:
+        # deferred: grpc_tools is a dev dependency, needed only to regenerate
         from grpc_tools import protoc
     except ImportError:
         raise SystemExit("grpcio-tools is not installed: pip install -e '.[dev]'") from None
-    import importlib.resources
 
     include = str(importlib.resources.files("grpc_tools") / "_proto")
     args = ["grpc_tools.protoc", f"-I{SOURCE_ROOT}", f"-I{include}", f"--python_out={SOURCE_ROOT}",

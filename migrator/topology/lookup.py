@@ -42,6 +42,7 @@ class RouteLookup:
 
     @classmethod
     def from_settings(cls, settings, **kwargs) -> RouteLookup:
+        # deferred: the gRPC client is slow to import and only this path needs it
         from migrator.topology.client import topology_client
 
         return cls(lambda: topology_client(settings), **kwargs)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from migrator.cells.guard import is_frozen, unfreeze_org
 from migrator.control.engine import control_engine
-from migrator.db import first_line
+from migrator.db import connection, first_line
 from migrator.topology.service import live_move_owning, token_digest
 
 
@@ -28,8 +29,6 @@ def repair_organization(settings, topology, organization_id: int, *, actor: str,
     if cell not in settings.cells:
         out["problems"].append(f"cell {cell} is not in this config: its freeze guard was not checked")
         return out
-    from migrator.cells.guard import is_frozen, unfreeze_org
-    from migrator.db import connection
 
     try:
         with connection(settings.cell(cell).dsn, what=f"cell {cell!r} database", autocommit=True) as conn:

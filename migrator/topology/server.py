@@ -38,11 +38,13 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
-from migrator.topology.certs import Identity, identity_of_pem
+from migrator.topology.certs import CertificateError, Identity, describe, identity_of_pem
 from migrator.topology.messages import ERROR_METADATA_KEY, cell_msg, history_msg, route_msg
 from migrator.topology.proto import topology_pb2 as pb
 from migrator.topology.proto import topology_pb2_grpc as pb_grpc
 from migrator.topology.service import RouteConflict, TopologyService
+from migrator.topology.tls import check_listen, server_credentials
+from migrator.topology.watch import Change, Heartbeat, RouteWatchHub, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,6 @@ SNAPSHOT_CHUNK = 1000  # routes per SNAPSHOT message (about 50 kB)
 
 def event_messages(event, chunk: int = SNAPSHOT_CHUNK):
     """The RouteEvent messages of one :mod:`~migrator.topology.watch` event."""
-    from migrator.topology.watch import Change, Heartbeat, Snapshot
 
     if isinstance(event, Snapshot):
         for i in range(0, len(event.routes), chunk):
@@ -133,7 +134,6 @@ class TopologyServicer(pb_grpc.TopologyServicer):
     """gRPC face of a :class:`TopologyService`: authorization, then one service method per rpc."""
 
     def __init__(self, service: TopologyService, *, tls: bool = False, hub=None):
-        from migrator.topology.watch import RouteWatchHub
 
         self.service = service
         self.tls = tls
@@ -256,7 +256,6 @@ def build_server(service: TopologyService, listen: str, *, credentials: grpc.Ser
     and trusts every caller (the caller checks the address with ``check_listen`` first). Each route
     stream (WatchRoutes) holds a thread: ``max_watchers`` of them on top of ``max_workers`` for calls.
     ``hub``: the process's :class:`~migrator.topology.watch.RouteWatchHub` (made here if None)."""
-    from migrator.topology.watch import RouteWatchHub
 
     if hub is None:
         hub = RouteWatchHub(service, heartbeat_s=service.watch_heartbeat_s, max_watchers=max_watchers)
@@ -278,7 +277,6 @@ def build_server(service: TopologyService, listen: str, *, credentials: grpc.Ser
 
 def serve(settings, listen: str | None = None) -> None:
     """Upgrade the control database, then serve until SIGTERM or SIGINT (in-flight calls finish)."""
-    from migrator.topology.tls import check_listen, server_credentials
 
     listen = listen or settings.topology.listen
     check_listen(settings, listen)
@@ -287,7 +285,6 @@ def serve(settings, listen: str | None = None) -> None:
         _warn_if_expiring(settings)
     log.info("control database %s: upgrading schema", mask_dsn(settings.control_dsn))
     upgrade_control_db(settings.control_dsn)
-    from migrator.topology.watch import RouteWatchHub
 
     service = TopologyService(settings.control_dsn, notify_channel=settings.topology.notify_channel,
                               sequence_block=settings.topology.sequence_block,
@@ -322,7 +319,6 @@ EXPIRY_WARNING_DAYS = 30
 
 
 def _warn_if_expiring(settings) -> None:
-    from migrator.topology.certs import CertificateError, describe
 
     tls = settings.topology.tls
     for key in ("server_cert", "ca"):

@@ -39,6 +39,7 @@ from migrator.errors import (
 )
 from migrator.moves.workflow import ACTIVE_STATES
 from migrator.topology.routes import CellInfo, RepairResult, RouteInfo, token_digest
+from migrator.topology.watch import RouteWatchHub
 
 __all__ = ["CellInfo", "RepairResult", "RouteConflict", "RouteInfo", "TopologyService", "live_move_owning",
            "token_digest"]
@@ -122,7 +123,6 @@ class TopologyService:
 
     def watch_routes(self, stop=None):
         """The route map, then every change as it commits (:mod:`migrator.topology.watch`), in-process."""
-        from migrator.topology.watch import RouteWatchHub
 
         if self._hub is None:
             self._hub = RouteWatchHub(self, heartbeat_s=self.watch_heartbeat_s)

@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 from functools import cache
 
+from migrator.moves import workflow as wf
 from migrator.moves.steps.base import BLOBS, CONTROL, QUEUES, ROWS, Step
 
 __all__ = ["BLOBS", "CONTROL", "QUEUES", "ROWS", "Step", "get", "registry"]
@@ -20,7 +21,6 @@ __all__ = ["BLOBS", "CONTROL", "QUEUES", "ROWS", "Step", "get", "registry"]
 @cache
 def registry() -> dict[str, Step]:
     """Every step, by name (imported on first use: the step modules pull in the copy and verify code)."""
-    from migrator.moves import workflow as wf
 
     steps: dict[str, Step] = {}
     for info in pkgutil.iter_modules(__path__):

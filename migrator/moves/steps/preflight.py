@@ -12,10 +12,12 @@ import time
 from psycopg import sql
 
 from migrator.blobs.store import open_store
+from migrator.cells.introspect import introspect
 from migrator.config import Settings
 from migrator.copy.keys import colliding_keys
 from migrator.copy.rows import count_rows
 from migrator.copy.spec import org_scan, table_specs
+from migrator.dictionary.check import check_advice, check_schema
 from migrator.errors import (
     CellUnavailable,
     DictionaryError,
@@ -96,8 +98,6 @@ def find_collisions(src, tgt, spec, org: int, limit: int = MAX_COLLISIONS_SHOWN)
 def run_preflight(settings: Settings, topology, dictionary, org: int, source: str, target: str,
                   *, connect_cell, heartbeat=lambda: None) -> dict:
     """All checks; returns the plan (tables and rows, blobs and bytes, estimated duration)."""
-    from migrator.cells.introspect import introspect
-    from migrator.dictionary.check import check_advice, check_schema
 
     started = time.monotonic()
     route = validate_request(settings, topology, org, target)
