@@ -3,13 +3,15 @@
 Everything the migrator installs lives in its own schema ``migrator`` (docs/adr/0007-what-the-
 migrator-installs.md): ``frozen_orgs``, ``cell_info``, ``sequence_bounds``, the change capture's
 tables, the guard and capture functions. The only objects outside it are the triggers on the
-application's organization tables, and every one of them calls a function of that schema. So
+application's organization tables and the DDL watch's event trigger, and every one of them calls a
+function of that schema. So
 uninstalling is, in one transaction:
 
 1. refuse while an organization is frozen or captured in the cell (a move is running, or a moved
    organization's source copy awaits cleanup) unless ``force``: without the guard, writes to it
    would no longer be refused;
-2. drop every trigger whose function lives in schema ``migrator``;
+2. drop every trigger and event trigger (the capture's DDL watch) whose function lives in schema
+   ``migrator``;
 3. give the sequences ``cells init --set-sequences`` moved into the cell's ID range their recorded
    bounds back (their position stays: IDs handed out meanwhile are never handed out twice);
 4. refuse if anything of the application depends on an object of the schema (a view over
@@ -44,6 +46,15 @@ SELECT n.nspname, c.relname, t.tgname
   JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
  WHERE pn.nspname = %(schema)s AND NOT t.tgisinternal AND t.tgparentid = 0
  ORDER BY 1, 2, 3
+"""
+
+# Event triggers (the capture's DDL watch) whose function lives in the migrator's schema.
+_OUR_EVENT_TRIGGERS = """
+SELECT e.evtname FROM pg_catalog.pg_event_trigger e
+  JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+ WHERE pn.nspname = %(schema)s
+ ORDER BY 1
 """
 
 # Objects outside the schema that depend on an object inside it (they would go with a CASCADE).
@@ -134,6 +145,9 @@ def uninstall_cell(conn: psycopg.Connection, dictionary=None, *, cell: str = "",
             conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger),
                                                                  sql.Identifier(nsp, table)))
             result["removed"].append(f"trigger {trigger} on {nsp}.{table}")
+        for (event_trigger,) in conn.execute(_OUR_EVENT_TRIGGERS, {"schema": MIGRATOR_SCHEMA}).fetchall():
+            conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(event_trigger)))
+            result["removed"].append(f"event trigger {event_trigger}")
         result["sequences_restored"] = restore_sequence_bounds(conn, schema)
         dependents = [r[0] for r in conn.execute(_DEPENDENTS, {"schema": MIGRATOR_SCHEMA}).fetchall()]
         if dependents:
