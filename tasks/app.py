@@ -6,16 +6,25 @@ worker lost, prefetch 1, a Redis visibility timeout longer than the longest task
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 from celery.signals import worker_process_init
 
 from migrator.config import get_settings
 from migrator.control.engine import control_engine
-from migrator.dsn import install_log_masking
+from migrator.dsn import install_log_masking, redact
+from migrator.errors import MigratorError
 from migrator.moves.dispatch import broker_transport_options, kombu_queues, queue_name, task_queues
 from tasks import observability as worker_observability
 
-settings = get_settings()
+try:
+    settings = get_settings()
+except MigratorError as exc:
+    # `celery -A tasks …` without a usable config: the same two lines as `migrator`, not Celery's traceback
+    # of the import (SystemExit passes through Celery's "unable to load the application" handler).
+    sys.stderr.write(f"error: {redact(exc.message)}\n" + (f"hint: {redact(exc.hint)}\n" if exc.hint else ""))
+    raise SystemExit(exc.exit_code) from None
 # Before any task module (and so any metric) is imported.
 worker_observability.prepare(settings)
 worker_observability.connect(settings)

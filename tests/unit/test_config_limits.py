@@ -1,6 +1,11 @@
-"""Config: lower bounds on sizes and intervals, one-line YAML errors; DSN masking (issue 14)."""
+"""Config: lower bounds on sizes and intervals, one-line YAML errors (also from `celery -A tasks`); DSN masking."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +61,22 @@ def test_invalid_yaml_is_one_line_with_line_and_column(tmp_path, text, where):
 ])
 def test_redact_masks_up_to_the_last_at_of_the_authority(text, shown):
     assert redact(text) == shown
+
+
+@pytest.mark.parametrize("command", [["worker"], ["flower"]])
+def test_celery_without_a_config_says_so_in_two_lines(tmp_path, command):
+    """`celery -A tasks …` with no config file (or a broken one): the migrator's error and hint, no traceback."""
+    celery = Path(sys.executable).with_name("celery")
+    env = {k: v for k, v in os.environ.items() if k != "MIGRATOR_CONFIG"}
+    missing = subprocess.run([str(celery), "-A", "tasks", *command], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.splitlines()[0].startswith("error: config file ") and "not found" in missing.stderr
+    assert missing.stderr.splitlines()[1].startswith("hint: set MIGRATOR_CONFIG")
+    assert len(missing.stderr.splitlines()) == 2 and "Traceback" not in missing.stderr
+
+    (tmp_path / "migrator.yaml").write_text("control_dsn: postgresql://u:secret@h/db\nmoves: {a: 1\n")
+    broken = subprocess.run([str(celery), "-A", "tasks", *command], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 2 and "not valid YAML: line 3, column 1" in broken.stderr, broken.stderr
+    assert len(broken.stderr.splitlines()) == 2 and "secret" not in broken.stderr
