@@ -11,11 +11,20 @@ from psycopg import sql
 from rich.markup import escape
 from rich.table import Table
 
-from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    App,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    settings,
+)
 from migrator.errors import MigratorError
 
-cells_app = typer.Typer(help="Cells: provision their databases and see how full they are.", no_args_is_help=True)
-orgs_app = typer.Typer(help="Organizations: which cell each one lives in.", no_args_is_help=True)
+cells_app = App(help="Cells: provision their databases and see how full they are.", no_args_is_help=True)
+orgs_app = App(help="Organizations: which cell each one lives in.", no_args_is_help=True)
 
 CELL_OPTION = typer.Option(None, "--cell", help="Only this cell (repeat for several; default: every configured cell).")
 

@@ -12,11 +12,20 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    App,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    settings,
+)
 from migrator.moves.operations import default_actor
 from migrator.rebalance.planner import human_bytes
 
-rebalance_app = typer.Typer(
+rebalance_app = App(
     help="The rebalancer: plans that move organizations off hot cells, within guardrails.", no_args_is_help=True)
 
 REASON_OPTION = typer.Option("", "--reason", help="Why (kept in the decisions log).")

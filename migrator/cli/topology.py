@@ -16,6 +16,7 @@ from rich.table import Table
 from migrator.cli.common import (
     CONFIG_OPTION,
     JSON_OPTION,
+    App,
     console,
     err_console,
     handle_errors,
@@ -25,8 +26,8 @@ from migrator.cli.common import (
 from migrator.topology.certs import DEFAULT_DAYS, ROLES, describe, init_fleet, issue_client
 from migrator.topology.client import topology_client
 
-topology_app = typer.Typer(help="The Topology Service: which cell each organization lives in.",
-                           no_args_is_help=True)
+topology_app = App(help="The Topology Service: which cell each organization lives in.",
+                   no_args_is_help=True)
 
 
 @topology_app.command("serve")
@@ -133,8 +134,8 @@ def repair_command(
         raise typer.Exit(1)
 
 
-certs_app = typer.Typer(help="Certificates of the Topology Service's mutual TLS: a CA, the server's, one per caller.",
-                        no_args_is_help=True)
+certs_app = App(help="Certificates of the Topology Service's mutual TLS: a CA, the server's, one per caller.",
+                no_args_is_help=True)
 topology_app.add_typer(certs_app, name="certs")
 
 
