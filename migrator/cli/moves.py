@@ -32,7 +32,11 @@ def _print_plan(plan: dict) -> None:
     table.add_row("[bold]total", f"[bold]{plan['rows_total']:,}")
     console.print(table)
     console.print(f"blobs: {plan['blobs']:,} ({plan['blob_bytes']:,} bytes)")
-    console.print(f"estimated duration: {plan['estimate_s']:.1f} s (write window about the same)")
+    if "write_window_estimate_s" in plan:
+        console.print(f"strategy {plan['strategy']}: estimated duration {plan['estimate_s']:.1f} s, "
+                      f"write window {plan['write_window_estimate_s']:.1f} s")
+    else:  # a plan recorded before the estimate knew the strategy
+        console.print(f"estimated duration: {plan['estimate_s']:.1f} s")
     for line in plan.get("advice") or []:
         console.print(f"[yellow]advice:[/] {escape(line)}", soft_wrap=True)
 
@@ -112,7 +116,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"unknown strategy {strategy!r}; available: {', '.join(wf.STRATEGIES)}",
                                      param_hint="--strategy")
         if dry_run:
-            plan = ops.dry_run(org, to)
+            plan = ops.dry_run(org, to, strategy)
             print_json(plan) if as_json else _print_plan(plan)
             return
         if force and not reason.strip():
