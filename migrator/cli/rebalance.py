@@ -22,6 +22,7 @@ from migrator.cli.common import (
     print_json,
     settings,
 )
+from migrator.cli.render import clock
 from migrator.moves.operations import default_actor
 from migrator.rebalance.planner import human_bytes
 
@@ -158,7 +159,7 @@ def plans_command(
         return
     t = Table("plan", "cell", "status", "trigger", "created", "moves", "summary")
     for p in rows:
-        t.add_row(p["id"], p["cell"], p["status"], p["trigger"], (p["created_at"] or "")[:19], str(len(p["items"])),
+        t.add_row(p["id"], p["cell"], p["status"], p["trigger"], clock(p["created_at"]), str(len(p["items"])),
                   p["summary"])
     console.print(t)
 
@@ -182,7 +183,7 @@ def decisions_command(
         return
     t = Table("at", "kind", "cell", "org", "actor", "message")
     for d in reversed(rows):
-        t.add_row((d["at"] or "")[:19], d["kind"], d["cell"] or "", str(d["organization_id"] or ""), d["actor"],
+        t.add_row(clock(d["at"]), d["kind"], d["cell"] or "", str(d["organization_id"] or ""), d["actor"],
                   d["message"])
     console.print(t)
 
@@ -289,7 +290,7 @@ def pins_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OP
         return
     t = Table("organization", "pinned by", "reason", "since")
     for r in rows:
-        t.add_row(str(r["organization_id"]), r["pinned_by"], r["reason"], (r["pinned_at"] or "")[:19])
+        t.add_row(str(r["organization_id"]), r["pinned_by"], r["reason"], clock(r["pinned_at"]))
     console.print(t)
 
 
