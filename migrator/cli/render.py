@@ -63,7 +63,8 @@ def list_table(title: str | None = None) -> Table:
 
 
 def key_column(table: Table, header: str, **kwargs) -> None:
-    """A column that never wraps nor is cut with an ellipsis: ids and times."""
+    """A key column (ids, times, counts): it never wraps, and the other columns give up width before it
+    does (it is cut only on a terminal too narrow for the key columns alone)."""
     table.add_column(header, no_wrap=True, min_width=len(header), **kwargs)
 
 
