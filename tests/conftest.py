@@ -7,6 +7,12 @@ free port. Databases get unique names and are dropped afterwards.
 
 from __future__ import annotations
 
+import os
+
+# The CLI's rich consoles fix their width at creation when COLUMNS is set; without it they read the
+# width at each print, so a test can render at the width it asks for (CliRunner's env).
+os.environ.pop("COLUMNS", None)
+
 import pytest
 
 from migrator.fleet.databases import create_database, drop_database, unique_name

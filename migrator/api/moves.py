@@ -33,7 +33,7 @@ def _ops(request: Request):
 def create_move(body: MoveRequest, request: Request):
     ops = _ops(request)
     if body.dry_run:
-        return JSONResponse(ops.dry_run(body.organization_id, body.target_cell), status_code=200)
+        return JSONResponse(ops.dry_run(body.organization_id, body.target_cell, body.strategy), status_code=200)
     move = ops.request_move(body.organization_id, body.target_cell, actor="api",
                             reason=body.reason or "requested through the API", strategy=body.strategy,
                             force=body.force)

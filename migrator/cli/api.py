@@ -12,10 +12,10 @@ import sys
 
 import typer
 
-from migrator.cli.common import CONFIG_OPTION, console, handle_errors, settings
+from migrator.cli.common import CONFIG_OPTION, App, console, handle_errors, settings
 
-api_app = typer.Typer(help="The operators' HTTP API (moves, cells, Alertmanager alerts, the rebalancer).",
-                      no_args_is_help=True)
+api_app = App(help="The operators' HTTP API (moves, cells, Alertmanager alerts, the rebalancer).",
+              no_args_is_help=True)
 
 
 @api_app.command("serve")

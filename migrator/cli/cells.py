@@ -11,11 +11,21 @@ from psycopg import sql
 from rich.markup import escape
 from rich.table import Table
 
-from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    App,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    settings,
+)
+from migrator.cli.render import WIDE_OPTION, clock, key_column, list_table, short_column, text_column
 from migrator.errors import MigratorError
 
-cells_app = typer.Typer(help="Cells: provision their databases and see how full they are.", no_args_is_help=True)
-orgs_app = typer.Typer(help="Organizations: which cell each one lives in.", no_args_is_help=True)
+cells_app = App(help="Cells: provision their databases and see how full they are.", no_args_is_help=True)
+orgs_app = App(help="Organizations: which cell each one lives in.", no_args_is_help=True)
 
 CELL_OPTION = typer.Option(None, "--cell", help="Only this cell (repeat for several; default: every configured cell).")
 
@@ -130,7 +140,8 @@ def uninstall_command(
 
 @cells_app.command("list")
 @handle_errors
-def list_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OPTION) -> None:
+def list_command(wide: bool = WIDE_OPTION, json_output: bool = JSON_OPTION,
+                 config: str | None = CONFIG_OPTION) -> None:
     """Every configured cell: state, sequence range, organizations routed to it, rows and bytes."""
     from migrator.cells.provision import cell_stats
     from migrator.dictionary import load_dictionary
@@ -186,23 +197,37 @@ def list_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OP
     if json_output:
         print_json(rows)
     else:
-        cached = any(r.get("capacity") for r in rows)  # the rebalancer's readings, once there are some
-        columns = ["cell", "state", "sequence range", "orgs routed", "orgs in db", "rows", "size"]
-        table = Table(*columns, *(["load (cached)", "moves in/out"] if cached else []), "note")
-        table.columns[0].no_wrap = True
-        for r in rows:
-            rng = f"{r['seq_min']}..{r['seq_max']}" if r["registered"] else "-"
-            note = r["error"] or ("" if r["configured"] else "registered but not configured")
-            table.add_row(r["cell"], r["state"], rng, str(r["organizations_routed"]),
-                          "-" if r["organizations"] is None else str(r["organizations"]),
-                          "-" if r["rows"] is None else str(r["rows"]), _human_bytes(r["bytes"]),
-                          *([_human_bytes(r["capacity"]["bytes"]) if r.get("capacity") else "-",
-                             f"{r['capacity']['moves_in']}/{r['capacity']['moves_out']}" if r.get("capacity")
-                             else "-"] if cached else []),
-                          note)
-        console.print(table)
+        _print_cells(rows, wide)
     if failed:
         raise typer.Exit(1)
+
+
+def _print_cells(rows: list[dict], wide: bool) -> None:
+    """At 80 columns: the cell, its state, organizations, rows, size and a note; --wide adds the
+    sequence range and the rebalancer's cached readings (with when they were measured)."""
+    cached = wide and any(r.get("capacity") for r in rows)  # the rebalancer's readings, once there are some
+    table = list_table()
+    key_column(table, "cell")
+    short_column(table, "state")
+    if wide:
+        key_column(table, "sequence range")
+    for col in ("orgs routed", "orgs in db", "rows", "size"):
+        key_column(table, col, justify="right")
+    if cached:
+        for col in ("load (cached)", "moves in/out", "measured"):
+            key_column(table, col)
+    text_column(table, "note", ratio=1)
+    for r in rows:
+        cap = r.get("capacity")
+        rng = [f"{r['seq_min']}..{r['seq_max']}" if r["registered"] else "-"] if wide else []
+        readings = [_human_bytes(cap["bytes"]), f"{cap['moves_in']}/{cap['moves_out']}", clock(cap["measured_at"])] \
+            if cap else ["-", "-", ""]
+        note = r["error"] or ("" if r["configured"] else "registered but not configured")
+        table.add_row(r["cell"], r["state"], *rng, str(r["organizations_routed"]),
+                      "-" if r["organizations"] is None else str(r["organizations"]),
+                      "-" if r["rows"] is None else str(r["rows"]), _human_bytes(r["bytes"]),
+                      *(readings if cached else []), escape(note))
+    console.print(table)
 
 
 def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:

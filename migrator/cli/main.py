@@ -34,9 +34,9 @@ def build_app():
 
     import typer
 
-    from migrator.cli.common import setup_logging
+    from migrator.cli.common import App, setup_logging
 
-    app = typer.Typer(
+    app = App(
         help="cells-migrator: move an organization between cells (freeze, copy, verify, flip).",
         no_args_is_help=True,
         add_completion=False,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import typer
 
-from migrator.cli.common import CONFIG_OPTION, handle_errors, settings
+from migrator.cli.common import CONFIG_OPTION, App, handle_errors, settings
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Prometheus metrics read from the control database.", no_args_is_help=True)
+    group = App(help="Prometheus metrics read from the control database.", no_args_is_help=True)
 
     @group.command("serve")
     @handle_errors

@@ -10,9 +10,9 @@ import time
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.cli.render import WIDE_OPTION, ago, clock, id_prefixes, key_column, list_table, short_column, text_column
 from migrator.moves import workflow as wf
 from migrator.moves.operations import Operations
 from migrator.moves.views import move_detail, move_summary, progress
@@ -23,37 +23,51 @@ def _ops(config) -> Operations:
     return Operations(settings(config))
 
 
-def _print_plan(plan: dict) -> None:
-    table = Table(title=f"plan: organization {plan['organization_id']} {plan['source']} -> {plan['target']}")
-    table.add_column("table")
-    table.add_column("rows", justify="right")
+def _print_plan(plan: dict, title: str | None = None) -> None:
+    if title is None:
+        console.print(f"plan: organization {plan['organization_id']} {plan['source']} -> {plan['target']}")
+    table = list_table(title)
+    short_column(table, "table")
+    key_column(table, "rows", justify="right")
     for name, rows in plan["tables"].items():
         table.add_row(name, f"{rows:,}")
     table.add_row("[bold]total", f"[bold]{plan['rows_total']:,}")
     console.print(table)
     console.print(f"blobs: {plan['blobs']:,} ({plan['blob_bytes']:,} bytes)")
-    console.print(f"estimated duration: {plan['estimate_s']:.1f} s (write window about the same)")
+    if "write_window_estimate_s" in plan:
+        console.print(f"strategy {plan['strategy']}: estimated duration {plan['estimate_s']:.1f} s, "
+                      f"write window {plan['write_window_estimate_s']:.1f} s")
+    else:  # a plan recorded before the estimate knew the strategy
+        console.print(f"estimated duration: {plan['estimate_s']:.1f} s")
     for line in plan.get("advice") or []:
         console.print(f"[yellow]advice:[/] {escape(line)}", soft_wrap=True)
 
 
-def _print_detail(data: dict) -> None:
-    console.print(f"[bold]move {data['id']}[/]  organization {data['organization_id']}  "
-                  f"{data['source']} -> {data['target']}  strategy {data['strategy']}")
+def _print_detail(data: dict, wide: bool = False) -> None:
+    console.print(f"[bold]move {data['id']}[/]  strategy {data['strategy']}")
+    console.print(f"organization {data['organization_id']}  {data['source']} -> {data['target']}  "
+                  f"created {clock(data['created_at'])}")
     colour = {"completed": "green", "failed": "red", "rejected": "red", "aborted": "yellow"}.get(data["state"], "cyan")
     console.print(f"state [{colour}]{data['state']}[/]  step {data['step']}  attempt {data['attempt']}  "
                   f"progress {data['progress']['fraction'] * 100:.0f}%")
     if data.get("error"):
         console.print(f"[red]error:[/] {data['error']}")
     console.print(f"requested by {data['requested_by']}: {data['reason']}")
+    if data.get("plan"):
+        _print_plan(data["plan"], title="plan")
     ver = (data.get("report") or {}).get("verification")
     if ver:
-        t = Table(title="verification")
-        for col in ("table", "source rows", "target rows", "source checksum", "target checksum", "ok"):
-            t.add_column(col)
+        t = list_table("verification")
+        short_column(t, "table")
+        for col in ("source rows", "target rows"):
+            key_column(t, col, justify="right")
+        if wide:
+            for col in ("source checksum", "target checksum"):
+                key_column(t, col)
+        key_column(t, "ok")
         for name, v in ver["tables"].items():
-            t.add_row(name, str(v["source_rows"]), str(v["target_rows"]), v["source_checksum"], v["target_checksum"],
-                      "yes" if v["match"] else "[red]NO")
+            sums = [v["source_checksum"], v["target_checksum"]] if wide else []
+            t.add_row(name, f"{v['source_rows']:,}", f"{v['target_rows']:,}", *sums, "yes" if v["match"] else "[red]NO")
         console.print(t)
         console.print(f"blobs verified: {ver.get('blobs_verified', 0)}")
     report = data.get("report") or {}
@@ -64,12 +78,48 @@ def _print_detail(data: dict) -> None:
         if "unfreeze_done_s" in report:
             line += f"; unfreeze step done {report['unfreeze_done_s']:.2f} s after the freeze"
         console.print(line)
-    h = Table(title="history")
-    for col in ("at", "step", "event", "actor", "message"):
-        h.add_column(col)
+    h = list_table("history")
+    key_column(h, "at")
+    short_column(h, "step")
+    short_column(h, "event")
+    if wide:
+        short_column(h, "actor")
+    text_column(h, "message", ratio=1)
     for e in data["history"]:
-        h.add_row(e["at"][:23], e["step"] or "", e["event"], e["actor"], e["message"])
+        h.add_row(clock(e["at"]), e["step"] or "", e["event"], *([e["actor"]] if wide else []), escape(e["message"]))
     console.print(h)
+
+
+DONE = (wf.COMPLETED, wf.CLEANED)
+
+
+def _print_list(rows: list[dict], wide: bool) -> None:
+    """The move list: at 80 columns one line per move, ids a prefix that `migrator status` takes; --wide
+    adds the strategy, attempt, age, who asked and the error."""
+    t = list_table(f"{len(rows)} move(s)")
+    key_column(t, "id")
+    key_column(t, "org", justify="right")
+    short_column(t, "route")
+    short_column(t, "state")
+    short_column(t, "step")  # where an active or failed move is; blank once it completed
+    key_column(t, "done", justify="right")
+    key_column(t, "created")
+    if wide:
+        for col in ("strategy", "attempt", "age", "requested by"):
+            short_column(t, col)
+        text_column(t, "error", ratio=1)
+    prefixes = id_prefixes([s["id"] for s in rows])
+    for s in rows:
+        extra = [s["strategy"], str(s["attempt"]), ago(s["age_s"]), s["requested_by"] or "",
+                 escape(s["error"] or "")] if wide else []
+        t.add_row(prefixes[s["id"]] if not wide else s["id"], str(s["organization_id"]),
+                  f"{s['source']}→{s['target']}", s["state"], "" if s["state"] in DONE else s["step"],
+                  f"{s['progress'] * 100:.0f}%",
+                  clock(s["created_at"]), *extra)
+    console.print(t)
+    failed = sum(1 for s in rows if s["error"])
+    if failed and not wide:
+        console.print(f"{failed} with an error: `migrator status ID` or --wide shows it")
 
 
 def _finish(ops: Operations, move_id: str, as_json: bool) -> None:
@@ -112,7 +162,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"unknown strategy {strategy!r}; available: {', '.join(wf.STRATEGIES)}",
                                      param_hint="--strategy")
         if dry_run:
-            plan = ops.dry_run(org, to)
+            plan = ops.dry_run(org, to, strategy)
             print_json(plan) if as_json else _print_plan(plan)
             return
         if force and not reason.strip():
@@ -137,14 +187,15 @@ def register(app: typer.Typer) -> None:
         state: list[str] = typer.Option(None, "--state", help="Only moves in this state (repeatable)."),
         cell: str = typer.Option(None, "--cell", help="Only moves from or to this cell."),
         org: int = typer.Option(None, "--org", help="Only moves of this organization."),
+        wide: bool = WIDE_OPTION,
         as_json: bool = JSON_OPTION,
         config: str = CONFIG_OPTION,
     ):
-        """One move in detail (steps, progress, verification, history), or the list of moves."""
+        """One move in detail (plan, progress, verification, history), or the list of moves."""
         ops = _ops(config)
         if move_id:
             data = move_detail(ops.store, ops.store.get(move_id))
-            print_json(data) if as_json else _print_detail(data)
+            print_json(data) if as_json else _print_detail(data, wide)
             return
         moves = ops.store.list(states=state or None, cell=cell, organization_id=org)
         rows = []
@@ -155,13 +206,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(rows)
             return
-        t = Table(title=f"{len(rows)} move(s)")
-        for col in ("id", "org", "from -> to", "state", "step", "progress", "age", "error"):
-            t.add_column(col)
-        for s in rows:
-            t.add_row(s["id"][:8], str(s["organization_id"]), f"{s['source']} -> {s['target']}", s["state"],
-                      s["step"], f"{s['progress'] * 100:.0f}%", f"{s['age_s']:.0f}s", (s["error"] or "")[:60])
-        console.print(t)
+        _print_list(rows, wide)
 
     @app.command("watch")
     @handle_errors

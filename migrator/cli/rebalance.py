@@ -12,11 +12,21 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    App,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    settings,
+)
+from migrator.cli.render import clock
 from migrator.moves.operations import default_actor
 from migrator.rebalance.planner import human_bytes
 
-rebalance_app = typer.Typer(
+rebalance_app = App(
     help="The rebalancer: plans that move organizations off hot cells, within guardrails.", no_args_is_help=True)
 
 REASON_OPTION = typer.Option("", "--reason", help="Why (kept in the decisions log).")
@@ -149,7 +159,7 @@ def plans_command(
         return
     t = Table("plan", "cell", "status", "trigger", "created", "moves", "summary")
     for p in rows:
-        t.add_row(p["id"], p["cell"], p["status"], p["trigger"], (p["created_at"] or "")[:19], str(len(p["items"])),
+        t.add_row(p["id"], p["cell"], p["status"], p["trigger"], clock(p["created_at"]), str(len(p["items"])),
                   p["summary"])
     console.print(t)
 
@@ -173,7 +183,7 @@ def decisions_command(
         return
     t = Table("at", "kind", "cell", "org", "actor", "message")
     for d in reversed(rows):
-        t.add_row((d["at"] or "")[:19], d["kind"], d["cell"] or "", str(d["organization_id"] or ""), d["actor"],
+        t.add_row(clock(d["at"]), d["kind"], d["cell"] or "", str(d["organization_id"] or ""), d["actor"],
                   d["message"])
     console.print(t)
 
@@ -280,7 +290,7 @@ def pins_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OP
         return
     t = Table("organization", "pinned by", "reason", "since")
     for r in rows:
-        t.add_row(str(r["organization_id"]), r["pinned_by"], r["reason"], (r["pinned_at"] or "")[:19])
+        t.add_row(str(r["organization_id"]), r["pinned_by"], r["reason"], clock(r["pinned_at"]))
     console.print(t)
 
 

@@ -14,10 +14,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, err_console, handle_errors, print_json, settings
+from migrator.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    App,
+    console,
+    err_console,
+    handle_errors,
+    print_json,
+    settings,
+)
 
-router_app = typer.Typer(help="The edge router: HAProxy in front of the cells, following the Topology Service.",
-                         no_args_is_help=True)
+router_app = App(help="The edge router: HAProxy in front of the cells, following the Topology Service.",
+                 no_args_is_help=True)
 
 SOCKET_OPTION = typer.Option(None, "--socket", help="An HAProxy admin socket (unix path or HOST:PORT; repeatable). "
                                                     "Default: router.admin_sockets.")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import typer
 
-from migrator.cli.common import CONFIG_OPTION, console, handle_errors, settings
+from migrator.cli.common import CONFIG_OPTION, App, console, handle_errors, settings
 
-sample_app = typer.Typer(help="A small application per cell: an organization's notes, behind the edge router.",
-                         no_args_is_help=True)
+sample_app = App(help="A small application per cell: an organization's notes, behind the edge router.",
+                 no_args_is_help=True)
 
 
 @sample_app.command("serve")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, console, handle_errors, print_json, settings
+from migrator.cli.common import CONFIG_OPTION, JSON_OPTION, App, console, handle_errors, print_json, settings
 from migrator.errors import MigratorError
 
-schema_app = typer.Typer(help="The cells' database schemas and the data dictionary.", no_args_is_help=True)
+schema_app = App(help="The cells' database schemas and the data dictionary.", no_args_is_help=True)
 
 
 @schema_app.command("check")

@@ -11,22 +11,25 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from migrator.cli.common import (
     CONFIG_OPTION,
     JSON_OPTION,
+    App,
     console,
     err_console,
     handle_errors,
     print_json,
     settings,
 )
+from migrator.cli.render import WIDE_OPTION, clock, key_column, list_table, short_column, text_column
 from migrator.topology.certs import DEFAULT_DAYS, ROLES, describe, init_fleet, issue_client
 from migrator.topology.client import topology_client
 
-topology_app = typer.Typer(help="The Topology Service: which cell each organization lives in.",
-                           no_args_is_help=True)
+topology_app = App(help="The Topology Service: which cell each organization lives in.",
+                   no_args_is_help=True)
 
 
 @topology_app.command("serve")
@@ -78,6 +81,7 @@ def routes_command(
 @handle_errors
 def history_command(
     organization_id: int = typer.Argument(..., help="Organization id."),
+    wide: bool = WIDE_OPTION,
     json_output: bool = JSON_OPTION,
     config: str | None = CONFIG_OPTION,
 ) -> None:
@@ -86,10 +90,20 @@ def history_command(
     if json_output:
         print_json(rows)
         return
-    table = Table("at", "action", "from", "to", "version", "token (sha256)", "actor", "reason")
+    table = list_table()
+    key_column(table, "at")
+    short_column(table, "action")
+    short_column(table, "from")
+    short_column(table, "to")
+    key_column(table, "version", justify="right")
+    if wide:
+        key_column(table, "token (sha256)")
+        short_column(table, "actor")
+    text_column(table, "reason", ratio=1)
     for r in rows:
-        table.add_row(r["at"], r["action"], r["from_cell"] or "", r["to_cell"] or "", str(r["version"]),
-                      r["token_digest"] or "", r["actor"], r["reason"])
+        extra = [r["token_digest"] or "", r["actor"]] if wide else []
+        table.add_row(clock(r["at"]), r["action"], r["from_cell"] or "", r["to_cell"] or "", str(r["version"]),
+                      *extra, escape(r["reason"]))
     console.print(table)
 
 
@@ -133,8 +147,8 @@ def repair_command(
         raise typer.Exit(1)
 
 
-certs_app = typer.Typer(help="Certificates of the Topology Service's mutual TLS: a CA, the server's, one per caller.",
-                        no_args_is_help=True)
+certs_app = App(help="Certificates of the Topology Service's mutual TLS: a CA, the server's, one per caller.",
+                no_args_is_help=True)
 topology_app.add_typer(certs_app, name="certs")
 
 

@@ -76,8 +76,9 @@ class Operations:
                 from None
         return move
 
-    def dry_run(self, org: int, target: str) -> dict:
-        """Preflight only, in this process: nothing is recorded or changed."""
+    def dry_run(self, org: int, target: str, strategy: str | None = None) -> dict:
+        """Preflight only, in this process: nothing is recorded or changed. The plan's estimates are for
+        ``strategy`` (default ``moves.default_strategy``)."""
 
         route = validate_request(self.settings, self.topology, org, target)
         conns = []
@@ -89,7 +90,7 @@ class Operations:
 
         try:
             return run_preflight(self.settings, self.topology, load_dictionary(self.settings.dictionary_file()),
-                                 org, route.cell, target, connect_cell=connect_cell)
+                                 org, route.cell, target, connect_cell=connect_cell, strategy=strategy)
         finally:
             for c in conns:
                 c.close()

@@ -25,6 +25,7 @@ from migrator.config import Settings
 from migrator.db import cell_connection, first_line
 from migrator.dictionary import load_dictionary
 from migrator.errors import MigratorError
+from migrator.moves.estimate import estimate
 from migrator.rebalance.store import RebalanceStore
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,8 @@ FROM (SELECT %(rel)s::regclass::oid AS oid
 
 
 def estimate_window_s(settings: Settings, rows: int, blob_bytes: int) -> float:
-    """The write window of a move of this size (the estimate preflight prints)."""
-    m = settings.moves
-    return rows / m.est_rows_per_s * 2 + blob_bytes / m.est_blob_bytes_per_s + 2.0
+    """The write window of a move of this size with the default strategy (the estimate preflight prints)."""
+    return estimate(settings, None, rows, blob_bytes)["write_window_estimate_s"]
 
 
 @dataclass

@@ -29,6 +29,7 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
+from migrator.moves.estimate import estimate
 from migrator.moves.steps.base import Step
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ def find_collisions(src, tgt, spec, org: int, limit: int = MAX_COLLISIONS_SHOWN)
 
 
 def run_preflight(settings: Settings, topology, dictionary, org: int, source: str, target: str,
-                  *, connect_cell, heartbeat=lambda: None) -> dict:
-    """All checks; returns the plan (tables and rows, blobs and bytes, estimated duration)."""
+                  *, connect_cell, heartbeat=lambda: None, strategy: str | None = None) -> dict:
+    """All checks; returns the plan (tables and rows, blobs and bytes, the estimated duration and write
+    window of ``strategy``, default ``moves.default_strategy``)."""
 
     started = time.monotonic()
     route = validate_request(settings, topology, org, target)
@@ -167,8 +169,6 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
             blobs += int(n)
             blob_bytes += int(b)
     rows_total = sum(rows_by_table.values())
-    m = settings.moves
-    estimate = rows_total / m.est_rows_per_s * 2 + blob_bytes / m.est_blob_bytes_per_s + 2.0
     return {
         "organization_id": org,
         "source": source,
@@ -178,7 +178,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
         "rows_total": rows_total,
         "blobs": blobs,
         "blob_bytes": blob_bytes,
-        "estimate_s": round(estimate, 1),
+        **estimate(settings, strategy, rows_total, blob_bytes),  # strategy, estimate_s, write_window_estimate_s
         "schema_fingerprint": live_src.fingerprint(tables),
         "preflight_s": round(time.monotonic() - started, 3),
         "advice": advice,  # sharding keys without an index: this move reads those tables whole
@@ -189,7 +189,7 @@ def run(ctx) -> None:
     """The step: every check against the live cells; the plan is recorded on the move."""
     move = ctx.move
     plan = run_preflight(ctx.settings, ctx.topology, ctx.dictionary, ctx.org, move.source_cell, move.target_cell,
-                         connect_cell=ctx.cell_conn, heartbeat=ctx.heartbeat)
+                         connect_cell=ctx.cell_conn, heartbeat=ctx.heartbeat, strategy=move.strategy)
     ctx.store.set_fields(move.id, ctx.token, plan=plan, route_version=plan["route_version"])
 
 
