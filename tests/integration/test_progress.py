@@ -70,6 +70,16 @@ def test_progress_weighs_rows_and_reports_rate_and_eta(provisioned, worker):
     assert p["fraction"] == 1.0 and p["eta_s"] == 0.0
     assert p["rows_per_s"] > 0  # the copy's measured rate, kept in the report
     assert copied_rows(store, move.id) >= p["rows_total"]
+    # cleanup shows what it deletes from the source: every row of the organization (no one wrote meanwhile).
+    cleaned = migrator(provisioned, "cleanup", str(move.id), "--force", "--json")
+    assert cleaned.returncode == 0, cleaned.stderr
+    detail = json.loads(cleaned.stdout)
+    removal = detail["progress"]["removal"]
+    assert detail["state"] == "cleaned" and removal["what"] == "cleanup" and removal["done"]
+    assert removal["cell"] == "cell-1" and removal["rows"] == p["rows_total"]
+    assert removal["tables"] == {t: n for t, n in detail["plan"]["tables"].items()}
+    text = migrator(provisioned, "status", str(move.id))
+    assert f"cleaned up: removed {p['rows_total']:,} rows from cell-1" in text.stdout, text.stdout
 
 
 def test_abort_shows_what_it_removed_and_status_no_zero_of_n(provisioned, worker):
