@@ -58,11 +58,12 @@ def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: b
     move = store.get(move_id)
     done = until or (lambda m: m.state not in MOVING)
     deadline = None if timeout is None else time.monotonic() + timeout
+    # The rate and the ETA go on a line of their own under the move's bar: a column of them would take the
+    # width of every table's bar at 80 columns.
     columns = (TextColumn("{task.description}", justify="left"), BarColumn(),
-               TextColumn("{task.fields[count]}", justify="right"), TextColumn("{task.fields[rate]}"),
-               TimeElapsedColumn())
+               TextColumn("{task.fields[count]}", justify="right"), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=False, disable=quiet) as bar:
-        move_task = bar.add_task("move", total=1000, count="", rate="")
+        move_task = bar.add_task("move", total=1000, count="")
         table_tasks: dict[str, int] = {}
         blob_task = None
         removal_task = None
@@ -71,27 +72,28 @@ def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: b
             p = progress(store, move)
             removal = p["removal"]
             aborting = removal is not None and removal["what"] == "abort"  # the fraction is the abort's
+            description = f"[yellow]abort[/] at {move.step} ({move.state})" if aborting \
+                else f"step [cyan]{move.step}[/] ({move.state})"
+            rate = "" if aborting else rate_line(p)
             bar.update(move_task, completed=round(p["fraction"] * 1000), count=f"{p['fraction'] * 100:.0f}%",
-                       rate=rate_line(p), description=f"[yellow]abort[/] at {move.step} ({move.state})" if aborting
-                       else f"step [cyan]{move.step}[/] ({move.state})")
+                       description=description + (f"\n  {rate}" if rate else ""))
             if removal is None:
                 for name, t in p["tables"].items():
                     if name not in table_tasks:
-                        table_tasks[name] = bar.add_task(f"  rows {name}", total=max(t["total"], 1), count="",
-                                                         rate="")
+                        table_tasks[name] = bar.add_task(f"  rows {name}", total=max(t["total"], 1), count="")
                     copied = min(t["copied"], t["total"]) if t["total"] else 0
                     bar.update(table_tasks[name], completed=copied, total=max(t["total"], 1),
                                count=f"{copied:,}/{t['total']:,}")
                 if p["blobs_total"]:
                     if blob_task is None:
-                        blob_task = bar.add_task("  blobs", total=p["blobs_total"], count="", rate="")
+                        blob_task = bar.add_task("  blobs", total=p["blobs_total"], count="")
                     blobs = min(p["blobs_copied"], p["blobs_total"])
                     bar.update(blob_task, completed=blobs, count=f"{blobs:,}/{p['blobs_total']:,}")
             else:  # the copy is being taken back (abort) or the source copy deleted (cleanup): not "0/N copied"
                 for task in [*table_tasks.values(), *([blob_task] if blob_task is not None else [])]:
                     bar.update(task, visible=False)
                 if removal_task is None:
-                    removal_task = bar.add_task("", total=max(removal["tables_total"], 1), count="", rate="")
+                    removal_task = bar.add_task("", total=max(removal["tables_total"], 1), count="")
                 bar.update(removal_task, description=f"  {removal_line(removal)}",
                            completed=removal["tables_total"] if removal["done"] else removal["tables_done"],
                            total=max(removal["tables_total"], 1),

@@ -64,7 +64,13 @@ def test_progress_weighs_rows_and_reports_rate_and_eta(provisioned, worker):
         # The text shows them too.
         text = migrator(provisioned, "status", str(move.id))
         assert f"progress {p['fraction'] * 100:.0f}%" in text.stdout and "rows/s, ETA" in text.stdout, text.stdout
-    final = wait_move(settings, move.id, timeout=180)
+    # `migrator watch` follows it to the end: the move's bar with the copy's rate, at 80 columns.
+    watched = migrator(provisioned, "watch", str(move.id), timeout=180)
+    assert watched.returncode == 0, watched.stderr + watched.stdout
+    assert re.search(r"step verify_after_flip \(completed\)\s.*100%", watched.stderr), watched.stderr
+    assert re.search(r"^\s+[\d,]+ rows/s\s*$", watched.stderr, re.M), watched.stderr
+    assert all(len(line) <= 80 for line in watched.stderr.splitlines()), watched.stderr
+    final = wait_move(settings, move.id, timeout=10)
     assert final.state == "completed", final.error
     p = _status(provisioned, move.id)["progress"]
     assert p["fraction"] == 1.0 and p["eta_s"] == 0.0
