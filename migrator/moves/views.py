@@ -71,7 +71,8 @@ def _removal(move, plan: dict) -> dict | None:
     cell = move.target_cell if kind == "abort" else move.source_cell
     done = move.state == (wf.ABORTED if kind == "abort" else wf.CLEANED)
     return {"what": kind, "cell": cell, "tables": tables, "rows": sum(tables.values()),
-            "tables_done": len(tables), "tables_total": len(plan.get("tables") or {}), "done": done}
+            "tables_done": int(got.get("tables_done", len(tables))), "tables_total": len(plan.get("tables") or {}),
+            "done": done}
 
 
 def progress(store: MoveStore, move) -> dict:
