@@ -259,7 +259,7 @@ def register(app: typer.Typer) -> None:
     def abort_cmd(move_id: str = typer.Argument(..., help="The move id."),
                   reason: str = typer.Option("", "--reason", help="Why (kept in the history)."),
                   wait: bool = typer.Option(True, "--wait/--no-wait",
-                                            help="Show its progress until the abort is done."),
+                                            help="Wait until the abort is done, showing its progress."),
                   as_json: bool = JSON_OPTION, config: str = CONFIG_OPTION):
         """Abort a move before its flip: unfreeze the source and delete the partial target copy."""
         ops = _ops(config)
@@ -289,7 +289,7 @@ def register(app: typer.Typer) -> None:
     def cleanup_cmd(move_id: str = typer.Argument(..., help="The move id."),
                     force: bool = typer.Option(False, "--force", help="Delete before the retention period ends."),
                     wait: bool = typer.Option(True, "--wait/--no-wait",
-                                              help="Show its progress until the source copy is gone."),
+                                              help="Wait until the source copy is gone, showing its progress."),
                     timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait."),
                     accept_differences: str = typer.Option(
                         "", "--accept-differences", metavar="REASON",
