@@ -6,8 +6,6 @@ paths (`topology classify`) stay quick, and a command needs only its own depende
 
 from __future__ import annotations
 
-import time
-
 import typer
 from rich.markup import escape
 
@@ -16,7 +14,7 @@ from migrator.cli.render import WIDE_OPTION, ago, clock, id_prefixes, key_column
 from migrator.moves import workflow as wf
 from migrator.moves.operations import Operations
 from migrator.moves.views import move_detail, move_summary, progress
-from migrator.moves.watch import watch_move
+from migrator.moves.watch import rate_line, removal_line, watch_move
 
 
 def _ops(config) -> Operations:
@@ -48,8 +46,17 @@ def _print_detail(data: dict, wide: bool = False) -> None:
     console.print(f"organization {data['organization_id']}  {data['source']} -> {data['target']}  "
                   f"created {clock(data['created_at'])}")
     colour = {"completed": "green", "failed": "red", "rejected": "red", "aborted": "yellow"}.get(data["state"], "cyan")
-    console.print(f"state [{colour}]{data['state']}[/]  step {data['step']}  attempt {data['attempt']}  "
-                  f"progress {data['progress']['fraction'] * 100:.0f}%")
+    p = data["progress"]
+    removal = p.get("removal")
+    if removal and removal["what"] == "abort":  # the copy was taken back: its rows are not "0/N copied"
+        console.print(f"state [{colour}]{data['state']}[/]  step {data['step']}  attempt {data['attempt']}")
+    else:
+        console.print(f"state [{colour}]{data['state']}[/]  step {data['step']}  attempt {data['attempt']}  "
+                      f"progress {p['fraction'] * 100:.0f}%")
+        if rate_line(p):
+            console.print(f"copy {rate_line(p)}")
+    if removal:
+        console.print(_removed(removal))
     if data.get("error"):
         console.print(f"[red]error:[/] {data['error']}")
     console.print(f"requested by {data['requested_by']}: {data['reason']}")
@@ -93,6 +100,13 @@ def _print_detail(data: dict, wide: bool = False) -> None:
 DONE = (wf.COMPLETED, wf.CLEANED)
 
 
+def _removed(removal: dict) -> str:
+    """``aborted: removed 1,234 rows from cell-2`` and, on a line of its own, ``  notes 1,000, issues 234``:
+    what an abort or a cleanup removed, in total and per table (tables it removed nothing from left out)."""
+    tables = ", ".join(f"{t} {n:,}" for t, n in removal["tables"].items() if n)
+    return removal_line(removal) + (f"\n  {tables}" if tables else "")
+
+
 def _print_list(rows: list[dict], wide: bool) -> None:
     """The move list: at 80 columns one line per move, ids a prefix that `migrator status` takes; --wide
     adds the strategy, attempt, age, who asked and the error."""
@@ -114,7 +128,7 @@ def _print_list(rows: list[dict], wide: bool) -> None:
                  escape(s["error"] or "")] if wide else []
         t.add_row(prefixes[s["id"]] if not wide else s["id"], str(s["organization_id"]),
                   f"{s['source']}→{s['target']}", s["state"], "" if s["state"] in DONE else s["step"],
-                  f"{s['progress'] * 100:.0f}%",
+                  "" if s["state"] == wf.ABORTED else f"{s['progress'] * 100:.0f}%",
                   clock(s["created_at"]), *extra)
     console.print(t)
     failed = sum(1 for s in rows if s["error"])
@@ -244,44 +258,66 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def abort_cmd(move_id: str = typer.Argument(..., help="The move id."),
                   reason: str = typer.Option("", "--reason", help="Why (kept in the history)."),
-                  wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the abort is done."),
-                  config: str = CONFIG_OPTION):
+                  wait: bool = typer.Option(True, "--wait/--no-wait",
+                                            help="Wait until the abort is done, showing its progress."),
+                  as_json: bool = JSON_OPTION, config: str = CONFIG_OPTION):
         """Abort a move before its flip: unfreeze the source and delete the partial target copy."""
         ops = _ops(config)
         move = ops.abort(move_id, reason=reason)
-        console.print(f"move {move.id}: abort requested")
-        if wait:
-            move = watch_move(ops, move_id, quiet=True)
-            if move.state != wf.ABORTED:
-                raise typer.Exit(1)
-            console.print(f"move {move.id} aborted: source {move.source_cell!r} writable, target cleaned")
+        if not as_json:
+            console.print(f"move {move.id}: abort requested")
+        if not wait:
+            if as_json:
+                print_json(move_summary(ops.store, move))
+            return
+        move = watch_move(ops, str(move.id), quiet=as_json)
+        data = move_detail(ops.store, move)
+        if as_json:
+            print_json(data)
+        if move.state != wf.ABORTED:
+            err_console.print(f"[red]move {move.id} is {move.state}, not aborted[/]: "
+                              f"{move.error or 'see `migrator status ' + str(move.id) + '`'}")
+            raise typer.Exit(1)
+        if not as_json:
+            removal = data["progress"]["removal"]
+            console.print(f"move {move.id} aborted: source {move.source_cell!r} writable")
+            if removal:
+                console.print(_removed(removal))
 
     @app.command("cleanup")
     @handle_errors
     def cleanup_cmd(move_id: str = typer.Argument(..., help="The move id."),
                     force: bool = typer.Option(False, "--force", help="Delete before the retention period ends."),
-                    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the source copy is gone."),
+                    wait: bool = typer.Option(True, "--wait/--no-wait",
+                                              help="Wait until the source copy is gone, showing its progress."),
                     timeout: float = typer.Option(3600, "--timeout", help="Seconds to wait."),
                     accept_differences: str = typer.Option(
                         "", "--accept-differences", metavar="REASON",
                         help="Delete although the verification after the flip found differences (kept in the "
                              "history)."),
-                    config: str = CONFIG_OPTION):
+                    as_json: bool = JSON_OPTION, config: str = CONFIG_OPTION):
         """Delete the source copy of a completed move (refused before the retention period, and after a
         verification that found differences)."""
         ops = _ops(config)
         move = ops.cleanup(move_id, force=force, accept_differences=accept_differences or None)
-        console.print(f"move {move.id}: cleanup of {move.source_cell!r} enqueued")
-        if wait:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                move = ops.store.get(move_id)
-                if move.state == wf.CLEANED:
-                    console.print(f"move {move.id}: source copy deleted")
-                    return
-                time.sleep(0.5)
+        if not as_json:
+            console.print(f"move {move.id}: cleanup of {move.source_cell!r} enqueued")
+        if not wait:
+            if as_json:
+                print_json(move_summary(ops.store, move))
+            return
+        move = watch_move(ops, str(move.id), quiet=as_json, until=lambda m: m.state == wf.CLEANED, timeout=timeout)
+        data = move_detail(ops.store, move)
+        if as_json:
+            print_json(data)
+        if move.state != wf.CLEANED:
             err_console.print("cleanup still running; check `migrator status`")
             raise typer.Exit(1)
+        if not as_json:
+            removal = data["progress"]["removal"]
+            console.print(f"move {move.id}: source copy deleted")
+            if removal:
+                console.print(_removed(removal))
 
     @app.command("reconcile")
     @handle_errors

@@ -26,6 +26,7 @@ passes through Python objects; memory stays flat.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -271,10 +272,12 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
 
 
 def delete_range(tgt, spec: TableSpec, org: int, lo: list | None, hi: list | None, *, batch: int = 10_000,
-                 disable_triggers: bool = True, token: str | None = None, rows: float | None = None) -> int:
+                 disable_triggers: bool = True, token: str | None = None, rows: float | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> int:
     """Delete the organization's rows of a key range in ``tgt`` (a target, or a source at cleanup), in batches.
 
     ``rows``: the organization's rows in the table, when ``tgt``'s statistics may not know them yet.
+    ``on_batch(n)``: called after each committed batch with the rows it deleted (cleanup's progress).
     """
     deleted = 0
     path = choose_path(tgt, spec, org, rows)
@@ -286,5 +289,7 @@ def delete_range(tgt, spec: TableSpec, org: int, lo: list | None, hi: list | Non
                 tgt.execute("SELECT set_config('migrator.move_token', %s, true)", (token,))
             n = tgt.execute(s.delete_sql(lo, hi, limit=batch), {"org": org}).rowcount
         deleted += n
+        if on_batch is not None and n:
+            on_batch(n)
         if n < batch:
             return deleted

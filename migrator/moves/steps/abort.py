@@ -39,12 +39,22 @@ def _remove_partial_copy(ctx) -> dict[str, int]:
     settings, move = ctx.settings, ctx.move
     tgt, src = ctx.target(), ctx.source()
     src_store, dst_store = open_store(settings, move.source_cell), open_store(settings, move.target_cell)
+    # What is removed, table by table as it goes, in the report's ``abort`` (what `migrator abort`, `watch`
+    # and `status` show); a retried abort adds to what an earlier execution removed.
+    earlier = (move.report or {}).get("abort") or {}
+    deleted = {t: int(n) for t, n in (earlier.get("rows_deleted") or {}).items()}
+    blobs = int(earlier.get("blobs_deleted") or 0)
+
+    def record() -> None:
+        ctx.store.merge_json(move.id, ctx.token, "report", {"abort": {"rows_deleted": deleted, "blobs_deleted": blobs}})
+
+    record()
     if not same_store(src_store, dst_store):
         for table, blob in blob_units(ctx.dictionary):
-            delete_org_blobs(src, dst_store, ctx.specs[table], blob, ctx.org)
-    deleted = {}
+            blobs += delete_org_blobs(src, dst_store, ctx.specs[table], blob, ctx.org)
     for table in reversed(ctx.copy_order()):
-        deleted[table] = delete_source_keys(src, tgt, ctx.specs[table], ctx.org)
+        deleted[table] = deleted.get(table, 0) + delete_source_keys(src, tgt, ctx.specs[table], ctx.org)
+        record()
         ctx.store.touch(move.id)
     return deleted
 

@@ -34,14 +34,33 @@ def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str,
     try:
         src = ctx.source()
         src_store, dst_store = open_store(settings, move.source_cell), open_store(settings, move.target_cell)
-        blobs = 0
+        # What is deleted, batch by batch as it goes, in the report's ``cleanup`` (what `migrator cleanup`
+        # shows); a retried cleanup adds to what an earlier execution deleted.
+        earlier = (move.report or {}).get("cleanup") or {}
+        deleted = {t: int(n) for t, n in (earlier.get("rows_deleted") or {}).items()}
+        blobs = int(earlier.get("blobs_deleted") or 0)
+
+        finished: list[str] = []
+
+        def record() -> None:
+            store.merge_json(move.id, move.token, "report", {"cleanup": {
+                "rows_deleted": deleted, "blobs_deleted": blobs, "tables_done": len(finished)}})
+
+        record()
         if not same_store(src_store, dst_store):
             for table, blob in blob_units(ctx.dictionary):
                 blobs += delete_org_blobs(src, src_store, ctx.specs[table], blob, ctx.org)
-        deleted = {}
         for table in reversed(ctx.copy_order()):
-            deleted[table] = delete_range(src, ctx.specs[table], ctx.org, None, None,
-                                          disable_triggers=settings.moves.disable_target_triggers, token=move.token)
+
+            def batch_done(n: int, table: str = table) -> None:
+                deleted[table] = deleted.get(table, 0) + n
+                record()
+
+            delete_range(src, ctx.specs[table], ctx.org, None, None,
+                         disable_triggers=settings.moves.disable_target_triggers, token=move.token, on_batch=batch_done)
+            deleted.setdefault(table, 0)
+            finished.append(table)
+            record()
             store.touch(move.id)
         unfreeze_org(src, ctx.org)
         store.set_fields(move.id, move.token, state=wf.CLEANED, cleaned_at=func.now())

@@ -38,9 +38,11 @@ def unit(ctx, unit) -> dict:
 
 def fan_in(ctx) -> None:
     units = ctx.store.units(ctx.move.id, "copy_rows")
+    started = ctx.move.step_started_at  # the step's first claim: the copy's rate for progress and its ETA
+    seconds = (ctx.store.now() - started).total_seconds() if started is not None else None
     ctx.store.merge_json(ctx.move.id, ctx.token, "report", {
         "copy_rows": {"rows": sum(u.done for u in units), "bytes": sum(u.bytes_done for u in units),
-                      "units": len(units)}})
+                      "units": len(units), "seconds": None if seconds is None else round(seconds, 3)}})
 
 
 STEP = Step("copy_rows", plan=plan, unit=unit, fan_in=fan_in, unit_queue=ROWS,
