@@ -75,16 +75,21 @@ def seed_template(settings, cell: str, rows: int = TEMPLATE_ROWS):
     return org
 
 
-def add_clones(dsn: str, template_rows: int, first: int, last: int, log=lambda msg: None) -> int:
-    """Clones ``first``..``last`` of the cell's template organization; returns the rows inserted."""
+def add_clones(dsn: str, template_rows: int, first: int, last: int, log=lambda msg: None,
+               per_statement: int = CLONES_PER_STATEMENT) -> int:
+    """Clones ``first``..``last`` of the cell's template organization; returns the rows inserted.
+
+    ``per_statement`` clones are inserted by one statement, row by row across them: their rows share
+    every page of the table (as organizations writing at the same time do). With 1, each clone's rows
+    are contiguous (as an organization seeded or moved in at once)."""
     inserted = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
         lo = conn.execute("SELECT min(id) FROM organizations").fetchone()[0]
         limit = lo + STRIDE  # the template's ids (clone k starts at lo + k * STRIDE)
         stmts = {t: _clone_sql(conn, t) for t in ID_COLUMNS}
         t0 = time.monotonic()
-        for a in range(first, last + 1, CLONES_PER_STATEMENT):
-            b = min(last, a + CLONES_PER_STATEMENT - 1)
+        for a in range(first, last + 1, per_statement):
+            b = min(last, a + per_statement - 1)
             with conn.transaction():
                 conn.execute("SET LOCAL session_replication_role = replica")
                 for stmt in stmts.values():

@@ -142,9 +142,11 @@ def kill_in_window(fleet: BenchFleet, move_id, seed: int) -> dict:
     return {"step": move.step, "worker": victim.name, "killed_at": at}
 
 
-def organizations(fleet: BenchFleet, rows: int, count: int, seed: int) -> list[tuple[int, int]]:
+def organizations(fleet: BenchFleet, rows: int, count: int, seed: int,
+                  interleaved: bool = False) -> list[tuple[int, int]]:
     """``count`` fresh organizations of ``rows`` rows in cell-1: one seeded, the others its clones made in
-    bulk. (organization id, rows) each."""
+    bulk, each clone's rows contiguous, or ``interleaved`` (every clone's rows on every page of a table,
+    the worst layout for reading one organization). (organization id, rows) each."""
     from benchmarks._bystanders import STRIDE, add_clones, vacuum_analyze
     from migrator.cells.discover import discover_orgs
     from migrator.sample.seed import seed_organizations
@@ -152,7 +154,7 @@ def organizations(fleet: BenchFleet, rows: int, count: int, seed: int) -> list[t
     [template] = seed_organizations(fleet.settings(), "cell-1", orgs=1, rows=rows, blobs=20, skew=False, seed=seed)
     dsn = fleet.cell_dsns["cell-1"]
     if count > 1:  # the cell holds only the template: clone k's ids are the template's + k * STRIDE
-        add_clones(dsn, template.rows, 1, count - 1)
+        add_clones(dsn, template.rows, 1, count - 1, per_statement=count if interleaved else 1)
         discover_orgs(fleet.settings(), "cell-1", register=True)  # the clones' routes in the Topology Service
     vacuum_analyze(dsn)
     return [(template.organization_id + k * STRIDE, template.rows) for k in range(count)]
@@ -215,6 +217,8 @@ def main() -> None:
                    help="run the workers with benchmarks/_probe.py and report the verify step's tasks")
     p.add_argument("--kill-trials", type=int, default=0,
                    help="online moves with the worker running a window step SIGKILLed (after the others)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="clone the organizations row by row across each other (every page holds all of them)")
     a = p.parse_args()
     runs = []
     with bench_fleet(cells=3) as fleet:
@@ -225,7 +229,7 @@ def main() -> None:
         fleet.start_workers(a.workers, concurrency=1, app="benchmarks._probe" if a.probe else "tasks")
         fleet.start_beat()  # the reconciler, in a process of its own (a killed worker takes no schedule along)
         plan = ["frozen"] * a.frozen_moves + ["online"] * a.online_moves + ["kill"] * a.kill_trials
-        orgs = organizations(fleet, a.rows, len(plan), seed=100)
+        orgs = organizations(fleet, a.rows, len(plan), seed=100, interleaved=a.interleaved)
         print(f"seeded {len(orgs)} organization(s) of {orgs[0][1]:,} rows", file=sys.stderr)
         for i, (what, org) in enumerate(zip(plan, orgs, strict=True)):
             strategy = "online" if what == "kill" else what
@@ -261,7 +265,8 @@ def main() -> None:
             "extra_window_s": extra, "median_extra_window_s": round(statistics.median(extra), 3),
             "max_extra_window_s": max(extra), "writes_lost": sum(r["writes_lost"] for r in kills)}
     online = summary.get("online")
-    result = {"machine": machine(), "rows": a.rows, "rate": a.rate, "workers": a.workers, "runs": runs,
+    result = {"machine": machine(), "rows": a.rows, "rate": a.rate, "workers": a.workers,
+              "layout": "interleaved" if a.interleaved else "contiguous", "runs": runs,
               "summary": summary,
               "target_met": bool(online) and online["median_writer_window_s"] <= 1.0 and online["writes_lost"] == 0
               and (not kills or (summary["killed_in_window"]["median_extra_window_s"] <= 10

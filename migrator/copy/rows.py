@@ -104,8 +104,9 @@ def split_points(conn, spec: TableSpec, org: int, lo: list | None, hi: list | No
 
 def count_rows(conn, spec: TableSpec, org: int, lo: list | None = None, hi: list | None = None, *,
                path: str | None = None) -> int:
-    """The organization's rows of one table (in (lo, hi] when given), exactly."""
-    with org_scan(conn, spec, org, path=path) as s:
+    """The organization's rows of one table (in (lo, hi] when given), exactly. Without bounds, a small
+    organization's rows are counted in the sharding-key index alone (``org_scan``'s ``count_only``)."""
+    with org_scan(conn, spec, org, path=path, count_only=lo is None and hi is None) as s:
         return int(conn.execute(s.count_sql(lo, hi), {"org": org}).fetchone()[0])
 
 

@@ -105,7 +105,7 @@ def keys_checksums(src, tgt, spec: TableSpec, org: int, keys: list) -> tuple[Ran
 
 def org_count(conn, spec: TableSpec, org: int, rows: float | None = None) -> int:
     """The organization's rows in the table (by the plan its share calls for)."""
-    with org_scan(conn, spec, org, path=choose_path(conn, spec, org, rows)) as s:
+    with org_scan(conn, spec, org, path=choose_path(conn, spec, org, rows), count_only=True) as s:
         return int(conn.execute(s.count_sql(), {"org": org}).fetchone()[0])
 
 
