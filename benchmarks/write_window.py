@@ -119,7 +119,7 @@ def kill_in_window(fleet: BenchFleet, move_id, seed: int) -> dict:
     rng = random.Random(seed)
     while True:
         move = store.get(move_id)
-        if move.state != "running" or move.flipped_at is not None:
+        if move.state not in ("queued", "running") or move.flipped_at is not None:
             return {"missed": f"the move was {move.state} at {move.step} before a kill"}
         if window.inside(move.strategy, move.step) and move.frozen_at is not None:
             break
