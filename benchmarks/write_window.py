@@ -124,13 +124,17 @@ def kill_in_window(fleet: BenchFleet, move_id, seed: int) -> dict:
         if window.inside(move.strategy, move.step) and move.frozen_at is not None:
             break
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.05))
-    move = store.get(move_id)
-    owners = [move.lease_owner] if move.lease_owner else []
-    owners += [u.lease_owner for u in store.units(move_id, move.step) if u.lease_owner and u.state != "done"]
-    if move.flipped_at is not None or not owners:
-        return {"missed": f"no execution held {move.step} at the moment chosen "
-                          f"(flipped: {move.flipped_at is not None})"}
+    # A random moment of the window (they last 0.5-1 s), then the first execution holding a step then.
+    time.sleep(rng.uniform(0.0, 0.4))
+    while True:
+        move = store.get(move_id)
+        if move.flipped_at is not None or not window.inside(move.strategy, move.step):
+            return {"missed": f"the window closed before an execution held a step (at {move.step})"}
+        owners = [move.lease_owner] if move.lease_owner else []
+        owners += [u.lease_owner for u in store.units(move_id, move.step) if u.lease_owner and u.state != "done"]
+        if owners:
+            break
+        time.sleep(0.002)
     task_id = owners[0].split(":")[0]
     victim = next((w for w in fleet.workers if w.alive() and task_id in w.log()), None)
     if victim is None:
