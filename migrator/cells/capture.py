@@ -266,9 +266,10 @@ def pending_keys(conn: psycopg.Connection, capture_id: str, prev: str | None, cu
                             ).fetchone()[0])
 
 
-def logged_keys(conn: psycopg.Connection, capture_id: str, table: str, prev: str | None = None) -> list:
-    """The distinct keys (JSON arrays) of ``table`` logged by a capture since snapshot ``prev`` (None: all),
-    as this statement's snapshot sees the log."""
+def logged_keys(conn: psycopg.Connection, capture_id: str, table: str, prev: str | None = None,
+                cur: str | None = None) -> list:
+    """The distinct keys (JSON arrays) of ``table`` logged by a capture since snapshot ``prev`` (None: all)
+    and, when ``cur`` is given, committed in snapshot ``cur``; as this statement's snapshot sees the log."""
     q = sql.SQL("SELECT DISTINCT c.pk FROM migrator.change_log AS c WHERE c.table_name = %(tbl)s AND {}").format(
         sql.SQL(PENDING_ENTRIES))
-    return [r[0] for r in conn.execute(q, {"cap": capture_id, "tbl": table, "prev": prev, "cur": None})]
+    return [r[0] for r in conn.execute(q, {"cap": capture_id, "tbl": table, "prev": prev, "cur": cur})]

@@ -24,8 +24,8 @@ FROZEN: tuple[str, ...] = (
 )
 
 # The online strategy (docs/adr/0009-online-moves.md, 0012): capture changes, copy while writable,
-# catch up until the delta is small, verify every range while still writable, and only then freeze for
-# the final delta, the keys changed since the verification, and the flip.
+# catch up until the delta is small, verify every range while still writable (and, by key, what changed
+# meanwhile), and only then freeze for the final delta, the keys changed since, and the flip.
 ONLINE: tuple[str, ...] = (
     "preflight",
     "capture",
@@ -33,6 +33,7 @@ ONLINE: tuple[str, ...] = (
     "copy_blobs",
     "catch_up",
     "verify",
+    "verify_catch_up",
     "freeze",
     "drain",
     "final_delta",
