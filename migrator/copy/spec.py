@@ -32,6 +32,9 @@ def stabilize_session(conn) -> None:
 
 # The organization's share of a table up to which its rows are found through indexes (ADR 0017).
 INDEX_PATH_MAX_FRACTION = 0.2
+# ... and up to which they are counted in the sharding-key index alone (an index-only scan reads the
+# organization's index entries, not the table: 182 ms against 892 ms for a scan, 661k notes of 3.3M).
+COUNT_INDEX_MAX_FRACTION = 0.5
 INDEX = "index"
 SCAN = "scan"
 
@@ -55,7 +58,8 @@ def org_rows(conn, spec: TableSpec, org: int) -> float:
                       {"org": org})
 
 
-def choose_path(conn, spec: TableSpec, org: int, rows: float | None = None) -> str:
+def choose_path(conn, spec: TableSpec, org: int, rows: float | None = None,
+                max_fraction: float = INDEX_PATH_MAX_FRACTION) -> str:
     """``index`` when the organization is a small share of the table and its keys are indexed, else ``scan``.
 
     ``rows``: the organization's rows in the table when known better than this cell's statistics
@@ -65,7 +69,7 @@ def choose_path(conn, spec: TableSpec, org: int, rows: float | None = None) -> s
         return SCAN
     if rows is None:
         rows = org_rows(conn, spec, org)
-    return INDEX if rows <= INDEX_PATH_MAX_FRACTION * max(table_rows(conn, spec), 1.0) else SCAN
+    return INDEX if rows <= max_fraction * max(table_rows(conn, spec), 1.0) else SCAN
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from migrator.copy.spec import TableSpec, choose_path, org_rows, org_scan
+from migrator.copy.spec import COUNT_INDEX_MAX_FRACTION, TableSpec, choose_path, org_rows, org_scan
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ def keys_checksums(src, tgt, spec: TableSpec, org: int, keys: list) -> tuple[Ran
 
 def org_count(conn, spec: TableSpec, org: int, rows: float | None = None) -> int:
     """The organization's rows in the table (by the plan its share calls for)."""
-    with org_scan(conn, spec, org, path=choose_path(conn, spec, org, rows), count_only=True) as s:
+    path = choose_path(conn, spec, org, rows, max_fraction=COUNT_INDEX_MAX_FRACTION)
+    with org_scan(conn, spec, org, path=path, count_only=True) as s:
         return int(conn.execute(s.count_sql(), {"org": org}).fetchone()[0])
 
 
