@@ -509,6 +509,7 @@ def test_capture_trigger_disabled_mid_move_never_flips(faults):
     Operations(settings).resume(move.id, actor="faults")
     final = wait_move(settings, move.id, timeout=240)
     result.trials += 1
+    result.failed_then_resumed += 1
     result.completed += final.state == "completed"
     result.violations += check_completed(settings, move.id, org, "cell-1", "cell-2", before=before, bystanders=by)
     result.save()
