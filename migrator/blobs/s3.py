@@ -71,6 +71,11 @@ _THROTTLING = {"Throttling", "ThrottlingException", "ThrottledException", "Reque
                "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable"}
 
 
+class IncompleteAnswer(ConnectionError):
+    """The store's answer lacked a field every complete answer has (a multipart upload's ``UploadId``):
+    it broke off, as when the server is stopped while it answers. Transient, like a reset connection."""
+
+
 def is_transient_s3_error(exc: BaseException) -> bool:
     """An error that may go away if the same request is sent again."""
     if isinstance(exc, ClientError):
@@ -78,7 +83,7 @@ def is_transient_s3_error(exc: BaseException) -> bool:
         code = exc.response.get("Error", {}).get("Code", "")
         return status >= 500 or status == 429 or code in _THROTTLING
     return isinstance(exc, BotocoreConnectionError | HTTPClientError | IncompleteReadError | ConnectionResetError
-                      | ConnectionAbortedError | BrokenPipeError | TimeoutError)
+                      | ConnectionAbortedError | BrokenPipeError | TimeoutError | IncompleteAnswer)
 
 
 def retrying(attempts: int) -> _Retrying:
@@ -306,7 +311,11 @@ class S3BlobStore(BlobStore):
             future = self.transfer.upload(reader, self.bucket, self._key(key), extra_args=extra,
                                           subscribers=[_Size()] if size is not None else None)
             try:
-                future.result()
+                try:
+                    future.result()
+                except KeyError as exc:
+                    # s3transfer reads the field from the answer unchecked (CreateMultipartUpload's UploadId)
+                    raise IncompleteAnswer(f"the answer to a multipart upload of {key} had no {exc}") from exc
             except BaseException:
                 if not future.done():
                     future.cancel()  # aborts the multipart upload

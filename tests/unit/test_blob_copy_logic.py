@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from pydantic import ValidationError
 
 from migrator.blobs.copier import BlobRef, copy_in_batches
-from migrator.blobs.s3 import is_transient_s3_error
+from migrator.blobs.s3 import IncompleteAnswer, is_transient_s3_error
 from migrator.blobs.store import Received
 from migrator.config import BlobStoreConfig
 
@@ -101,3 +101,10 @@ def test_blob_store_config_refuses_credentials_and_needs_a_bucket():
         BlobStoreConfig(kind="s3", bucket="b", multipart_chunk_mb=1)  # below S3's smallest part
     cfg = BlobStoreConfig(kind="s3", bucket="b", endpoint_url="http://127.0.0.1:9000", prefix="cell-1")
     assert cfg.server_side_copy is True and cfg.multipart_threshold_mb == 8
+
+
+def test_an_answer_broken_off_is_transient():
+    """A store stopped while it answers CreateMultipartUpload gave a 200 without UploadId (s3transfer then
+    raised KeyError): it is retried like a reset connection, and reported as the store being unavailable."""
+    assert is_transient_s3_error(IncompleteAnswer("the answer to a multipart upload of k had no 'UploadId'"))
+    assert not is_transient_s3_error(KeyError("UploadId"))
