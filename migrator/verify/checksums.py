@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from migrator.copy.rows import count_rows
 from migrator.copy.spec import COUNT_INDEX_MAX_FRACTION, TableSpec, choose_path, org_rows, org_scan
 
 
@@ -105,9 +106,7 @@ def keys_checksums(src, tgt, spec: TableSpec, org: int, keys: list) -> tuple[Ran
 
 def org_count(conn, spec: TableSpec, org: int, rows: float | None = None) -> int:
     """The organization's rows in the table (by the plan its share calls for)."""
-    path = choose_path(conn, spec, org, rows, max_fraction=COUNT_INDEX_MAX_FRACTION)
-    with org_scan(conn, spec, org, path=path, count_only=True) as s:
-        return int(conn.execute(s.count_sql(), {"org": org}).fetchone()[0])
+    return count_rows(conn, spec, org, path=choose_path(conn, spec, org, rows, max_fraction=COUNT_INDEX_MAX_FRACTION))
 
 
 def org_counts(src, tgt, spec: TableSpec, org: int) -> tuple[int, int]:
