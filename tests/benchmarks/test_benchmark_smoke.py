@@ -128,3 +128,17 @@ def test_router_benchmark(tmp_path):
     assert result["propagation"]["flips"] == 2 and result["propagation"]["not_seen_within_30s"] == 0
     assert result["overhead"]["pairs"] > 0 and result["lookup_cache"]["lookups"] == 1000
     assert set(result["classify_cli"]) == {"json", "table"} and set(result["targets"]) >= {"flip_p99_le_100ms"}
+
+
+def test_estimate_accuracy_benchmark(tmp_path):
+    result = _run("estimate_accuracy.py", "--sizes", "1200,2400", "--calibrate", "1500", "--blobs", "3",
+                  "--strategies", "online", tmp_path=tmp_path)
+    (run,) = result["runs"]
+    assert [m["rows"] for m in run["calibration_moves"]] == [1500]
+    assert [r["rows"] for r in run["results"]] == [1200, 2400]
+    for i, r in enumerate(run["results"]):
+        # Calibrated from the calibration move and every measured move before it.
+        assert r["basis"] == f"calibrated from {1 + i} recent move{'s' if i else ''}"
+        assert r["calibration"]["fixed_costs"] == "measured"
+        assert r["actual_s"] > 0 and r["actual_window_s"] > 0
+        assert r["ratio"] > 0 and r["window_ratio"] > 0 and r["config_ratio"] > 0
