@@ -59,10 +59,9 @@ def _seconds(move) -> float | None:
     return round((move.completed_at - move.created_at).total_seconds(), 3)
 
 
-def move_once(settings, org: int, target: str, strategy: str, timeout: float, reason: str, args):
+def move_once(settings, org: int, target: str, strategy: str, timeout: float, reason: str):
     from migrator.moves.operations import Operations
 
-    quiet_machine(args.max_load, args.max_wait)
     move = Operations(settings).request_move(org, target, actor="benchmark", reason=reason, strategy=strategy)
     (move,) = wait_moves(settings, [move.id], timeout=timeout)
     if move.state != "completed":
@@ -76,16 +75,16 @@ def measure(settings, org: int, rows: int, strategy: str, target: str, args) -> 
     from migrator.moves.estimate import estimate
     from migrator.moves.operations import Operations
 
-    plan = Operations(settings).dry_run(org, target, strategy)
-    config = estimate(settings, strategy, plan["tables"], plan["blob_bytes"], None)
-    quiet_machine(args.max_load, args.max_wait)
+    waited = quiet_machine(args.max_load, args.max_wait)
     load = os.getloadavg()[0]
-    move = move_once(settings, org, target, strategy, args.timeout, "benchmarks/estimate_accuracy.py", args)
+    plan = Operations(settings).dry_run(org, target, strategy)  # the move follows at once
+    config = estimate(settings, strategy, plan["tables"], plan["blob_bytes"], None)
+    move = move_once(settings, org, target, strategy, args.timeout, "benchmarks/estimate_accuracy.py")
     actual, win = _seconds(move), window.seconds(move)
     win = None if win is None else round(win, 3)
     return {
         "rows": rows, "strategy": strategy, "organization_id": org, "move_id": str(move.id),
-        "load_avg": round(load, 2), "basis": plan["calibration"]["basis"],
+        "load_avg": round(load, 2), "waited_s": round(waited, 1), "basis": plan["calibration"]["basis"],
         "calibration": plan["calibration"],
         "actual_s": actual, "actual_window_s": win,
         "estimate_s": plan["estimate_s"], "window_estimate_s": plan["write_window_estimate_s"],
@@ -116,11 +115,13 @@ def run_strategy(fleet, strategy: str, args) -> dict:
     for role, n, org in orgs:
         if role != "calibration":
             continue
-        move = move_once(settings, org, "cell-2", strategy, args.timeout, "calibration move", args)
+        quiet_machine(args.max_load, args.max_wait)
+        load = os.getloadavg()[0]
+        move = move_once(settings, org, "cell-2", strategy, args.timeout, "calibration move")
         win = window.seconds(move)
         calibration.append({"rows": n, "move_id": str(move.id), "actual_s": _seconds(move),
                             "actual_window_s": None if win is None else round(win, 3),
-                            "load_avg": round(os.getloadavg()[0], 2)})
+                            "load_avg": round(load, 2)})
         print(f"[{strategy}] calibration move of {n:,} rows: {_seconds(move)}s", file=sys.stderr, flush=True)
     results = []
     for role, n, org in orgs:
