@@ -5,9 +5,9 @@
   ``move_throughput``. A step's wall time (its first claim to its fan-in, as ``report.copy_rows.seconds``
   already says) is shared out by the seconds its units spent on each table (``move_units.result.seconds``),
   so the parts add up to the step even when several workers copied at once.
-- :func:`calibrate` (pure): per table rows/s for copy and verify, the fleet-wide rates, blob bytes/s,
-  and per strategy the rest of a move (its duration minus copy and verify) and its write window,
-  each fitted as ``a + b x rows``.
+- :func:`calibrate` (pure): per table rows/s for copy and verify, the fleet-wide rates, blob bytes/s
+  (each the median of the moves' rates weighted by their rows), and per strategy the rest of a move
+  (its duration minus copy and verify) and its write window, each fitted as ``a + b x rows`` (repeated medians).
 - :func:`load_calibration`: reads the last ``moves.calibration_moves`` completed moves of the last
   ``moves.calibration_days`` days made in one attempt (their duration and window from ``moves``) and
   calibrates.
@@ -139,34 +139,64 @@ class MoveSample:
         return sum(t["copy_s"] + (t["verify_s"] or 0.0) for t in self.throughput)
 
 
+def weighted_median(pairs: list[tuple[float, float]]) -> float | None:
+    """The median of ``(value, weight)`` pairs: the value at half the total weight (between two values
+    that split it exactly, their mean)."""
+    pairs = sorted((v, w) for v, w in pairs if w > 0)
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return None
+    acc = 0.0
+    for i, (v, w) in enumerate(pairs):
+        acc += w
+        if acc > total / 2:
+            return v
+        if acc == total / 2:
+            return (v + pairs[i + 1][0]) / 2 if i + 1 < len(pairs) else v
+    return pairs[-1][0]
+
+
+def _median(values: list[float]) -> float:
+    return weighted_median([(v, 1.0) for v in values])
+
+
 def fit(points: list[tuple[float, float]]) -> Line | None:
-    """``y = a + b x`` by least squares, with a >= 0 and b >= 0; one point (or one x): its mean."""
+    """``y = a + b x`` with a >= 0 and b >= 0, robust to a move that ran on a busy machine (Siegel's repeated
+    median: for each point the median slope to the others, the median of those, then the median
+    intercept); one point or one x: the median."""
     if not points:
         return None
     n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    var = sum((x - mx) ** 2 for x, _ in points)
-    if n < 2 or var <= 0:
-        return Line(max(my, 0.0), 0.0, n)
-    b = sum((x - mx) * (y - my) for x, y in points) / var
-    if b < 0:
-        return Line(max(my, 0.0), 0.0, n)
-    a = my - b * mx
+    slopes = [_median(each) for each in (
+        [(y2 - y1) / (x2 - x1) for j, (x2, y2) in enumerate(points) if j != i and x2 != x1]
+        for i, (x1, y1) in enumerate(points)) if each]
+    if not slopes:
+        return Line(max(_median([y for _, y in points]), 0.0), 0.0, n)
+    b = _median(slopes)
+    if b <= 0:  # slower when smaller: noise, not a negative cost per row
+        return Line(max(_median([y for _, y in points]), 0.0), 0.0, n)
+    a = _median([y - b * x for x, y in points])
     if a < 0:  # through the origin instead
-        b = sum(x * y for x, y in points) / sum(x * x for x, _ in points)
-        return Line(0.0, max(b, 0.0), n)
+        ratios = [y / x for x, y in points if x > 0]
+        return Line(0.0, max(_median(ratios), 0.0) if ratios else 0.0, n)
     return Line(a, b, n)
 
 
 def calibrate(samples: list[MoveSample], days: float | None = None) -> Calibration:
-    """The calibration from recent moves (pure; no samples: an empty Calibration, the config's rates)."""
+    """The calibration from recent moves (pure; no samples: an empty Calibration, the config's rates).
+
+    Each rate is the median of the moves' rates weighted by their rows: big moves count most (their rate
+    is the least disturbed by start-up costs), and one move slowed by a busy machine does not drag the
+    rate with it once there are three."""
     if not samples:
         return Calibration(days=days)
-    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # rows, copy_s, rows_v, verify_s
-    fleet = [0.0, 0.0, 0.0, 0.0]
-    blob_bytes = blob_s = 0.0
+    copy_rates: dict[str, list[tuple[float, float]]] = defaultdict(list)  # table -> (rows/s, rows) per move
+    verify_rates: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    measured: dict[str, int] = defaultdict(int)
+    fleet_copy, fleet_verify, blob_rates = [], [], []
     for s in samples:
+        rows_c = copy_s = rows_v = verify_s = 0.0
+        blob_bytes = blob_s = 0.0
         for t in s.throughput:
             if t["kind"] == "blobs":
                 if t["bytes"]:
@@ -175,16 +205,21 @@ def calibrate(samples: list[MoveSample], days: float | None = None) -> Calibrati
                 continue
             if t["rows"] <= 0:
                 continue
-            acc = sums[t["table_name"]]
-            for target in (acc, fleet):
-                if t["copy_s"] > 0:
-                    target[0] += t["rows"]
-                    target[1] += t["copy_s"]
-                if t["verify_s"]:
-                    target[2] += t["rows"]
-                    target[3] += t["verify_s"]
-    copy = {name: a[0] / a[1] for name, a in sums.items() if a[0] >= MIN_TABLE_ROWS and a[1] > 0}
-    verify = {name: a[2] / a[3] for name, a in sums.items() if a[2] >= MIN_TABLE_ROWS and a[3] > 0}
+            measured[t["table_name"]] += t["rows"]
+            if t["copy_s"] > 0:
+                copy_rates[t["table_name"]].append((t["rows"] / t["copy_s"], t["rows"]))
+                rows_c, copy_s = rows_c + t["rows"], copy_s + t["copy_s"]
+            if t["verify_s"]:
+                verify_rates[t["table_name"]].append((t["rows"] / t["verify_s"], t["rows"]))
+                rows_v, verify_s = rows_v + t["rows"], verify_s + t["verify_s"]
+        if copy_s > 0:
+            fleet_copy.append((rows_c / copy_s, rows_c))
+        if verify_s > 0:
+            fleet_verify.append((rows_v / verify_s, rows_v))
+        if blob_bytes and blob_s > 0:
+            blob_rates.append((blob_bytes / blob_s, blob_bytes))
+    copy = {name: weighted_median(r) for name, r in copy_rates.items() if measured[name] >= MIN_TABLE_ROWS}
+    verify = {name: weighted_median(r) for name, r in verify_rates.items() if measured[name] >= MIN_TABLE_ROWS}
     rest, win = {}, {}
     for strategy in sorted({s.strategy for s in samples}):
         mine = [s for s in samples if s.strategy == strategy]
@@ -197,9 +232,8 @@ def calibrate(samples: list[MoveSample], days: float | None = None) -> Calibrati
             win[strategy] = fit(points)
     return Calibration(
         moves=len(samples), copy_rows_per_s=copy, verify_rows_per_s=verify,
-        fleet_copy_rows_per_s=fleet[0] / fleet[1] if fleet[1] > 0 else None,
-        fleet_verify_rows_per_s=fleet[2] / fleet[3] if fleet[3] > 0 else None,
-        blob_bytes_per_s=blob_bytes / blob_s if blob_bytes and blob_s > 0 else None,
+        fleet_copy_rows_per_s=weighted_median(fleet_copy), fleet_verify_rows_per_s=weighted_median(fleet_verify),
+        blob_bytes_per_s=weighted_median(blob_rates),
         rest={k: v for k, v in rest.items() if v is not None}, window=win, days=days)
 
 

@@ -149,3 +149,22 @@ def test_measure_shares_each_step_by_the_units_busy_time():
     assert rows[("rows", "notes")]["verify_s"] is None  # no verify unit of its own here
     assert rows[("blobs", "uploads")]["copy_s"] == pytest.approx(0.5)
     assert rows[("rows", "issues")]["verify_s"] == rows[("blobs", "uploads")]["verify_s"] == pytest.approx(0.2)
+
+
+def test_one_move_on_a_busy_machine_does_not_drag_the_calibration(settings):
+    from migrator.moves.calibration import calibrate, weighted_median
+
+    assert weighted_median([(1.0, 1), (5.0, 1), (100.0, 1)]) == 5.0
+    assert weighted_median([(1.0, 1), (3.0, 1)]) == 2.0
+    assert weighted_median([(1.0, 10), (100.0, 1)]) == 1.0
+    assert weighted_median([]) is None
+
+    def normal(rows):
+        return _sample("online", rows, 2.0 + rows / 100_000 + rows * (1 / 200_000 + 1 / 400_000), 0.4)
+
+    slow = _sample("online", 200_000, 30.0, 3.0, copy_rate=50_000, verify_rate=100_000)  # 4x slower
+    cal = calibrate([normal(20_000), slow, normal(50_000), normal(150_000)])
+    assert cal.copy_rows_per_s["issues"] == pytest.approx(200_000)
+    assert cal.fleet_verify_rows_per_s == pytest.approx(400_000)
+    assert cal.rest["online"].fixed_s == pytest.approx(2.0) and cal.rest["online"].per_row_s == pytest.approx(1e-5)
+    assert cal.window["online"].at(600_000) == pytest.approx(0.4)
