@@ -75,6 +75,16 @@ DEMO_MOVES = {
     "reconcile_every_s": 10,
 }
 STOP_ORDER = ("worker", "topology", "redis", "postgres")
+# The embedded PostgreSQL keeps its WAL small (its defaults keep up to 1 GB in pg_wal): checkpoints
+# come every 64 MB of WAL or every minute, and no segment is kept for a standby (there is none). The
+# online strategy captures changes with triggers, not logical decoding, so wal_level stays as it is.
+EMBEDDED_PG_SETTINGS = {
+    "max_wal_size": "64MB",
+    "min_wal_size": "32MB",
+    "wal_keep_size": "0",
+    "checkpoint_timeout": "60s",
+    "checkpoint_warning": "0",  # checkpoints every 64 MB during a big seed are expected, not news
+}
 
 Say = Callable[[str], None]
 
@@ -303,8 +313,12 @@ class Fleet:
         self.processes["postgres"] = ProcRef("postgres", info.pid, start_time(info.pid))
         self.server_dsn = f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
         self.save_state()
-        with psycopg.connect(self.server_dsn, connect_timeout=10) as conn:
+        with psycopg.connect(self.server_dsn, connect_timeout=10, autocommit=True) as conn:
             self.versions["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+            # ALTER SYSTEM: kept in the data directory's postgresql.auto.conf; all of them take a reload.
+            for name, value in EMBEDDED_PG_SETTINGS.items():
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            conn.execute("SELECT pg_reload_conf()")
         self.say(f"PostgreSQL {self.versions['postgresql']} (embedded, pgserver) ready in "
                  f"{time.monotonic() - started:.1f} s on unix socket {info.socket_dir}/.s.PGSQL.{info.port}")
 
