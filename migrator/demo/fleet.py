@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -40,11 +41,13 @@ import psycopg
 from kombu import Connection
 from psycopg import sql
 
+from migrator.atomic_file import write_text
 from migrator.config import load_settings
 from migrator.dsn import mask_dsn
 from migrator.errors import MigratorError
 from migrator.fleet.config import fleet_config, write_config
 from migrator.fleet.processes import (
+    BIN,
     MARKER_ENV,
     ProcRef,
     cmdline,
@@ -85,6 +88,7 @@ EMBEDDED_PG_SETTINGS = {
     "checkpoint_timeout": "60s",
     "checkpoint_warning": "0",  # checkpoints every 64 MB during a big seed are expected, not news
 }
+FLOWER_USER = "demo"
 
 Say = Callable[[str], None]
 
@@ -129,6 +133,8 @@ class DemoPaths:
         self.blobs = self.root / "blobs"
         self.beat_schedule = self.root / "celerybeat-schedule"
         self.certs = self.root / "certs"
+        self.env_script = self.root / "env.sh"
+        self.flower_auth = self.root / "flower-auth"
         self.redis_socket = self._socket("redis.sock")
         self.topology_socket = self._socket("topology.sock")
 
@@ -243,6 +249,30 @@ class Fleet:
     def write_config(self) -> None:
         write_config(self.paths.config, self.config_data(),
                      header="# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n")
+
+    def make_flower_auth(self) -> None:
+        """Flower's basic-auth credential, ``demo:<random>``, in ``<dir>/flower-auth`` (owner only; made once
+        per folder and kept). The banner reads it from the file: the password is never printed."""
+        if not self.paths.flower_auth.exists():
+            write_text(self.paths.flower_auth, f"{FLOWER_USER}:{secrets.token_urlsafe(18)}\n", mode=0o600)
+
+    def write_env_script(self) -> None:
+        """``<dir>/env.sh``: ``source`` it in a new shell and ``migrator`` and ``celery -A tasks`` use this fleet.
+
+        It puts this interpreter's scripts first on PATH, points MIGRATOR_CONFIG at the demo's config and
+        unsets the shell's other MIGRATOR_* variables (each would override the config, as in the fleet's
+        own processes, which never see them)."""
+        lines = [
+            "# Written by `migrator demo`: `source` it in a shell and `migrator ...` and `celery -A tasks ...`",
+            f"# use the demo fleet in {self.paths.root}.",
+            "unset $(env | sed -n 's/^\\(MIGRATOR_[A-Za-z0-9_]*\\)=.*/\\1/p')",
+            f"export PATH={shlex.quote(str(BIN))}:\"$PATH\"",
+            f"export MIGRATOR_CONFIG={shlex.quote(str(self.paths.config))}",
+        ]
+        tasks_root = _tasks_import_root()
+        if tasks_root:  # an old editable install: `celery -A tasks` finds the app only from the repository
+            lines.append(f"export PYTHONPATH={shlex.quote(tasks_root)}${{PYTHONPATH:+:$PYTHONPATH}}")
+        write_text(self.paths.env_script, "\n".join(lines) + "\n", mode=0o644)
 
     def settings(self):
 
@@ -649,3 +679,4 @@ def prepare(paths: DemoPaths, *, mode: str, keep: bool, concurrency: int, say: S
         fleet.stop()
         raise
     return fleet
+

@@ -12,6 +12,7 @@ import _thread
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from migrator.config import clear_settings_cache, load_settings
 from migrator.demo.fleet import (
     DEFAULT_DIR,
     EMBEDDED,
+    FLOWER_USER,
     USE_CONFIG,
     DemoError,
     DemoPaths,
@@ -215,25 +217,26 @@ def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
 
 
 def _print_next_steps(fleet: Fleet, report: dict, opts: DemoOptions, say: _Say) -> None:
+    paths = fleet.paths
+    auth = shlex.quote(str(paths.flower_auth))
     say("")
-    say("Point the migrator at this fleet from another shell:")
-    say(f"  export MIGRATOR_CONFIG={fleet.paths.config}")
+    say("Use this fleet from another shell (the lines work as pasted):")
+    say(f"  source {shlex.quote(str(paths.env_script))}   # PATH and MIGRATOR_CONFIG for this fleet")
     say("  migrator status                                   # every move")
     say(f"  migrator status {report['move_id']}   # this one: plan, verification, history")
     say(f"  migrator move --org {report['organization_id']} --to cell-3 --wait     # move it on")
     say("  migrator abort MOVE_ID                            # stop a move before its flip")
-    say("  celery -A tasks flower                            # Flower: http://127.0.0.1:5555 (loopback only)")
-    say(f"Logs: {fleet.paths.logs}")
-    if opts.exit_after and not opts.keep:
+    say(f'  FLOWER_BASIC_AUTH="$(cat {auth})" celery -A tasks flower   # Flower: http://127.0.0.1:5555 '
+        f"(loopback only); log in as {FLOWER_USER}, the password is in {auth}")
+    say(f"Logs: {paths.logs}")
+    if opts.keep:
+        return
+    if opts.exit_after:
         say("(--exit: the fleet stops now; `migrator demo` without --exit, or with --keep, leaves it running)")
 
 
-def _serve(fleet: Fleet, opts: DemoOptions, say: _Say) -> None:
-    if opts.keep:
-        say("The fleet is running. Ctrl-C ends this command and leaves the fleet running "
-            f"(stop it with `migrator demo --stop --dir {fleet.paths.root}`).")
-    else:
-        say("The fleet is running. Ctrl-C stops it.")
+def _serve(fleet: Fleet, say: _Say) -> None:
+    say("The fleet is running. Ctrl-C stops it.")
     while True:
         time.sleep(1.0)
         dead = [name for name, ref in fleet.processes.items() if not ref.alive()]
@@ -269,6 +272,8 @@ def run_demo(opts: DemoOptions) -> int:
             fleet = prepare(paths, mode=USE_CONFIG if opts.use_config else EMBEDDED, keep=opts.keep,
                             concurrency=opts.concurrency, say=say, configured=configured)
             keep_fleet = opts.keep
+            fleet.make_flower_auth()
+            fleet.write_env_script()
             report = _move_one(fleet, opts, out, say)
             report["config"] = str(paths.config)
             code = 0 if report["ok"] else 1
@@ -278,8 +283,8 @@ def run_demo(opts: DemoOptions) -> int:
             else:
                 print_report(report, out)
             _print_next_steps(fleet, report, opts, say)
-            if not opts.exit_after:
-                _serve(fleet, opts, say)
+            if not opts.exit_after and not opts.keep:
+                _serve(fleet, say)
         except KeyboardInterrupt:
             say("interrupted")
             if report is None:

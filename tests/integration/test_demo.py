@@ -113,7 +113,7 @@ def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
                      "completed, VERIFIED", "verification", "blobs:", "verified by sha256",
                      "write window (frozen -> writable on cell-2):", "route before: organization",
                      "-> cell-1 (version 1, active)", "route after:", "-> cell-2 (version 2, active)",
-                     f"export MIGRATOR_CONFIG={root}/migrator.yaml", "fleet stopped"):
+                     f"source {root}/env.sh", "fleet stopped"):
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
     assert "NO" not in [cell.strip() for line in out.splitlines() for cell in line.split("│")]
     if edge:  # the edge router ran, on unix sockets, and the organization's requests crossed over
