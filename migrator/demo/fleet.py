@@ -680,3 +680,69 @@ def prepare(paths: DemoPaths, *, mode: str, keep: bool, concurrency: int, say: S
         raise
     return fleet
 
+
+# --- stopping with care, cleaning ----------------------------------------------------------------
+
+
+def fleet_running(paths: DemoPaths) -> bool:
+    """A process of the fleet recorded in ``paths`` (or an orphan of it) is running."""
+    state = load_state(paths)
+    return any(r.alive() for r in (state["processes"] if state else {}).values()) \
+        or bool(find_fleet_processes(paths.root))
+
+
+def moves_in_flight(paths: DemoPaths) -> list[dict]:
+    """The moves of the demo's control database not in a terminal state (oldest first).
+
+    Raises DemoError when the control database cannot be read (the caller cannot tell)."""
+    # deferred: the models import SQLAlchemy; `migrator demo --help` should not
+    from migrator.control.models import ACTIVE_MOVE_STATES
+
+    try:
+        dsn = load_settings(paths.config).control_dsn
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT id::text, state, step, organization_id, target_cell FROM moves "
+                "WHERE state = ANY(%s) ORDER BY created_at", [list(ACTIVE_MOVE_STATES)]).fetchall()
+    except (MigratorError, psycopg.Error) as exc:
+        detail = exc.message if isinstance(exc, MigratorError) else str(exc).strip().splitlines()[0]
+        raise DemoError(f"cannot tell whether a move is in flight in the demo fleet in {paths.root}: {detail}",
+                        "pass --force to stop the fleet anyway") from None
+    return [{"id": r[0], "state": r[1], "step": r[2], "organization_id": r[3], "target": r[4]} for r in rows]
+
+
+def disk_usage(*roots: Path) -> int:
+    """Bytes the files under ``roots`` take on disk (as ``du``: allocated blocks, each inode once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(path: str) -> None:
+        nonlocal total
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+
+    for root in roots:
+        if root.exists():
+            add(str(root))
+            for folder, dirs, files in os.walk(root):
+                for name in (*dirs, *files):
+                    add(os.path.join(folder, name))
+    return total
+
+
+def is_demo_folder(paths: DemoPaths) -> bool:
+    """Something ``migrator demo`` made: its lock or state file, or its config (never just any folder)."""
+    if paths.lock.exists() or paths.state.exists():
+        return True
+    with contextlib.suppress(OSError):
+        return paths.config.read_text().startswith("# Written by `migrator demo`")
+    return False
+
+
+def socket_folder(paths: DemoPaths) -> Path | None:
+    """The short folder outside ``root`` holding the sockets of a deep --dir (None: they are in root)."""
+    folder = paths.topology_socket.parent
+    return None if folder == paths.root else folder

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -33,8 +34,14 @@ from migrator.demo.fleet import (
     DemoPaths,
     Fleet,
     demo_lock,
+    disk_usage,
+    fleet_running,
+    is_demo_folder,
+    load_state,
+    moves_in_flight,
     prepare,
     require_embedded_packages,
+    socket_folder,
     stop_kept,
 )
 from migrator.demo.report import build_report, print_report
@@ -296,7 +303,8 @@ def run_demo(opts: DemoOptions) -> int:
                         fleet.leave_running()
                         pids = ", ".join(f"{n} {r.pid}" for n, r in fleet.processes.items())
                         say(f"fleet left running ({pids}); `migrator demo --keep` reuses it, "
-                            f"`migrator demo --stop --dir {paths.root}` stops it")
+                            f"`migrator demo --stop --dir {paths.root}` stops it, "
+                            f"`migrator demo --clean --dir {paths.root}` stops it and removes the folder")
                     else:
                         started = time.monotonic()
                         count = fleet.stop()
@@ -310,17 +318,90 @@ def run_demo(opts: DemoOptions) -> int:
         return code
 
 
-def stop_demo(directory: Path) -> int:
-    """``migrator demo --stop``: stop a fleet left running with ``--keep``."""
-    say = _Say(Console())
-    paths = DemoPaths(directory)
+def _forget_callers_config() -> None:
     for key in [k for k in os.environ if k.upper().startswith("MIGRATOR_")]:
         del os.environ[key]  # the folder's own config describes its fleet
+
+
+def _stop_fleet(paths: DemoPaths, say: _Say, *, force: bool, option: str) -> int:
+    """Stop the fleet in ``paths`` (under its lock), unless a move is in flight and not ``force``."""
+    if not fleet_running(paths):
+        return stop_kept(paths, say)  # nothing runs: only stale files and sockets to drop
+    state = load_state(paths) or {}
+    try:
+        in_flight = moves_in_flight(paths)
+    except DemoError:
+        if not force:
+            raise
+        in_flight = []
+        say("could not read the demo's moves; stopping the fleet anyway (--force)")
+    again = f"migrator demo {option} --force" + ("" if paths.root == DemoPaths(DEFAULT_DIR).root
+                                                  else f" --dir {shlex.quote(str(paths.root))}")
+    described = "; ".join(f"move {m['id']} (organization {m['organization_id']} -> {m['target']}) is "
+                          f"{m['state']} at step {m['step']}" for m in in_flight)
+    if in_flight and not force:
+        first = in_flight[0]
+        finish = (f"resume it to the end (`migrator resume {first['id']} --wait`)"
+                  if first["state"] in ("paused", "failed") else f"wait for its end (`migrator watch {first['id']}`)")
+        forced = "leaves the move in flight" if option == "--stop" else "removes the move with the folder"
+        raise DemoError(
+            f"the demo fleet in {paths.root} has {len(in_flight)} move(s) in flight: {described}; "
+            "stopping the fleet would leave it half done",
+            f"{finish} or abort it (`migrator abort {first['id']}`), after `source "
+            f"{shlex.quote(str(paths.env_script))}` in your shell; or `{again}` stops the fleet anyway and {forced}")
+    count = stop_kept(paths, say)
+    if in_flight:
+        where = ("its databases were dropped with the fleet" if state.get("mode") == USE_CONFIG else
+                 f"its data stays in {paths.root} until `migrator demo --clean` or the next `migrator demo`, "
+                 "which starts from empty databases")
+        say(f"--force: left in flight with nothing to advance it: {described}; {where}")
+    return count
+
+
+def stop_demo(directory: Path, *, force: bool = False) -> int:
+    """``migrator demo --stop``: stop a fleet left running with ``--keep`` (not while a move is in flight,
+    unless ``force``)."""
+    say = _Say(Console())
+    paths = DemoPaths(directory)
+    _forget_callers_config()
     if not paths.root.exists():
         say(f"no demo in {paths.root}")
         return 0
     with demo_lock(paths):
-        count = stop_kept(paths, say)
+        count = _stop_fleet(paths, say, force=force, option="--stop")
     if not count:
         say(f"no demo fleet was running in {paths.root}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def clean_demo(directory: Path, *, force: bool = False) -> int:
+    """``migrator demo --clean``: stop the fleet (as ``--stop``), then remove the demo folder."""
+    say = _Say(Console())
+    paths = DemoPaths(directory)
+    _forget_callers_config()
+    if not paths.root.exists():
+        say(f"no demo in {paths.root}: nothing to remove")
+        return 0
+    if not is_demo_folder(paths):
+        raise DemoError(f"{paths.root} is not a folder of `migrator demo` (no demo.lock, state.json or demo "
+                        "config in it); nothing removed", "pass the folder the demo used: --dir DIR")
+    with demo_lock(paths):
+        _stop_fleet(paths, say, force=force, option="--clean")
+        sockets = socket_folder(paths)
+        folders = [paths.root, *([sockets] if sockets else [])]
+        freed = disk_usage(*folders)
+        try:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=folder is not paths.root)
+        except OSError as exc:
+            raise DemoError(f"could not remove all of {paths.root}: {exc}",
+                            "remove what is left by hand") from None
+    say(f"removed {paths.root}: {_size(freed)} freed ({freed:,} bytes)")
     return 0
