@@ -338,3 +338,17 @@ def test_keep_returns_the_prompt_banner_works_pasted_stop_and_clean_mind_moves_i
         if flower is not None:
             flower.stop()
         stop_all(find_fleet_processes(root))
+
+
+def test_clean_removes_only_a_demo_folder(tmp_path):
+    # A folder the demo did not make (no demo.lock, state.json or demo config): left as it is.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    (other / "migrator.yaml").write_text("control_dsn: postgresql:///x\n")  # someone's own config
+    refused = run_demo(other, "--clean")
+    assert refused.returncode == 1 and "nothing removed" in " ".join((refused.stdout + refused.stderr).split())
+    assert (other / "keep.txt").read_text() == "mine"
+    # --force only means something with --stop or --clean.
+    misused = run_demo(other, "--force")
+    assert misused.returncode == 2 and "--force" in misused.stdout + misused.stderr
