@@ -15,7 +15,13 @@ client certificate is the admin's (the demo provisions and seeds), the worker ca
 ``<dir>/state.json`` records every process (pid and start time), so a later demo can reuse a fleet
 left running with ``--keep``, and so a crashed demo's leftovers are found and stopped: stale pid,
 socket and lock files never block the next run. ``<dir>/demo.lock`` (an flock, released by the
-kernel even on a crash) keeps two demos from driving the same folder at once.
+kernel even on a crash) keeps two demos from driving the same folder at once; a lock file left by a
+dead demo is simply taken over.
+
+``<dir>/env.sh`` (``source`` it: PATH and MIGRATOR_CONFIG for this fleet) and ``<dir>/flower-auth``
+(Flower's basic-auth credential, owner-only) serve the commands the demo prints for another shell.
+``migrator demo --stop`` / ``--clean`` read the control database first and refuse while a move is in
+flight (:func:`moves_in_flight`) unless forced.
 """
 
 from __future__ import annotations
