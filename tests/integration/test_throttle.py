@@ -10,15 +10,20 @@ when it chooses.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
 import psycopg
 import pytest
+import yaml
 
+from migrator.fleet.processes import free_port
 from migrator.moves.store import MoveStore
 from migrator.sample.seed import seed_organizations
+from tests.integration.conftest import _worker
 from tests.support.checks import org_checksums
 from tests.support.moves import copied_rows, migrator, wait_move
+from tests.support.postgres import OwnCluster, private_root, require_runuser
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +133,80 @@ def test_nothing_inside_the_write_window_is_throttled(provisioned, worker):
     finally:
         storm.clear()
     assert org_checksums(settings, "cell-3", o.organization_id) == before
+
+
+@pytest.fixture
+def standby_fleet(fleet_factory, tmp_path):
+    """cell-1 on a PostgreSQL server of its own with a real streaming standby (pg_basebackup), listed in
+    ``cells.cell-1.standbys``; the standby's replay lag may be at most 1 s."""
+    require_runuser()
+    root = private_root("cm-pg-standby-")
+    primary = OwnCluster(root / "primary", free_port()).init()
+    standby = topology = worker = None
+    try:
+        primary.start()
+        standby = primary.standby(root / "standby", free_port())
+        standby.start()
+        f = fleet_factory(overrides={"health": {**HEALTH, "defaults": {
+            **HEALTH["defaults"], "lock_waits_stop": None, "replication_lag_slow_s": None,
+            "replication_lag_stop_s": 1.0}}})
+        with psycopg.connect(primary.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE cell1")
+        cfg = yaml.safe_load(f.config_path.read_text())
+        cfg["cells"]["cell-1"]["dsn"] = primary.dsn("cell1")
+        cfg["cells"]["cell-1"]["standbys"] = [standby.dsn("cell1")]
+        f.config_path.write_text(yaml.safe_dump(cfg))
+        f.cell_dsns["cell-1"] = primary.dsn("cell1")
+        topology = f.start_topology()
+        f.init()
+        worker = _worker(f, tmp_path)
+        yield f, primary, standby
+    finally:
+        for proc in (worker, topology):
+            if proc is not None:
+                proc.stop()
+        if standby is not None:
+            standby.stop_quietly()
+        primary.stop_quietly()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_standby_lagging_past_its_limit_pauses_copying(standby_fleet):
+    fleet, primary, standby = standby_fleet
+    settings = fleet.settings()
+    [o] = seed_organizations(settings, "cell-1", orgs=1, rows=2000, blobs=1, skew=False, seed=33)
+    org = o.organization_id
+    before = org_checksums(settings, "cell-1", org)
+    store = MoveStore(settings.control_dsn)
+    with psycopg.connect(standby.dsn("cell1"), autocommit=True) as s:
+        s.execute("SELECT pg_wal_replay_pause()")
+        # WAL the standby receives and does not replay: its lag grows from its last replayed commit.
+        with psycopg.connect(primary.dsn(), autocommit=True) as p:  # another database: same WAL
+            p.execute("CREATE TABLE IF NOT EXISTS lag_probe (x int)")
+        for _ in range(300):
+            health = migrator(fleet, "cells", "health", "--cell", "cell-1", "--json")
+            lag = [r for r in json.loads(health.stdout)["readings"] if r["indicator"] == "replication_lag"
+                   and r["detail"].startswith("standby postgresql")]
+            if lag and lag[0]["signal"] == "stop":
+                break
+            threading.Event().wait(0.2)
+        else:
+            raise AssertionError(f"the standby never lagged: {health.stdout}")
+        result = migrator(fleet, "move", "--org", str(org), "--to", "cell-2", "--strategy", "online", "--json")
+        assert result.returncode == 0, result.stderr
+        move_id = json.loads(result.stdout)["id"]
+
+        def paused(move, store) -> bool:
+            if move.state not in ("queued", "running"):
+                return True
+            return bool(move.throttle) and move.step == "copy_rows"
+
+        move = wait_move(settings, move_id, predicate=paused, timeout=120)
+        assert move.state == "running", move.error
+        assert move.throttle["indicator"] == "replication_lag" and move.throttle["signal"] == "stop"
+        assert copied_rows(store, move_id) == 0
+        s.execute("SELECT pg_wal_replay_resume()")
+    move = wait_move(settings, move_id, timeout=180)
+    assert move.state == "completed", move.error
+    assert _events(store, move_id, "throttle_lifted")
+    assert org_checksums(settings, "cell-2", org) == before
