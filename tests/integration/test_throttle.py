@@ -18,9 +18,14 @@ import pytest
 import yaml
 
 from migrator.fleet.processes import free_port
+from migrator.moves import throttle
 from migrator.moves.store import MoveStore
+from migrator.rebalance.service import Rebalancer
+from migrator.rebalance.store import RebalanceStore
 from migrator.sample.seed import seed_organizations
+from migrator.topology.client import topology_client
 from tests.integration.conftest import _worker
+from tests.support.api import configure
 from tests.support.checks import org_checksums
 from tests.support.moves import copied_rows, migrator, wait_move
 from tests.support.postgres import OwnCluster, private_root, require_runuser
@@ -210,3 +215,46 @@ def test_a_standby_lagging_past_its_limit_pauses_copying(standby_fleet):
     assert move.state == "completed", move.error
     assert _events(store, move_id, "throttle_lifted")
     assert org_checksums(settings, "cell-2", org) == before
+
+
+def test_the_rebalancer_defers_moves_while_a_cell_says_stop(fleet, topology_server):
+    """No worker: the moves it starts stay queued. While the storm lasts, nothing starts; then one does."""
+    configure(fleet, rebalance={"defaults": {"high_water_bytes": 1000, "low_water_bytes": 600},
+                                "approval": "manual", "max_moves_per_cell": 1, "max_moves_total": 5})
+    settings = fleet.settings()
+    topo = topology_client(settings)
+    for cell in ("cell-1", "cell-2", "cell-3"):
+        topo.register_cell(cell)
+    sizes = {201: 300, 202: 250, 203: 200, 204: 150, 205: 100}
+    for org in sizes:
+        topo.register_route(org, "cell-1")
+    topo.close()
+    store = RebalanceStore(settings.control_dsn)
+    for cell, orgs in (("cell-1", sizes), ("cell-2", {}), ("cell-3", {})):
+        load = sum(orgs.values())
+        store.save_reading({"cell": cell, "state": "active", "organizations": len(orgs), "rows": 0, "bytes": load,
+                            "row_bytes": load, "blob_bytes": 0, "database_bytes": load * 10, "reclaimable_bytes": 0,
+                            "moves_in": 0, "moves_out": 0, "duration_s": 0.01, "tables": {}},
+                           [{"organization_id": o, "routed": True, "rows": b, "row_bytes": b, "blob_bytes": 0,
+                             "blobs": 0, "bytes": b} for o, b in orgs.items()])
+    rb = Rebalancer(settings)
+    row, plan = rb.make_plan("cell-1")
+    assert plan.items
+    throttle.forget()
+    storm = LockStorm(fleet.control_dsn)
+    try:
+        result = rb.apply(row.id, "bob")
+        assert result["started"] == [] and result["deferred"], result
+        assert all("lock waits" in d["reason"] for d in result["deferred"]), result
+        deferred = store.decisions(kind="move_deferred")
+        assert deferred and "says stop" in deferred[0].message
+        throttle.forget()
+        rb.advance()
+        assert len(store.decisions(kind="move_deferred")) == len(deferred)  # logged once, not at every pass
+        assert store.active_moves() == []
+    finally:
+        storm.clear()
+    throttle.forget()
+    assert len(rb.advance()["started"]) == 1
+    if rb._ops is not None and rb._ops._topology is not None:
+        rb._ops._topology.close()
