@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from migrator.blobs.copier import blob_units, copy_blob_range, find_blob
 from migrator.blobs.store import open_store, same_store
-from migrator.moves.steps.base import BLOBS, Step
+from migrator.moves.steps.base import BLOBS, Step, pace
 from migrator.observability import metrics
 
 
@@ -35,6 +35,7 @@ def unit(ctx, unit) -> dict:
                                   done_delta=count, bytes_delta=nbytes, ttl_s=ctx.ttl_s)
         metrics.blobs_copied.labels("checked").inc(count)
         metrics.blob_bytes_copied.inc(nbytes)
+        pace(ctx, count)
 
     return copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
                            batch=m.blob_batch, checkpoint=checkpoint, workers=m.blob_workers,
