@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from migrator.blobs.copier import BlobRef, blob_units, copy_blob
+from migrator.blobs.copier import blob_units, copy_blob, key_expr, make_ref
 from migrator.blobs.store import open_store, same_store
 from migrator.cells import capture as cap
 from migrator.cells.guard import TRIGGER_NAME as GUARD_TRIGGER
@@ -65,13 +65,14 @@ def _copy_changed_blobs(ctx, src, prev: str | None, cur: str) -> int:
         params = {"tbl": table, "cap": capture_id(ctx.move), "prev": prev, "cur": cur, "org": ctx.org}
         q = sql.SQL("SELECT {pk}, {key}, {sha}, {size} FROM {t} AS t WHERE ({pred}) AND ({pk}) IN ({keys})"
                     " AND {key} IS NOT NULL").format(
-            pk=spec.pk_cols("t"), key=sql.Identifier("t", blob.key), sha=sql.Identifier("t", blob.checksum),
+            pk=spec.pk_cols("t"), key=key_expr(blob),
+            sha=sql.Identifier("t", blob.checksum) if blob.checksum else sql.SQL("NULL::text"),
             size=sql.Identifier("t", blob.size) if blob.size else sql.SQL("NULL::bigint"), t=spec.ident,
             pred=spec.predicate, keys=keys)
         n = len(spec.pk)
         for row in src.execute(q, params):
-            copied += bool(copy_blob(src_store, dst_store, BlobRef(table, list(row[:n]), row[n], row[n + 1],
-                                                                   row[n + 2])))
+            ref = make_ref(table, list(row[:n]), row[n], row[n + 1], row[n + 2], blob)
+            copied += bool(copy_blob(src_store, dst_store, ref))
     return copied
 
 
