@@ -17,7 +17,9 @@ row. Transient object store errors are retried per object (tenacity); still fail
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -27,6 +29,7 @@ from psycopg import sql
 
 from migrator.blobs.digest import SHA256, ChecksumFormatError, Digest, decode, shown
 from migrator.blobs.s3 import is_transient_s3_error, retrying
+from migrator.blobs.shared import copying_into, delete_unreferenced
 from migrator.blobs.store import BlobStore, DigestMismatch, Received
 from migrator.copy.spec import INDEX, TableSpec, choose_path, json_key, org_scan
 from migrator.db import first_line
@@ -63,10 +66,8 @@ class BlobRef:
 
 
 def key_expr(blob, alias: str = "t") -> sql.Composable:
-    """The object key of a row of ``alias``: its key column, or the computed key (``key_sql``, spliced)."""
-    if blob.key_sql is not None:
-        return sql.SQL("({})").format(sql.SQL(blob.key_sql))
-    return sql.Identifier(alias, blob.key)
+    """The object key of a row of ``alias`` (:meth:`~migrator.dictionary.model.BlobSpec.key_expr`)."""
+    return blob.key_expr(alias)
 
 
 def make_ref(table: str, row_key: list, key, raw_checksum, size, blob) -> BlobRef:
@@ -263,7 +264,8 @@ class BlobCopyStats:
 
 def copy_in_batches(batches: Iterable[list], copy_one: Callable[[object], Received], *, workers: int,
                     checkpoint: Callable[[list | None, int, int], None], position: list | None = None,
-                    heartbeat_s: float = 10.0) -> BlobCopyStats:
+                    heartbeat_s: float = 10.0,
+                    guard: Callable[[], contextlib.AbstractContextManager] | None = None) -> BlobCopyStats:
     """Copy each batch's objects with ``workers`` threads; ``checkpoint(last_row_key, count, bytes)`` once
     all of a batch has finished (and every batch before it).
 
@@ -271,23 +273,28 @@ def copy_in_batches(batches: Iterable[list], copy_one: Callable[[object], Receiv
     idle at the end of each batch. On a failure, the objects of the batch finished before the first failed
     one (in key order) are checkpointed, objects not started yet are never started, then the failure is
     raised. While a batch runs longer than ``heartbeat_s``, ``checkpoint(position, 0, 0)`` renews the
-    unit's lease without moving its position."""
+    unit's lease without moving its position. ``guard``: a context held while each batch runs (the
+    target cell's :data:`~migrator.blobs.shared.BLOB_LOCK`, shared)."""
     stats = BlobCopyStats()
     depth = 2 if workers > 1 else 1
-    running: deque[tuple[list, list[Future]]] = deque()
+    running: deque[tuple[list, list[Future], contextlib.ExitStack]] = deque()
 
     def finish_oldest() -> None:
+        refs, futures, held = running.popleft()
+        with held:
+            finish(refs, futures)
+
+    def finish(refs: list, futures: list[Future]) -> None:
         nonlocal position
-        refs, futures = running.popleft()
         while True:
             done, pending = wait(futures, timeout=heartbeat_s, return_when=FIRST_EXCEPTION)
             if not pending or any(f.exception() is not None for f in done):
                 break
             checkpoint(position, 0, 0)
         if pending:  # one failed: start nothing more
-            for f in [*futures, *(f for _, later in running for f in later)]:
+            for f in [*futures, *(f for _, later, _ in running for f in later)]:
                 f.cancel()  # running ones finish (a multipart upload completes or aborts)
-            wait([*futures, *(f for _, later in running for f in later)])
+            wait([*futures, *(f for _, later, _ in running for f in later)])
         finished, nbytes = 0, 0
         for f in futures:
             if f.cancelled() or f.exception() is not None:
@@ -302,27 +309,52 @@ def copy_in_batches(batches: Iterable[list], copy_one: Callable[[object], Receiv
         if finished < len(refs):
             raise next(f.exception() for f in futures if not f.cancelled() and f.exception() is not None)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blob-copy") as pool:
-        for refs in batches:
-            if any(f.done() and f.exception() is not None for _, fs in running for f in fs if not f.cancelled()):
-                break  # something failed already: finish (and raise) before starting more
-            running.append((refs, [pool.submit(copy_one, ref) for ref in refs]))
-            if len(running) >= depth:
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blob-copy") as pool:
+            for refs in batches:
+                if any(f.done() and f.exception() is not None for _, fs, _ in running for f in fs
+                       if not f.cancelled()):
+                    break  # something failed already: finish (and raise) before starting more
+                held = contextlib.ExitStack()
+                if guard is not None:
+                    held.enter_context(guard())
+                running.append((refs, [pool.submit(copy_one, ref) for ref in refs], held))
+                if len(running) >= depth:
+                    finish_oldest()
+            while running:
                 finish_oldest()
-        while running:
-            finish_oldest()
+    finally:
+        while running:  # a failure left batches behind (their futures are done): release what they hold
+            running.popleft()[2].close()
     return stats
+
+
+class _Once:
+    """Copies each object once: a key the organization's rows reference again (with the same checksum)
+    is counted as skipped. Its first copy is in this batch or an earlier one, checkpointed first."""
+
+    def __init__(self, copy: Callable[[BlobRef], Received]):
+        self.copy, self.seen, self.lock = copy, set(), threading.Lock()
+
+    def __call__(self, ref: BlobRef) -> Received:
+        with self.lock:
+            again = (ref.key, ref.checksum) in self.seen
+            self.seen.add((ref.key, ref.checksum))
+        return Received(skipped=True) if again else self.copy(ref)
 
 
 def copy_blob_range(conn, src: BlobStore, dst: BlobStore, spec: TableSpec, blob, org: int, *,
                     position: list | None, batch: int, checkpoint: Callable[[list, int, int], None],
-                    workers: int = 1, fresh: bool = False, heartbeat_s: float = 10.0) -> dict:
+                    workers: int = 1, fresh: bool = False, heartbeat_s: float = 10.0, target=None) -> dict:
     """Copy the objects of one blob column of the organization's rows, from ``position`` on. Returns
-    :class:`BlobCopyStats` as a dict."""
+    :class:`BlobCopyStats` as a dict. ``target``: the target cell's connection, on which each batch
+    holds :data:`~migrator.blobs.shared.BLOB_LOCK` shared (a cleanup there cannot delete an object
+    between this copy finding it present and the end of the batch)."""
     stats = copy_in_batches(
         iter_refs(conn, spec, blob, org, after=position, hi=None, batch=batch),
-        lambda ref: copy_blob(src, dst, ref, fresh=fresh), workers=workers, checkpoint=checkpoint,
-        position=position, heartbeat_s=heartbeat_s)
+        _Once(lambda ref: copy_blob(src, dst, ref, fresh=fresh)), workers=workers, checkpoint=checkpoint,
+        position=position, heartbeat_s=heartbeat_s,
+        guard=(lambda: copying_into(target)) if target is not None else None)
     metrics.blob_bytes_read.inc(stats.bytes_read)
     return stats.as_dict()
 
@@ -341,9 +373,13 @@ def verify_blob_range(conn, dst: BlobStore, spec: TableSpec, blob, org: int, *, 
     return count
 
 
-def delete_org_blobs(conn, store: BlobStore, spec: TableSpec, blob, org: int, batch: int = 500) -> int:
-    """Delete from ``store`` every object the organization's rows (read from ``conn``) reference."""
-    deleted = 0
+def delete_org_blobs(conn, store: BlobStore, spec: TableSpec, blob, org: int, *, cell, dictionary, specs: dict,
+                     batch: int = 500) -> tuple[int, int]:
+    """Delete from ``store`` the objects the organization's rows (read from ``conn``) reference that no
+    other row of the store's cell (``cell``, its database connection) references
+    (:func:`~migrator.blobs.shared.delete_unreferenced`). Returns (deleted, kept because shared)."""
+    deleted = kept = 0
     for refs in iter_refs(conn, spec, blob, org, after=None, hi=None, batch=batch):
-        deleted += store.delete_many(r.key for r in refs)
-    return deleted
+        d, k = delete_unreferenced(cell, store, dictionary, specs, [r.key for r in refs], org)
+        deleted, kept = deleted + d, kept + k
+    return deleted, kept

@@ -38,7 +38,8 @@ def unit(ctx, unit) -> dict:
 
     return copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
                            batch=m.blob_batch, checkpoint=checkpoint, workers=m.blob_workers,
-                           fresh=unit.attempts <= 1 and ctx.move.attempt <= 1, heartbeat_s=ctx.ttl_s / 3)
+                           fresh=unit.attempts <= 1 and ctx.move.attempt <= 1, heartbeat_s=ctx.ttl_s / 3,
+                           target=ctx.target())
 
 
 def fan_in(ctx) -> None:
