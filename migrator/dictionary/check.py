@@ -26,10 +26,11 @@ UNRESOLVED_KEY = "unresolved_key"
 REFERENCES_ORG_DATA = "references_org_data"
 ROOT_KEY_TYPE = "root_key_type"
 BLOB_CHECKSUM = "blob_checksum"
+KEY_SQL = "key_sql"
 UNINDEXED_KEY = "unindexed_sharding_key"  # advice, not a problem: moves work, at the table's cost
 
 PROBLEM_KINDS = (UNCLASSIFIED, MISSING_TABLE, MISSING_COLUMN, BROKEN_CHAIN, NO_PRIMARY_KEY, ROOT_KEY_TYPE,
-                 UNRESOLVED_KEY, REFERENCES_ORG_DATA, BLOB_CHECKSUM)
+                 UNRESOLVED_KEY, REFERENCES_ORG_DATA, BLOB_CHECKSUM, KEY_SQL)
 # Organization ids are 64-bit integers in the Topology Service, the freeze guard and move records.
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 
@@ -190,6 +191,50 @@ def checksum_problem(table: str, spec, column_type: str, source: str = "the dict
             + "; the copier would refuse every row's checksum otherwise",
         )
     return None
+
+
+# Types an object key may have: text, character varying, character.
+TEXT_OIDS = (25, 1043, 1042)
+
+
+def check_key_sql(conn, dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
+    """Every computed blob key (``key_sql``) evaluated on the live schema, reading no row: ``SELECT
+    (key_sql) FROM table AS t LIMIT 0`` in a transaction rolled back. Unknown columns, wrong types,
+    syntax errors and a result that is not text are problems naming the table and the blob."""
+    from psycopg import sql
+
+    problems: list[Problem] = []
+    source = dictionary.source or "the dictionary"
+    for name in dictionary.blob_tables():
+        if name not in live.tables:
+            continue  # reported by check_schema
+        for spec in dictionary.tables[name].blobs:
+            if spec.key_sql is None:
+                continue
+            where = f"computed key (key_sql) of blob {spec.label} of {name}"
+            table = sql.Identifier(live.schema, name) if live.schema else sql.Identifier(name)
+            query = sql.SQL("SELECT {} FROM {} AS t LIMIT 0").format(spec.key_expr("t"), table)
+            try:
+                with conn.transaction(force_rollback=True):
+                    cur = conn.execute(query, {})
+                    type_oid = cur.description[0].type_code
+            except Exception as exc:  # noqa: BLE001 - any database error is the expression's problem
+                message = str(getattr(getattr(exc, "diag", None), "message_primary", None) or exc).splitlines()[0]
+                problems.append(Problem(
+                    KEY_SQL, name, None,
+                    f"{where} does not evaluate on the live schema: {message}",
+                    f"fix key_sql of {name} in {source}: one SQL expression over {name}'s columns giving the "
+                    "object key as text (docs/dictionary.md, Computed keys)",
+                ))
+                continue
+            if type_oid not in TEXT_OIDS:
+                type_name = conn.execute("SELECT format_type(%s, NULL)", (type_oid,)).fetchone()[0]
+                problems.append(Problem(
+                    KEY_SQL, name, None,
+                    f"{where} gives {type_name}, not text: object keys are text",
+                    f"end key_sql of {name} in {source} with ::text (or build the key with || and format())",
+                ))
+    return problems
 
 
 def check_advice(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:

@@ -79,6 +79,13 @@ class BlobSpec:
     def columns(self) -> tuple[str, ...]:
         return tuple(c for c in (self.key, self.checksum, self.size) if c)
 
+    def key_expr(self, alias: str = "t") -> sql.Composable:
+        """The object key of a row of ``alias``: its key column, or the computed key (``key_sql``, spliced
+        as SQL: the dictionary is operator-authored; its columns resolve to the one table in scope)."""
+        if self.key_sql is not None:
+            return sql.SQL("({})").format(sql.SQL(self.key_sql))
+        return sql.Identifier(alias, self.key)
+
 
 @dataclass(frozen=True)
 class TableEntry:
@@ -523,6 +530,9 @@ def _parse_blobs(source: str, table: str, value: Any) -> tuple[BlobSpec, ...]:
             encoding=encoding,
             size=_str(source, f"{where}.size", size) if size is not None else None,
         )
+        if spec.key_sql is not None and ";" in spec.key_sql:
+            raise _err(source, f"{where}.key_sql", "must be one SQL expression over the row's columns; ';' is not "
+                       "allowed (it would end the statement the expression is part of)")
         if spec.key_sql is not None and not _ROWVAR.match(spec.label):
             raise _err(source, f"{where}.name", f"{spec.label!r} must be a plain name (letters, digits, _)")
         if any(other.label == spec.label for other in specs):
