@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 
-from migrator.blobs.store import open_store
+from migrator.blobs.shared import copying_into, delete_unreferenced, referenced_keys
+from migrator.blobs.store import LocalBlobStore, open_store
+from migrator.cells.introspect import introspect
+from migrator.copy.spec import stabilize_session, table_specs
+from migrator.dictionary import load_dictionary
 from migrator.fleet.services import wait_worker_ready
+from migrator.moves import recovery
+from migrator.moves import workflow as wf
+from migrator.moves.steps.abort import ABORTED, run_abort
+from migrator.moves.store import MoveStore, new_token
+from migrator.topology.client import topology_client
 from tests.schemas import depot, storefront
-from tests.support.checks import org_checksums
+from tests.support.checks import leftover_keys, org_checksums
 from tests.support.fleet import start_worker
-from tests.support.moves import migrator
+from tests.support.moves import migrator, run_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +158,76 @@ def test_depot_tenant_moves_with_every_blob_layout_and_its_shared_objects_stay(d
     # cell-2's resident tenant still has its copy of the shared object, and so does the moved tenant.
     assert _digest(dst_dir / shared) == depot.SHARED_OID
     assert resident in tenants["cell-2"]
+
+
+def test_an_object_other_rows_reference_is_kept_and_deletion_waits_for_copies_into_the_cell(scratch_db, tmp_path):
+    blob_dir = tmp_path / "blobs"
+    org, other = depot.create_cell(scratch_db, blob_dir, tenants=2)
+    dictionary = load_dictionary(depot.DICTIONARY)
+    keys = sorted(set().union(*depot.blob_keys(scratch_db, org).values()))
+    shared = depot.lfs_key(depot.SHARED_OID)
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        stabilize_session(conn)
+        specs = table_specs(dictionary, introspect(conn))
+        # found through the computed key of another tenant's row; none of org's own rows count
+        assert referenced_keys(conn, dictionary, specs, keys, org) == {shared}
+        assert referenced_keys(conn, dictionary, specs, keys, other) == set(keys)  # org's rows reference all
+
+    store = LocalBlobStore(blob_dir)
+    with psycopg.connect(scratch_db, autocommit=True) as copier, \
+            psycopg.connect(scratch_db, autocommit=True) as cleaner, \
+            psycopg.connect(scratch_db, autocommit=True) as watch:
+        pid = cleaner.info.backend_pid
+        result: dict = {}
+        with copying_into(copier):  # a move copying objects into this cell holds the lock shared
+            worker = threading.Thread(target=lambda: result.update(
+                done=delete_unreferenced(cleaner, store, dictionary, specs, keys, org)))
+            worker.start()
+            deadline = time.monotonic() + 60  # a failsafe, not a threshold: the wait is seen in pg_locks
+            while not watch.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s "
+                                    "AND NOT granted", (pid,)).fetchone()[0]:
+                assert time.monotonic() < deadline and worker.is_alive(), result
+                time.sleep(0.05)
+            assert all((blob_dir / k).exists() for k in keys)  # nothing deleted while the copy runs
+        worker.join(60)
+    assert result["done"] == (len(keys) - 1, 1)
+    assert [k for k in keys if (blob_dir / k).exists()] == [shared]
+    assert hashlib.sha256((blob_dir / shared).read_bytes()).hexdigest() == depot.SHARED_OID
+
+
+def test_abort_keeps_the_objects_the_targets_tenants_reference(depot_fleet):
+    fleet = depot_fleet
+    settings = fleet.settings()
+    org = fleet.extra["tenants"]["cell-1"][0]
+    (resident,) = fleet.extra["tenants"]["cell-2"]
+    _json(migrator(fleet, "cells", "init", "--json"))
+    for cell in fleet.cell_dsns:
+        _json(migrator(fleet, "orgs", "discover", "--cell", cell, "--register", "--json"))
+    dst_dir = fleet.blob_dir("cell-2")
+    shared = depot.lfs_key(depot.SHARED_OID)
+    resident_copy = (dst_dir / shared).stat()
+    before_resident = org_checksums(settings, "cell-2", resident)
+    own = set().union(*depot.blob_keys(fleet.cell_dsns["cell-1"], org).values()) - {shared}
+
+    store = MoveStore(settings.control_dsn)
+    move = store.create(organization_id=org, source="cell-1", target="cell-2", requested_by="test",
+                        reason="abort after copy_blobs", strategy="frozen")
+    store.start(move.id, move.token)
+    run_in_process(settings, move, wf.FROZEN[: wf.FROZEN.index("copy_blobs") + 1])
+    assert all((dst_dir / k).exists() for k in own)
+
+    # What `migrator abort` does, in this process: fence the attempt out, then the abort task's work.
+    move = store.get(move.id)
+    token = new_token()
+    recovery.take_over_freeze(topology_client(settings), move, token, actor="test", reason="abort")
+    assert store.rotate_token(move.id, move.token, token, state=wf.ABORTING) is not None
+    assert run_abort(settings, move.id, token, "test") == ABORTED
+
+    report = store.get(move.id).report["abort"]
+    assert report["blobs_deleted"] == len(own) and report["blobs_kept_shared"] >= 1
+    assert not [k for k in own if (dst_dir / k).exists()]
+    after = (dst_dir / shared).stat()  # the resident tenant's object: never rewritten, never deleted
+    assert (after.st_ino, after.st_mtime_ns) == (resident_copy.st_ino, resident_copy.st_mtime_ns)
+    assert open_store(settings, "cell-2").sha256(shared) == depot.SHARED_OID
+    assert org_checksums(settings, "cell-2", resident) == before_resident
+    assert leftover_keys(settings, "cell-1", "cell-2", org) == {}
