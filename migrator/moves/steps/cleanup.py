@@ -1,6 +1,7 @@
 """cleanup: delete the source copy of a completed move, in batches, after the retention period.
 
-Blobs first (their keys are read from the rows), then rows in reverse copy order, then the source's
+Blobs first (their keys are read from the rows; an object another organization's rows in the source
+cell reference stays, migrator/blobs/shared.py), then rows in reverse copy order, then the source's
 freeze entry. Idempotent: a second run finds nothing left and marks the move cleaned.
 """
 
@@ -42,17 +43,23 @@ def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str,
         earlier = (move.report or {}).get("cleanup") or {}
         deleted = {t: int(n) for t, n in (earlier.get("rows_deleted") or {}).items()}
         blobs = int(earlier.get("blobs_deleted") or 0)
+        shared = 0  # counted afresh: a retried cleanup checks every remaining object again
 
         finished: list[str] = []
 
         def record() -> None:
             store.merge_json(move.id, move.token, "report", {"cleanup": {
-                "rows_deleted": deleted, "blobs_deleted": blobs, "tables_done": len(finished)}})
+                "rows_deleted": deleted, "blobs_deleted": blobs, "blobs_kept_shared": shared,
+                "tables_done": len(finished)}})
 
         record()
         if not same_store(src_store, dst_store):
+            refs = ctx.source()  # the reference check and its lock: a transaction of its own
             for table, blob in blob_units(ctx.dictionary):
-                blobs += delete_org_blobs(src, src_store, ctx.specs[table], blob, ctx.org)
+                d, k = delete_org_blobs(src, src_store, ctx.specs[table], blob, ctx.org, cell=refs,
+                                        dictionary=ctx.dictionary, specs=ctx.specs)
+                blobs, shared = blobs + d, shared + k
+                record()
         for table in reversed(ctx.copy_order()):
 
             def batch_done(n: int, table: str = table) -> None:
@@ -68,7 +75,7 @@ def run_cleanup(settings, move_id: str, *, force: bool, actor: str, owner: str,
             store.touch(move.id)
         unfreeze_org(src, ctx.org)
         store.set_fields(move.id, move.token, state=wf.CLEANED, cleaned_at=func.now(), throttle=null())
-        detail = {"rows_deleted": deleted, "blobs_deleted": blobs}
+        detail = {"rows_deleted": deleted, "blobs_deleted": blobs, "blobs_kept_shared": shared}
         store.event(move.id, "cleanup", "cleaned", f"source copy in {move.source_cell!r} deleted", detail,
                     actor=actor)
         return {"state": "cleaned", **detail}

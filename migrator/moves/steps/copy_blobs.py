@@ -18,7 +18,7 @@ def stores(ctx):
 
 
 def plan(ctx) -> list[dict]:
-    return [{"unit": f"{table}.{blob.key}", "table_name": table, "ordinal": ordinal, "lo": None, "hi": None,
+    return [{"unit": f"{table}.{blob.label}", "table_name": table, "ordinal": ordinal, "lo": None, "hi": None,
              "total": 0} for ordinal, (table, blob) in enumerate(blob_units(ctx.dictionary))]
 
 
@@ -26,8 +26,8 @@ def unit(ctx, unit) -> dict:
     src_store, dst_store = stores(ctx)
     if same_store(src_store, dst_store):
         return {"skipped": "source and target share one blob store"}
-    table, key_column = unit.unit.split(".", 1)
-    blob = find_blob(ctx.dictionary, table, key_column)
+    table = unit.table_name
+    blob = find_blob(ctx.dictionary, table, unit.unit.rsplit(".", 1)[1])
     m = ctx.settings.moves
 
     def checkpoint(last_key, count, nbytes):
@@ -39,7 +39,8 @@ def unit(ctx, unit) -> dict:
 
     return copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
                            batch=m.blob_batch, checkpoint=checkpoint, workers=m.blob_workers,
-                           fresh=unit.attempts <= 1 and ctx.move.attempt <= 1, heartbeat_s=ctx.ttl_s / 3)
+                           fresh=unit.attempts <= 1 and ctx.move.attempt <= 1, heartbeat_s=ctx.ttl_s / 3,
+                           target=ctx.target())
 
 
 def fan_in(ctx) -> None:
