@@ -328,9 +328,14 @@ def run_move(fleet: BenchFleet, org: int, health: dict, args, tag: str) -> dict:
         fleet.stop_workers()
     events = MoveStore(settings.control_dsn).events(move.id)
     throttles: dict[str, int] = {}
+    timeline = []  # each throttle episode and its lifting, seconds after the request
     for e in events:
-        if e.event == "throttled":
+        if e.event in ("throttled", "throttle_lifted"):
             th = (e.detail or {}).get("throttle", {})
+            timeline.append({"at_s": round((e.at - move.created_at).total_seconds(), 2), "event": e.event,
+                             "step": e.step, "cell": th.get("cell"), "indicator": th.get("indicator"),
+                             "signal": th.get("signal"), "value": th.get("value"), "limit": th.get("limit")})
+        if e.event == "throttled":
             key = f"{th.get('indicator')} {th.get('signal')} on {th.get('cell')}"
             throttles[key] = throttles.get(key, 0) + 1
     report = move.report or {}
@@ -340,7 +345,8 @@ def run_move(fleet: BenchFleet, org: int, health: dict, args, tag: str) -> dict:
             "steps_s": times["steps"], "rows": (report.get("copy_rows") or {}).get("rows"),
             "verified": bool((report.get("verification") or {}).get("ok")),
             "write_window_s": report.get("write_window_s"), "throttle_events": throttles,
-            "throttled_events_total": sum(throttles.values()), "_t": (t0, t1)}
+            "throttled_events_total": sum(throttles.values()),
+            "throttle_timeline": timeline, "_t": (t0, t1)}
 
 
 # ----------------------------------------------------------------------------- report
