@@ -293,12 +293,16 @@ def settle(servers: Servers, fleet: BenchFleet, seconds: float) -> None:
 
 
 def health_config(args, idle: dict, issues: dict[str, int]) -> dict:
-    """The throttled phase's ``health:``: a canary per cell from its idle p99, a replication-lag limit."""
+    """The throttled phase's ``health:``: a canary per cell and a commit-latency limit from the idle p99s of
+    the bystanders' read and write, a replication-lag limit."""
     cells = {}
     for cell in (SOURCE, TARGET):
         base = idle["cells"][cell]["by_kind"][CANARY_KIND]["p99_ms"]
+        write = idle["cells"][cell]["by_kind"]["insert_note"]["p99_ms"]
         cells[cell] = {"canary_sql": canary_sql(issues[cell]), "canary_p99_slow_ms": round(base * args.slow_factor, 3),
-                       "canary_p99_stop_ms": round(base * args.stop_factor, 3)}
+                       "canary_p99_stop_ms": round(base * args.stop_factor, 3),
+                       "commit_p99_slow_ms": round(write * args.slow_factor, 3),
+                       "commit_p99_stop_ms": round(write * args.stop_factor, 3)}
     return {"enabled": True, "target_batch_s": args.target_batch_s,
             "defaults": {"replication_lag_slow_s": args.lag_slow_s, "replication_lag_stop_s": args.lag_stop_s},
             "cells": cells}
@@ -409,7 +413,8 @@ def table(result: dict) -> str:
     if result.get("health"):
         h = result["health"]
         lines.append("throttled phase health: " + "; ".join(
-            f"{c} canary slow {v['canary_p99_slow_ms']} ms / stop {v['canary_p99_stop_ms']} ms"
+            f"{c} canary slow {v['canary_p99_slow_ms']} ms / stop {v['canary_p99_stop_ms']} ms, commit slow "
+            f"{v['commit_p99_slow_ms']} ms / stop {v['commit_p99_stop_ms']} ms"
             for c, v in h["cells"].items()) + f"; replication lag slow {h['defaults']['replication_lag_slow_s']}"
             f" s / stop {h['defaults']['replication_lag_stop_s']} s; target_batch_s {h['target_batch_s']}")
     lines.append("")

@@ -358,12 +358,19 @@ class HealthLimits(_Strict):
     active_backends_stop: float | None = Field(default=0.9, ge=0, le=1)
     lock_waits_slow: int | None = Field(default=5, ge=0)
     lock_waits_stop: int | None = Field(default=20, ge=0)
-    # A canary query the application's latency depends on (None: no canary), run canary_samples times;
-    # its p99 (the slowest sample for fewer than 100) against the limits, in milliseconds.
+    # A canary query the application's latency depends on (None: no canary), run canary_samples times
+    # per reading; the p99 of the last canary_window samples (per worker process) against the limits, in ms.
     canary_sql: str | None = None
     canary_samples: int = Field(default=5, ge=1, le=100)
+    canary_window: int = Field(default=100, ge=1, le=10_000)
     canary_p99_slow_ms: float | None = Field(default=50.0, ge=0)
     canary_p99_stop_ms: float | None = Field(default=250.0, ge=0)
+    # Commit latency: a transaction that writes one WAL record (pg_logical_emit_message) and waits for its
+    # flush, commit_samples times per reading; the p99 of the last canary_window samples, in ms. What the
+    # other organizations' writes wait for when the copy saturates the disk.
+    commit_samples: int = Field(default=3, ge=1, le=100)
+    commit_p99_slow_ms: float | None = Field(default=50.0, ge=0)
+    commit_p99_stop_ms: float | None = Field(default=200.0, ge=0)
 
 
 class HealthConfig(_Strict):
@@ -382,6 +389,9 @@ class HealthConfig(_Strict):
     # time after it.
     slow_batch_factor: float = Field(default=0.25, gt=0, le=1)
     slow_rest_fraction: float = Field(default=1.0, ge=0)
+    # ... and a batch's COPY stream runs at most this fraction of the bytes/s the unit measured at full
+    # speed (the bursts inside a batch are what other organizations' p99 feels).
+    slow_rate_fraction: float = Field(default=0.5, gt=0, le=1)
     # Batches adapt toward this duration (rows per batch from the rate measured so far; between
     # moves.batch_rows * slow_batch_factor and moves.batch_rows). None: fixed batch_rows.
     target_batch_s: float | None = Field(default=None, gt=0)

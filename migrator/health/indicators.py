@@ -8,6 +8,12 @@
 - ``active_backends``: active client backends as a fraction of ``max_connections``.
 - ``lock_waits``: backends waiting for a lock.
 - ``canary``: the p99 of a configured query, in milliseconds.
+- ``commit_latency``: the p99 of a transaction that writes one WAL record and waits for its flush
+  (``pg_logical_emit_message``), in milliseconds: the latency every other organization's writes
+  pay when the disk is saturated.
+
+The canary and the commit latency keep their last ``canary_window`` samples per worker process: their
+p99 is over that rolling window, not over one reading's few samples.
 
 A statistic the migrator's role may not read (``pg_monitor`` grants them all) answers normal with a
 detail saying so; an unreachable cell answers normal as well: the unit then meets the outage itself
@@ -17,7 +23,9 @@ and reports it as it always has (docs/adr/0019-health-indicators.md).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import psycopg
@@ -126,19 +134,54 @@ def backends(conn: psycopg.Connection, cell: str, limits: HealthLimits) -> list[
     ]
 
 
+_windows: dict[tuple[str, str], deque] = {}
+_windows_lock = threading.Lock()
+
+
+def _window(cell: str, indicator: str, size: int, samples: list[float]) -> list[float]:
+    """Add ``samples`` to the rolling window of (cell, indicator) in this process; the window's samples."""
+    with _windows_lock:
+        window = _windows.get((cell, indicator))
+        if window is None or window.maxlen != size:
+            window = _windows[(cell, indicator)] = deque(window or (), maxlen=size)
+        window.extend(samples)
+        return list(window)
+
+
+def _timed(conn: psycopg.Connection, query: str, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        conn.execute(query).fetchall()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
 def canary(conn: psycopg.Connection, cell: str, limits: HealthLimits) -> Reading:
     if not limits.canary_sql:
         return Reading(cell, "canary", Signal.NORMAL)
-    samples = []
     try:
-        for _ in range(limits.canary_samples):
-            started = time.perf_counter()
-            conn.execute(limits.canary_sql).fetchall()
-            samples.append((time.perf_counter() - started) * 1000)
+        samples = _window(cell, "canary", limits.canary_window, _timed(conn, limits.canary_sql, limits.canary_samples))
     except psycopg.Error as exc:
         return _unavailable(cell, "canary", exc)
     return _reading(cell, "canary", round(p99(samples), 2), limits.canary_p99_slow_ms, limits.canary_p99_stop_ms,
-                    "ms", f"p99 of {len(samples)}")
+                    "ms", f"p99 of the last {len(samples)}")
+
+
+# One WAL record in a transaction of its own (autocommit): the commit waits for its flush.
+COMMIT_PROBE_SQL = "SELECT pg_logical_emit_message(true, 'cells-migrator-health', '')"
+
+
+def commit_latency(conn: psycopg.Connection, cell: str, limits: HealthLimits) -> Reading:
+    if limits.commit_p99_slow_ms is None and limits.commit_p99_stop_ms is None:
+        return Reading(cell, "commit_latency", Signal.NORMAL)
+    try:
+        samples = _window(cell, "commit_latency", limits.canary_window,
+                          _timed(conn, COMMIT_PROBE_SQL, limits.commit_samples))
+    except psycopg.Error as exc:
+        return _unavailable(cell, "commit_latency", exc)
+    return _reading(cell, "commit_latency", round(p99(samples), 2), limits.commit_p99_slow_ms,
+                    limits.commit_p99_stop_ms, "ms", f"p99 of the last {len(samples)}")
 
 
 def read_cell(dsn: str, cell: str, limits: HealthLimits, *, tables: Sequence[str] = (),
@@ -150,6 +193,7 @@ def read_cell(dsn: str, cell: str, limits: HealthLimits, *, tables: Sequence[str
         return [Reading(cell, "reachable", Signal.NORMAL, detail=f"no reading: {first_line(exc)}")]
     with conn:
         readings = [replication_lag(conn, cell, limits), wal_ready(conn, cell, limits),
-                    autovacuum(conn, cell, limits, tables), *backends(conn, cell, limits), canary(conn, cell, limits)]
+                    autovacuum(conn, cell, limits, tables), *backends(conn, cell, limits), canary(conn, cell, limits),
+                    commit_latency(conn, cell, limits)]
     readings += [standby_lag(s, cell, limits, timeout_s) for s in standbys]
     return readings

@@ -6,7 +6,8 @@ batches ask :func:`check` before they start and :class:`Pacer` after every batch
 - **stop**: the unit does not start (or stops after the batch it checkpointed) and is re-enqueued
   after ``health.pause_s``, so it holds no worker slot while it waits; the move's ``throttle``
   column says why, and its heartbeat stays fresh, so the reconciler leaves it alone.
-- **slow down**: batches shrink by ``health.slow_batch_factor`` and the unit rests
+- **slow down**: batches shrink by ``health.slow_batch_factor``, their COPY stream runs at most
+  ``health.slow_rate_fraction`` of the unit's full-speed bytes/s, and the unit rests
   ``health.slow_rest_fraction`` of each batch's time after it.
 - **normal**: full speed; the recorded throttle is cleared (one history event when it lifts).
 
@@ -129,6 +130,7 @@ class Pacer:
         self.active = applies(settings, move.strategy, step)
         self.verdict = Verdict()
         self._since = time.monotonic()
+        self._streamed = 0  # bytes of the current batch's COPY stream so far
 
     def start(self) -> Verdict:
         """The check before the unit starts: raises :class:`Throttled` on stop."""
@@ -157,13 +159,28 @@ class Pacer:
             rows = min(rows, floor)
         return rows
 
-    def after_batch(self, rows: int = 0) -> None:
+    def on_chunk(self, nbytes: int) -> None:
+        """Inside a batch's COPY stream: on "slow down", sleep so that the stream runs at most
+        ``health.slow_rate_fraction`` of the unit's full-speed bytes/s."""
+        self._streamed += nbytes
+        full = _full_rates.get((str(self.move.id), self.tables))
+        if self.verdict.signal is not Signal.SLOW_DOWN or not full:
+            return
+        allowed = full * self.settings.health.slow_rate_fraction
+        ahead = self._streamed / allowed - (time.monotonic() - self._since)
+        if ahead > 0.005:
+            time.sleep(min(ahead, 1.0))
+
+    def after_batch(self, rows: int = 0, nbytes: int = 0) -> None:
         """Call after each checkpointed batch."""
         if not self.active:
             return
         elapsed = time.monotonic() - self._since
         if rows and elapsed > 0:
             _rates[(str(self.move.id), self.tables)] = rows / elapsed
+        if nbytes and elapsed > 0 and self.verdict.signal is Signal.NORMAL:
+            _full_rates[(str(self.move.id), self.tables)] = nbytes / elapsed
+        self._streamed = 0
         self.verdict = check(self.settings, self.store, self.move, self.token, self.step, tables=self.tables,
                              unit=self.unit)
         if self.verdict.signal is Signal.STOP:
@@ -175,3 +192,6 @@ class Pacer:
 
 # Rows per second of the last batch of each (move, tables) in this process: sizes the next batches.
 _rates: dict[tuple, float] = {}
+# Bytes per second of the last full-speed batch of each (move, tables) in this process: what a slowed
+# down COPY stream is held to a fraction of.
+_full_rates: dict[tuple, float] = {}

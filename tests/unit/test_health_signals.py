@@ -82,3 +82,19 @@ def test_batches_shrink_on_slow_down_and_follow_the_target_duration(settings):
     frozen = throttle.Pacer(settings, None, types.SimpleNamespace(id="m2", strategy="frozen"), "t", "copy_rows")
     frozen.verdict = pacer.verdict
     assert frozen.batch_rows(200_000) == 200_000  # inside the window: never throttled
+
+
+def test_a_slowed_down_stream_is_held_to_a_fraction_of_its_full_speed(settings, monkeypatch):
+    slept = []
+    monkeypatch.setattr(throttle.time, "sleep", slept.append)
+    move = types.SimpleNamespace(id="m3", strategy="online")
+    pacer = throttle.Pacer(settings, None, move, "t", "copy_rows", tables=["notes"])
+    pacer.on_chunk(10_000_000)  # no full-speed rate measured yet: nothing to hold it to
+    assert slept == []
+    throttle._full_rates[("m3", ("notes",))] = 1_000_000.0  # bytes/s at full speed
+    pacer.verdict = merge([Reading("c1", "commit_latency", Signal.SLOW_DOWN, 80, 50, "ms")])
+    pacer._since = throttle.time.monotonic()
+    pacer._streamed = 0
+    pacer.on_chunk(250_000)  # at slow_rate_fraction 0.5: 500,000 bytes/s allowed, so about 0.5 s ahead
+    assert len(slept) == 1 and 0.4 < slept[0] <= 0.5
+    throttle._full_rates.clear()
