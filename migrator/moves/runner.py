@@ -46,6 +46,8 @@ def _advance(ctx: MoveContext, step: str) -> Outcome:
         return Outcome(skipped=f"step {step} already advanced")
     ctx.event(step, "finished")
     if moved.state == wf.COMPLETED:
+        if moved.throttle:  # a slow-down the last units met: over with the move
+            ctx.store.clear_throttle(moved.id, ctx.token)
         ctx.event(None, "completed", "move completed and verified")
         metrics.moves_finished.labels(wf.COMPLETED).inc()
         return Outcome(completed=True)

@@ -150,7 +150,7 @@ def throttle(move, now: dt.datetime | None = None) -> dict | None:
     """The health reading holding the move's units back while it lasts (docs/adr/0019-health-indicators.md):
     ``{"text": "paused: replication lag 12 s on cell-1 (limit 5 s)", "since_s": 40.2, ...}``, else None."""
     t = move.throttle
-    if not t or move.state not in (wf.RUNNING, wf.COMPLETED):
+    if not t or move.state != wf.RUNNING:
         return None
     now = now or dt.datetime.now(dt.UTC)
     since = t.get("since")

@@ -36,7 +36,8 @@ WAITERS = 3
 HEALTH = {"enabled": True, "check_every_s": 0.2, "pause_s": 0.5,
           "defaults": {"lock_waits_slow": None, "lock_waits_stop": WAITERS, "autovacuum_on_table": "normal",
                        "replication_lag_slow_s": None, "replication_lag_stop_s": None, "wal_ready_slow": None,
-                       "wal_ready_stop": None, "active_backends_slow": None, "active_backends_stop": None}}
+                       "wal_ready_stop": None, "active_backends_slow": None, "active_backends_stop": None,
+                       "commit_p99_slow_ms": None, "commit_p99_stop_ms": None}}
 
 
 @pytest.fixture
@@ -117,6 +118,33 @@ def test_a_lock_wait_storm_pauses_copying_until_it_clears(provisioned, worker):
     assert _events(store, move_id, "throttle_lifted")
     assert len(_events(store, move_id, "throttled")) >= 1
     assert org_checksums(settings, "cell-2", org) == before
+
+
+def test_on_slow_down_the_copy_goes_on_in_smaller_slower_batches(provisioned, worker):
+    """The storm past the slow limit only (no stop limit): every unit runs, held back, and the move completes."""
+    configure(provisioned, health={**HEALTH, "defaults": {**HEALTH["defaults"], "lock_waits_slow": WAITERS,
+                                                            "lock_waits_stop": None}})
+    worker.stop()  # workers read the config once: one started after the change
+    settings = provisioned.settings()
+    [o] = seed_organizations(settings, "cell-1", orgs=1, rows=2000, blobs=1, skew=False, seed=34)
+    before = org_checksums(settings, "cell-1", o.organization_id)
+    store = MoveStore(settings.control_dsn)
+    storm = LockStorm(provisioned.control_dsn)
+    again = _worker(provisioned, provisioned.root, name="w2")
+    try:
+        result = migrator(provisioned, "move", "--org", str(o.organization_id), "--to", "cell-2", "--strategy",
+                          "online", "--wait", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["state"] == "completed"
+    finally:
+        storm.clear()
+        again.stop()
+    move_id = json.loads(result.stdout)["id"]
+    slowed = [e for e in _events(store, move_id, "throttled") if e.detail["throttle"]["signal"] == "slow down"]
+    assert slowed and slowed[0].message.startswith("slowed down: lock waits")
+    assert not [e for e in _events(store, move_id, "throttled") if e.detail["throttle"]["signal"] == "stop"]
+    assert store.get(move_id).throttle is None
+    assert org_checksums(settings, "cell-2", o.organization_id) == before
 
 
 def test_nothing_inside_the_write_window_is_throttled(provisioned, worker):
