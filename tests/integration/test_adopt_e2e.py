@@ -13,11 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from migrator.blobs.store import open_store
-from migrator.fleet.services import wait_worker_ready
 from migrator.topology.client import topology_client
 from tests.schemas import storefront
 from tests.support.checks import duplicate_keys, org_checksums
-from tests.support.fleet import start_worker
 from tests.support.moves import migrator
 
 pytestmark = pytest.mark.integration
@@ -29,26 +27,6 @@ def run_json(*args, code: int = 0):
     result = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)
     assert result.exit_code == code, result.output
     return json.loads(result.stdout)
-
-
-@pytest.fixture
-def storefront_fleet(fleet, topology_server):
-    """Three Storefront cells with disjoint ID plans, their attachment objects, a config with adopt: true."""
-    storefront.adopt_config(fleet.config_path)
-    block = fleet.settings().topology.sequence_block
-    for i, (cell, dsn) in enumerate(fleet.cell_dsns.items()):
-        storefront.create_cell(dsn, id_base=i * block, tenants=3 if i == 0 else 1)
-        storefront.write_blobs(dsn, fleet.blob_dir(cell))
-    fleet.extra["block"] = block
-    return fleet
-
-
-@pytest.fixture
-def storefront_worker(storefront_fleet, tmp_path):
-    proc = start_worker(storefront_fleet.config_path, tmp_path / "worker.log", concurrency=2)
-    wait_worker_ready(proc)
-    yield proc
-    proc.stop()
 
 
 def test_an_adopted_fleet_moves_a_tenant_end_to_end(storefront_fleet, storefront_worker):
