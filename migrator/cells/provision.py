@@ -27,6 +27,7 @@ from migrator.cells.introspect import LiveSchema, introspect
 from migrator.cells.namespace import claim_namespace
 from migrator.cells.sequences import (
     OUTSIDE,
+    SKIPPED,
     UNBOUNDED,
     SequenceRangeError,
     check_sequences,
@@ -122,7 +123,9 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequ
         "guard_missing_tables": guard.missing,
         "capture_tables": len(capture_tables),
         "sequences_set": len(sequences),
-        "sequences": len(states),
+        # the sequences that feed organization tables (those init sets or checks); the others are skipped
+        "sequences": sum(1 for s in states if s.status != SKIPPED),
+        "sequences_skipped": [s.as_dict() for s in states if s.status == SKIPPED],
         "sequences_outside": outside,
         "sequences_unbounded": [s.as_dict() for s in states if s.status == UNBOUNDED],
         "sequences_ok": not outside,

@@ -80,6 +80,8 @@ def init_command(
         for r in results:
             lo, hi = r["range"]
             seq = f"{r['sequences_set']} set of {r['sequences']}"
+            if r.get("sequences_skipped"):
+                seq += f", {len(r['sequences_skipped'])} skipped"
             if r["sequences_outside"]:
                 seq += f", [red]{len(r['sequences_outside'])} outside[/]"
             table.add_row(

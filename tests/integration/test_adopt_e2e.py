@@ -37,6 +37,13 @@ def test_an_adopted_fleet_moves_a_tenant_end_to_end(storefront_fleet, storefront
     results = run_json("cells", "init")
     assert [r["cell"] for r in results] == ["cell-1", "cell-2", "cell-3"]
     assert all(r["adopt"] and r["sequences_ok"] and r["sequences_set"] == 0 for r in results)
+    # job_queue is cell_local: its sequence is skipped, not counted among those init sets or checks
+    assert all(r["sequences"] == 6 for r in results)
+    assert all([s["name"] for s in r["sequences_skipped"]] == ["job_queue_job_id_seq"] for r in results)
+    from migrator.cli.main import app
+
+    text = CliRunner().invoke(app, ["cells", "init"], catch_exceptions=False, env={"COLUMNS": "200"}).output
+    assert text.count("0 set of 6, 1 skipped") == 3, text
     tenants = {}
     for cell in fleet.cell_dsns:
         found = run_json("orgs", "discover", "--cell", cell, "--register")
