@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import yaml
+from psycopg import sql
 
 HERE = Path(__file__).parent
 SCHEMA_SQL = HERE / "schema.sql"
@@ -25,11 +26,23 @@ ORG_TABLES = ("tenants", "accounts", "api_keys", "stores", "customers", "orders"
               "activity")
 
 
+# activity's partitions (a schema may keep them elsewhere, like GitLab's gitlab_partitions_dynamic)
+ACTIVITY_PARTITIONS = ("activity_2024", "activity_2025", "activity_default")
+
+
 def create_cell(dsn: str, *, id_base: int = 0, tenants: int = 2, orders_per_customer: int = 2,
-                data: bool = True) -> None:
-    """Build a Storefront cell in an empty database: the schema, then (``data``) its rows."""
+                data: bool = True, partition_schema: str | None = None) -> None:
+    """Build a Storefront cell in an empty database: the schema, then (``data``) its rows.
+
+    ``partition_schema``: move activity's partitions into that schema (created), away from their
+    partitioned parent in ``public``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL.read_text())
+        if partition_schema:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(partition_schema)))
+            for part in ACTIVITY_PARTITIONS:
+                conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                    sql.Identifier("public", part), sql.Identifier(partition_schema)))
         if data:
             conn.execute("SELECT set_config('storefront.id_base', %s, false), "
                          "set_config('storefront.tenants', %s, false), "
