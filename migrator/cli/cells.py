@@ -235,6 +235,7 @@ def _print_cells(rows: list[dict], wide: bool) -> None:
 def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:
     """Rows per organization in ``cell`` (all organization tables) and the organizations it holds."""
     from migrator.cells.introspect import introspect
+    from migrator.cells.names import qualified
     from migrator.db import cell_connection
 
     counts: dict[int, int] = {}
@@ -245,12 +246,12 @@ def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:
             return counts, set()
         root_pk = dictionary.root_key(live)
         present = {int(r[0]) for r in conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(root_pk), sql.Identifier(live.schema, root)))}
+            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(root_pk), qualified(root)))}
         for table in dictionary.org_tables():
             if table not in live.tables:
                 continue
             query = sql.SQL("SELECT {org} AS org, count(*) FROM {table} AS t GROUP BY 1").format(
-                org=dictionary.org_of_row_sql(table, live, "t"), table=sql.Identifier(live.schema, table))
+                org=dictionary.org_of_row_sql(table, live, "t"), table=qualified(table))
             for org, n in conn.execute(query):
                 if org is not None:
                     counts[int(org)] = counts.get(int(org), 0) + int(n)

@@ -50,17 +50,17 @@ def match_path(tgt, spec: TableSpec, count: int) -> str:
     return INDEX if count <= INDEX_PATH_MAX_FRACTION * max(table_rows(tgt, spec), 1.0) else SCAN
 
 
-def _pk_match(spec: TableSpec) -> sql.Composable:
+def _pk_match(spec: TableSpec, table: str = "t", keys: str = "k") -> sql.Composable:
     return sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(spec.name, c), sql.Identifier(keys_table(spec), c)) for c in spec.pk)
+        sql.SQL("{} = {}").format(sql.Identifier(table, c), sql.Identifier(keys, c)) for c in spec.pk)
 
 
 def collision_sql(spec: TableSpec, keys: sql.Identifier, limit: int) -> sql.Composable:
     """The first ``limit`` keys found in both. The join is fenced (``OFFSET 0``) from the ``ORDER BY …
     LIMIT``: planned for every key, it cannot become a walk of the target's key index that probes the
     key table once per row in the hope of stopping early (nothing collides, usually)."""
-    cols = sql.SQL(", ").join(sql.Identifier(spec.name, c) for c in spec.pk)
-    return sql.SQL("SELECT {out} FROM (SELECT {cols} FROM {table} JOIN {keys} ON {match} OFFSET 0) AS c"
+    cols = sql.SQL(", ").join(sql.Identifier("t", c) for c in spec.pk)
+    return sql.SQL("SELECT {out} FROM (SELECT {cols} FROM {table} AS t JOIN {keys} AS k ON {match} OFFSET 0) AS c"
                    " ORDER BY {out} LIMIT {n}").format(
         out=sql.SQL(", ").join(sql.Identifier("c", c) for c in spec.pk), cols=cols, table=spec.ident, keys=keys,
         match=_pk_match(spec), n=sql.Literal(limit))
@@ -89,5 +89,5 @@ def delete_source_keys(src, tgt, spec: TableSpec, org: int) -> int:
         tgt.execute("SET LOCAL session_replication_role = replica")
         keys, count = load_source_keys(src, tgt, spec, org)
         plan_for(tgt, match_path(tgt, spec, count))
-        return tgt.execute(sql.SQL("DELETE FROM {table} USING {keys} WHERE {match}").format(
+        return tgt.execute(sql.SQL("DELETE FROM {table} AS t USING {keys} AS k WHERE {match}").format(
             table=spec.ident, keys=keys, match=_pk_match(spec))).rowcount

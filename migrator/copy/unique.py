@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from migrator.cells.names import TableName
 from migrator.copy.keys import load_source_columns, match_path
 from migrator.copy.spec import TableSpec, plan_for
 
@@ -57,9 +58,10 @@ ORDER BY ic.relname
 
 # Unique indexes of a partitioned table's partitions that are not part of an index of the table itself.
 _PARTITION_ONLY = """
-SELECT pc.relname, ic.relname
+SELECT CASE WHEN pn.nspname = 'public' THEN pc.relname ELSE pn.nspname || '.' || pc.relname END, ic.relname
 FROM pg_catalog.pg_partition_tree(to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))) AS p
 JOIN pg_catalog.pg_class pc ON pc.oid = p.relid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace
 JOIN pg_catalog.pg_index i ON i.indrelid = p.relid
 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
 WHERE p.level > 0 AND i.indisunique AND NOT i.indisprimary
@@ -107,10 +109,11 @@ class UniqueCheck:
         return {"checked": len(self.checked), "skipped": self.skipped}
 
 
-def unique_indexes(conn, table: str, schema: str = "public") -> tuple[list[UniqueIndex], list[dict]]:
+def unique_indexes(conn, table: str) -> tuple[list[UniqueIndex], list[dict]]:
     """The unique indexes of ``table`` other than its primary key, and those skipped (with a reason)."""
     nnd = "i.indnullsnotdistinct" if conn.info.server_version >= 150000 else "false"
-    params = {"schema": schema, "table": table}
+    schema, relname = TableName.parse(table)
+    params = {"schema": schema, "table": relname}
     found = [UniqueIndex(table, name, con, tuple(keys), tuple(cols), pred, bool(nulls))
              for name, con, pred, keys, cols, nulls in conn.execute(
                  _UNIQUE_INDEXES.format(nulls_not_distinct=nnd), params).fetchall()]
@@ -151,11 +154,10 @@ def probe_sql(spec: TableSpec, index: UniqueIndex, rows: sql.Identifier, limit: 
              match=sql.SQL(" AND ").join(match), out=out, n=sql.Literal(limit))
 
 
-def unique_conflicts(src, tgt, spec: TableSpec, org: int, check: UniqueCheck, *, schema: str = "public",
-                     limit: int = 5) -> None:
+def unique_conflicts(src, tgt, spec: TableSpec, org: int, check: UniqueCheck, *, limit: int = 5) -> None:
     """Probe every unique index of ``spec``'s table in the target with the organization's source rows;
     adds to ``check`` what conflicts, what was checked and what was skipped."""
-    indexes, skipped = unique_indexes(tgt, spec.name, schema)
+    indexes, skipped = unique_indexes(tgt, spec.name)
     check.skipped.extend(skipped)
     if not indexes:
         return

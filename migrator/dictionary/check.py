@@ -63,6 +63,15 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
 
     for name, entry in dictionary.tables.items():
         info = live.tables.get(name)
+        if info is None and name in live.partitions:
+            parent = live.partitions[name]
+            add(Problem(
+                MISSING_TABLE, name, None,
+                f"table {name} of the data dictionary is a partition of {parent}: partitions (in any schema) are "
+                f"copied, guarded and verified through their partitioned table",
+                f"remove {name} from {source} and classify {parent} instead",
+            ))
+            continue
         if info is None:
             add(Problem(
                 MISSING_TABLE, name, None,
@@ -73,7 +82,7 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
         if not entry.organization_scoped:
             for fk in info.foreign_keys:
                 target = dictionary.tables.get(fk.ref_table)
-                if target is not None and target.organization_scoped and fk.ref_schema in (None, live.schema):
+                if target is not None and target.organization_scoped:
                     add(Problem(
                         REFERENCES_ORG_DATA, name, ", ".join(fk.columns),
                         f"{entry.classification} table {name} has a foreign key ({', '.join(fk.columns)}) into "

@@ -50,7 +50,9 @@ def test_introspect_reads_columns_keys_and_folds_partitions(scratch_db):
             CREATE TABLE other.elsewhere (id int);
         """)
         live = introspect(conn)
-    assert sorted(live.tables) == ["kids", "logs", "parents", "refs_logs"]
+    # every application schema; outside public, tables are named schema.table; never the migrator's
+    assert sorted(live.tables) == ["kids", "logs", "other.elsewhere", "parents", "refs_logs"]
+    assert live.partitions == {"logs_1": "logs", "logs_2": "logs"}
     parents, kids, logs, refs = (live.tables[n] for n in ("parents", "kids", "logs", "refs_logs"))
     assert parents.primary_key == ["id"] and parents.column("id").identity == "always"
     assert parents.column("code").type == "character varying(12)" and parents.column("code").nullable
@@ -68,7 +70,7 @@ def test_introspect_reads_columns_keys_and_folds_partitions(scratch_db):
     assert live.foreign_key("refs_logs", "log_at", "logs").ref_columns == ["id", "at"]
     assert live.foreign_key("kids", "b", "parents") is None
     # the DSN form and the schema argument
-    assert sorted(introspect(scratch_db, schema="other").tables) == ["elsewhere"]
+    assert sorted(introspect(scratch_db, schema="other").tables) == ["other.elsewhere"]
     assert introspect(scratch_db, schema="migrator").tables == {}
 
 

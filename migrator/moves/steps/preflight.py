@@ -13,6 +13,7 @@ from psycopg import sql
 
 from migrator.blobs.store import open_store
 from migrator.cells.introspect import introspect
+from migrator.cells.names import qualified
 from migrator.config import Settings
 from migrator.copy.keys import colliding_keys
 from migrator.copy.rows import count_rows
@@ -99,7 +100,7 @@ def find_collisions(src, tgt, spec, org: int, limit: int = MAX_COLLISIONS_SHOWN)
 
 
 def check_unique_keys(src, tgt, specs, rows_by_table: dict[str, int], org: int, target: str, *,
-                      schema: str = "public", heartbeat=lambda: None) -> UniqueCheck:
+                      heartbeat=lambda: None) -> UniqueCheck:
     """Every unique constraint and unique index (other than the primary key) of every organization table
     that has rows, probed in the target with the organization's values (migrator.copy.unique). Raises
     one UniqueCollision naming every conflicting table, index and the first values; returns what was
@@ -108,7 +109,7 @@ def check_unique_keys(src, tgt, specs, rows_by_table: dict[str, int], org: int, 
     for name, rows in rows_by_table.items():
         if rows:
             heartbeat()
-            unique_conflicts(src, tgt, specs[name], org, check, schema=schema, limit=MAX_COLLISIONS_SHOWN)
+            unique_conflicts(src, tgt, specs[name], org, check, limit=MAX_COLLISIONS_SHOWN)
     for skip in check.skipped:
         log.warning("unique key check skipped %s.%s: %s", skip["table"], skip["index"], skip["reason"])
     if check.conflicts:
@@ -161,7 +162,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     root = dictionary.root_table
     root_pk = live_src.tables[root].primary_key[0]
     exists = src.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = %s)").format(
-        sql.Identifier(root), sql.Identifier(root_pk)), (org,)).fetchone()[0]
+        qualified(root), sql.Identifier(root_pk)), (org,)).fetchone()[0]
     if not exists:
         raise UnknownOrganization(f"organization {org} has no row in {root!r} of cell {source!r}",
                                   "the route points at a cell that does not hold it; check `migrator orgs list`")
@@ -185,8 +186,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
                     "the target holds rows with these keys (a leftover copy of an earlier move? run "
                     "`migrator cleanup` for it); nothing was changed",
                 )
-    unique = check_unique_keys(src, tgt, specs, rows_by_table, org, target, schema=live_tgt.schema,
-                               heartbeat=heartbeat)
+    unique = check_unique_keys(src, tgt, specs, rows_by_table, org, target, heartbeat=heartbeat)
     blobs, blob_bytes = 0, 0
     for name in dictionary.blob_tables():
         entry = dictionary.tables[name]
@@ -195,7 +195,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
                 else sql.SQL("0")
             with org_scan(src, specs[name], org) as spec:
                 n, b = src.execute(sql.SQL("SELECT count({key}), {size} FROM {table} AS t WHERE ({pred})").format(
-                    key=sql.Identifier("t", blob.key), size=size, table=sql.Identifier(name),
+                    key=sql.Identifier("t", blob.key), size=size, table=qualified(name),
                     pred=spec.predicate), {"org": org}).fetchone()
             blobs += int(n)
             blob_bytes += int(b)

@@ -31,24 +31,45 @@ ACTIVITY_PARTITIONS = ("activity_2024", "activity_2025", "activity_default")
 
 
 def create_cell(dsn: str, *, id_base: int = 0, tenants: int = 2, orders_per_customer: int = 2,
-                data: bool = True, partition_schema: str | None = None) -> None:
+                data: bool = True, partition_schema: str | None = None,
+                table_schemas: dict[str, str] | None = None) -> None:
     """Build a Storefront cell in an empty database: the schema, then (``data``) its rows.
 
     ``partition_schema``: move activity's partitions into that schema (created), away from their
-    partitioned parent in ``public``."""
+    partitioned parent in ``public``. ``table_schemas``: move these tables (with their sequences) into
+    those schemas (created), after the rows are in, as an application's later migration would; the
+    dictionary must then name them so (:func:`dictionary_in_schemas`)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL.read_text())
-        if partition_schema:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(partition_schema)))
-            for part in ACTIVITY_PARTITIONS:
-                conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                    sql.Identifier("public", part), sql.Identifier(partition_schema)))
         if data:
             conn.execute("SELECT set_config('storefront.id_base', %s, false), "
                          "set_config('storefront.tenants', %s, false), "
                          "set_config('storefront.orders_per_customer', %s, false)",
                          (str(id_base), str(tenants), str(orders_per_customer)))
             conn.execute(DATA_SQL.read_text())
+        moves = dict(table_schemas or {})
+        moves.update({part: partition_schema for part in ACTIVITY_PARTITIONS} if partition_schema else {})
+        for table, schema in moves.items():
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                sql.Identifier("public", table), sql.Identifier(schema)))
+
+
+def dictionary_in_schemas(table_schemas: dict[str, str], path: Path) -> Path:
+    """Storefront's dictionary with the tables of ``table_schemas`` named ``schema.table`` (their entries
+    and every sharding key leading to them), written to ``path``."""
+    data = yaml.safe_load(DICTIONARY.read_text())
+    rename = {t: f"{s}.{t}" for t, s in table_schemas.items()}
+    tables = {}
+    for name, entry in data["tables"].items():
+        if isinstance(entry, dict) and entry.get("sharding_key"):
+            entry["sharding_key"] = {col: rename.get(parent, parent) for col, parent in entry["sharding_key"].items()}
+        tables[rename.get(name, name)] = entry
+    data["tables"] = tables
+    if data.get("root") in rename:
+        data["root"] = rename[data["root"]]
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return Path(path)
 
 
 def blob_bytes(key: str) -> bytes:
