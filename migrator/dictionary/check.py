@@ -72,6 +72,14 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
                 f"remove {name} from {source} and classify {parent} instead",
             ))
             continue
+        if info is None and name.startswith("public.") and name.removeprefix("public.") in live.tables:
+            add(Problem(
+                MISSING_TABLE, name, None,
+                f"table {name} of the data dictionary is named {name.removeprefix('public.')} (tables of schema "
+                "public are named bare, those of other schemas schema.table)",
+                f"rename the entry (and sharding keys leading to it) to {name.removeprefix('public.')} in {source}",
+            ))
+            continue
         if info is None:
             add(Problem(
                 MISSING_TABLE, name, None,

@@ -144,3 +144,35 @@ def test_unique_conflict_on_a_many_row_organization_uses_one_pass(project_cells)
     check = _unique(src, tgt)
     [conflict] = check.conflicts
     assert conflict.values == [("p10",), ("p11",), ("p12",), ("p13",), ("p14",)]
+
+
+EVENTS = TableSpec(name="app.events", columns=("id", "org_id", "at", "ref"), pk=("id", "at"),
+                   pk_types=("bigint", "date"), predicate=sql.SQL("t.org_id = %(org)s"))
+
+EVENTS_DDL = """
+CREATE SCHEMA app; CREATE SCHEMA app_parts;
+CREATE TABLE app.events (id bigint, org_id bigint NOT NULL, at date NOT NULL, ref text,
+                         PRIMARY KEY (id, at), CONSTRAINT events_ref_at_key UNIQUE (ref, at)) PARTITION BY RANGE (at);
+CREATE TABLE app_parts.events_2026 PARTITION OF app.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE app_parts.events_2027 PARTITION OF app.events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+CREATE UNIQUE INDEX events_2027_org_ref ON app_parts.events_2027 (org_id, ref);
+"""
+
+
+def test_unique_keys_of_a_partitioned_table_in_another_schema(project_cells):
+    from migrator.copy.unique import UniqueCheck, unique_conflicts
+
+    src, tgt = project_cells
+    for conn in (src, tgt):
+        conn.execute(EVENTS_DDL)
+    src.execute("INSERT INTO app.events SELECT g, 2, date '2026-01-01' + g, 'r' || g FROM generate_series(1, 500) g")
+    tgt.execute("INSERT INTO app.events VALUES (9001, 1, date '2026-01-01' + 7, 'r7'), "
+                "(9002, 1, date '2026-01-01' + 9, 'r8')")  # r8 on another day: (ref, at) differs
+    check = UniqueCheck()
+    unique_conflicts(src, tgt, EVENTS, 2, check)
+    [conflict] = check.conflicts
+    assert conflict.message == "app.events: unique constraint events_ref_at_key (ref, at) = (r7, 2026-01-08)"
+    assert check.checked == ["app.events.events_ref_at_key"]
+    [skip] = check.skipped  # one partition's own index: rows are routed by the parent
+    assert skip["table"] == "app.events" and skip["index"] == "events_2027_org_ref"
+    assert "partition app_parts.events_2027 alone" in skip["reason"]

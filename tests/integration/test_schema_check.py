@@ -146,6 +146,7 @@ def test_tables_of_other_schemas_are_classified_by_their_qualified_name(scratch_
         "app.projects": {"sharding_key": {"org_id": "orgs"}},
         "builds": {"sharding_key": {"project_id": "app.projects"}},
         "app_parts.builds_2026": {"sharding_key": {"project_id": "app.projects"}},
+        "public.orgs": {"classification": "cell_local"},
     }})
     problems = {(p.kind, p.table): p.message for p in check_schema(dictionary, live)}
     assert problems == {
@@ -154,6 +155,8 @@ def test_tables_of_other_schemas_are_classified_by_their_qualified_name(scratch_
         ("missing_table", "app_parts.builds_2026"): "table app_parts.builds_2026 of the data dictionary is a "
         "partition of builds: partitions (in any schema) are copied, guarded and verified through their "
         "partitioned table",
+        ("missing_table", "public.orgs"): "table public.orgs of the data dictionary is named orgs (tables of "
+                                          "schema public are named bare, those of other schemas schema.table)",
     }
 
 
