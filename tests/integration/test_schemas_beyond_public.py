@@ -1,5 +1,5 @@
-"""Tables beyond the ``public`` schema, end to end with a real worker: Storefront cells whose ``stores``
-and ``notes`` live in a schema ``shop`` (named ``shop.stores`` and ``shop.notes`` in the dictionary,
+"""Tables beyond the ``public`` schema, end to end with a real worker: Storefront cells whose ``stores``,
+``notes`` and ``attachments`` (with blobs) live in a schema ``shop`` (named ``shop.stores`` … in the dictionary,
 ``customers`` in ``public`` keyed through ``shop.stores``) and whose partitions of ``activity`` live in
 a third schema (as GitLab keeps them in ``gitlab_partitions_dynamic``)."""
 
@@ -19,7 +19,7 @@ from tests.support.moves import migrator
 pytestmark = pytest.mark.integration
 
 PARTS = "storefront_parts"
-MOVED = {"stores": "shop", "notes": "shop"}
+MOVED = {"stores": "shop", "notes": "shop", "attachments": "shop"}
 
 # Our triggers (guard, capture) on the tables of a schema.
 TRIGGERS = ("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
@@ -34,7 +34,7 @@ def schemas_fleet(fleet, topology_server, tmp_path):
     for i, (cell, dsn) in enumerate(fleet.cell_dsns.items()):
         storefront.create_cell(dsn, id_base=i * block, tenants=3 if i == 0 else 1, partition_schema=PARTS,
                                table_schemas=MOVED)
-        storefront.write_blobs(dsn, fleet.blob_dir(cell))
+        storefront.write_blobs(dsn, fleet.blob_dir(cell), ("shop", "attachments"))
     fleet.extra["block"] = block
     return fleet
 
@@ -73,7 +73,7 @@ def test_tables_and_partitions_in_other_schemas_move_end_to_end(schemas_fleet, s
 
     org, bystander = 1, 2
     before = org_checksums(settings, "cell-1", org)
-    assert set(before) >= {"shop.stores", "shop.notes", "customers", "activity"}
+    assert set(before) >= {"shop.stores", "shop.notes", "shop.attachments", "customers", "activity"}
     assert all(rows for rows, _ in before.values())
     before_bystander = org_checksums(settings, "cell-1", bystander)
 
@@ -87,6 +87,7 @@ def test_tables_and_partitions_in_other_schemas_move_end_to_end(schemas_fleet, s
     assert detail["state"] == "completed"
     verification = detail["report"]["verification"]
     assert verification["ok"] is True and set(verification["tables"]) == set(before)
+    assert verification["blobs_verified"] == 5  # shop.attachments' objects, copied and checksummed
     assert org_checksums(settings, "cell-2", org) == before
     assert org_checksums(settings, "cell-1", org) == before
     assert org_checksums(settings, "cell-1", bystander) == before_bystander

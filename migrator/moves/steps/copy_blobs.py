@@ -26,7 +26,8 @@ def unit(ctx, unit) -> dict:
     src_store, dst_store = stores(ctx)
     if same_store(src_store, dst_store):
         return {"skipped": "source and target share one blob store"}
-    table, key_column = unit.unit.split(".", 1)
+    table = unit.table_name  # the unit is "table.key_column", and a table's name may hold a dot (schema.table)
+    key_column = unit.unit[len(table) + 1:]
     blob = find_blob(ctx.dictionary, table, key_column)
     m = ctx.settings.moves
 

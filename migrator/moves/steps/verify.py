@@ -91,7 +91,8 @@ def unit(ctx, unit) -> dict:
 
 def _verify_blobs(ctx, unit) -> dict:
     _src_store, dst_store = stores(ctx)
-    table, key_column = unit.unit[len(BLOB_PREFIX):].split(".", 1)
+    table = unit.table_name  # the unit is BLOB_PREFIX + "table.key_column"; a table's name may hold a dot
+    key_column = unit.unit[len(BLOB_PREFIX) + len(table) + 1:]
     blob = find_blob(ctx.dictionary, table, key_column)
     m = ctx.settings.moves
     count = verify_blob_range(ctx.source(), dst_store, ctx.specs[table], blob, ctx.org, batch=m.blob_batch,

@@ -77,11 +77,13 @@ def blob_bytes(key: str) -> bytes:
     return (f"storefront {key}\n" * 16).encode()
 
 
-def write_blobs(dsn: str, blob_dir: Path) -> int:
-    """Write every object the cell's attachments reference into ``blob_dir``; returns how many."""
+def write_blobs(dsn: str, blob_dir: Path, table: tuple[str, str] = ("public", "attachments")) -> int:
+    """Write every object the cell's attachments (``table``: schema and name) reference into ``blob_dir``;
+    returns how many."""
     blob_dir = Path(blob_dir)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT blob_key, blob_sha256 FROM attachments WHERE blob_key IS NOT NULL").fetchall()
+        rows = conn.execute(sql.SQL("SELECT blob_key, blob_sha256 FROM {} WHERE blob_key IS NOT NULL").format(
+            sql.Identifier(*table))).fetchall()
     for key, sha in rows:
         data = blob_bytes(key)
         assert hashlib.sha256(data).hexdigest() == sha, key
