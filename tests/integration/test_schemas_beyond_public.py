@@ -107,6 +107,13 @@ def test_tables_and_partitions_in_other_schemas_move_end_to_end(schemas_fleet, s
         conn.execute("UPDATE shop.notes SET body = body WHERE store_handle IN "
                      "(SELECT store_handle FROM shop.stores WHERE tenant_id = %s)", (bystander,))
 
+    # cleanup deletes the source copy in every schema, and nothing of the bystander
+    done = migrator(fleet, "cleanup", detail["id"], "--force")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert all(rows == 0 for rows, _ in org_checksums(settings, "cell-1", org).values())
+    assert org_checksums(settings, "cell-1", bystander) == before_bystander
+    assert org_checksums(settings, "cell-2", org) == before
+
     # uninstall (cell-3: no move touched it) leaves no trigger of ours in any schema
     with psycopg.connect(fleet.cell_dsns["cell-3"], autocommit=True) as conn:
         assert all(conn.execute(TRIGGERS, (s,)).fetchone()[0] > 0 for s in ("public", "shop", PARTS))
