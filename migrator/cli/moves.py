@@ -14,7 +14,7 @@ from migrator.cli.render import WIDE_OPTION, ago, clock, id_prefixes, key_column
 from migrator.moves import workflow as wf
 from migrator.moves.operations import Operations
 from migrator.moves.views import move_detail, move_summary, progress
-from migrator.moves.watch import rate_line, removal_line, watch_move
+from migrator.moves.watch import rate_line, removal_line, throttle_line, watch_move
 
 
 def _ops(config) -> Operations:
@@ -65,6 +65,8 @@ def _print_detail(data: dict, wide: bool = False) -> None:
         console.print(_removed(removal))
     if data.get("error"):
         console.print(f"[red]error:[/] {data['error']}")
+    if data.get("throttled"):
+        console.print(f"[yellow]throttled[/] {throttle_line(data['throttled'])}")
     console.print(f"requested by {data['requested_by']}: {data['reason']}")
     if data.get("plan"):
         _print_plan(data["plan"], title="plan")
@@ -133,7 +135,8 @@ def _print_list(rows: list[dict], wide: bool) -> None:
         extra = [s["strategy"], str(s["attempt"]), ago(s["age_s"]), s["requested_by"] or "",
                  escape(s["error"] or "")] if wide else []
         t.add_row(prefixes[s["id"]] if not wide else s["id"], str(s["organization_id"]),
-                  f"{s['source']}→{s['target']}", s["state"], "" if s["state"] in DONE else s["step"],
+                  f"{s['source']}→{s['target']}", s["state"],
+                  "" if s["state"] in DONE else s["step"] + (" (throttled)" if s.get("throttled") else ""),
                   "" if s["state"] == wf.ABORTED else f"{s['progress'] * 100:.0f}%",
                   clock(s["created_at"]), *extra)
     console.print(t)

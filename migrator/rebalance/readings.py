@@ -82,7 +82,7 @@ def measure_cell(settings: Settings, cell: str, dictionary) -> tuple[dict, dict[
                     else sql.SQL("0")
                 query = sql.SQL("SELECT {org} AS org, count({key}), {size} FROM {t} AS t "
                                 "WHERE {key} IS NOT NULL GROUP BY 1").format(
-                    org=dictionary.org_of_row_sql(table, live, "t"), key=sql.Identifier("t", blob.key), size=size,
+                    org=dictionary.org_of_row_sql(table, live, "t"), key=blob.key_expr("t"), size=size,
                     t=qualified(table))
                 for org, n, b in conn.execute(query):
                     if org is None:

@@ -50,7 +50,8 @@ LIVE = live_of(
           fks=[(["project_id"], "projects", ["id"]), (["group_id"], "namespaces", ["id"])]),
     table("label_links", ["label_id", "target_type", "target_id"], pk=("label_id", "target_type", "target_id"),
           fks=[(["label_id"], "labels", ["id"])]),
-    table("uploads", ["id", "project_id", "file_key", "sha256", "size"]),  # no FK: parent's PK is used
+    table("uploads", ["id", "project_id", "file_key", "sha256", "size"],  # no FK: parent's PK is used
+          types={"file_key": "text", "sha256": "text"}),
     table("application_settings", ["id", "name"]),
     table("users", ["id", "username"]),
 )

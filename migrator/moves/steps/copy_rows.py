@@ -7,7 +7,7 @@ them at once; each unit copies its range batch by batch and checkpoints after ea
 from __future__ import annotations
 
 from migrator.copy.rows import copy_range, plan_ranges
-from migrator.moves.steps.base import ROWS, Step
+from migrator.moves.steps.base import ROWS, Step, batch_rows, pace
 from migrator.observability import metrics
 
 
@@ -29,9 +29,10 @@ def unit(ctx, unit) -> dict:
                                   done_delta=rows, bytes_delta=nbytes, ttl_s=ctx.ttl_s)
         metrics.rows_copied.labels(unit.table_name).inc(rows)
         metrics.bytes_copied.inc(nbytes)
+        pace(ctx, rows)
 
     copied = copy_range(ctx.source(), ctx.target(), spec, ctx.org, lo=unit.lo, hi=unit.hi, position=unit.position,
-                        batch_rows=m.batch_rows, checkpoint=checkpoint,
+                        batch_rows=batch_rows(ctx, m.batch_rows), checkpoint=checkpoint,
                         disable_triggers=m.disable_target_triggers, token=ctx.token)
     return {"rows_this_attempt": copied}
 

@@ -19,7 +19,7 @@ from migrator.copy.keys import colliding_keys
 from migrator.copy.rows import count_rows
 from migrator.copy.spec import org_scan, table_specs
 from migrator.copy.unique import UniqueCheck, unique_conflicts
-from migrator.dictionary.check import check_advice, check_schema
+from migrator.dictionary.check import check_advice, check_key_sql, check_schema
 from migrator.errors import (
     CellUnavailable,
     DictionaryError,
@@ -142,8 +142,8 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     src = connect_cell(source)
     tgt = connect_cell(target)
     live_src, live_tgt = introspect(src), introspect(tgt)
-    for cell, live in ((source, live_src), (target, live_tgt)):
-        problems = check_schema(dictionary, live)
+    for cell, conn, live in ((source, src, live_src), (target, tgt, live_tgt)):
+        problems = check_schema(dictionary, live) + check_key_sql(conn, dictionary, live)
         if problems:
             listing = "; ".join(p.message for p in problems[:10])
             more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -195,7 +195,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
                 else sql.SQL("0")
             with org_scan(src, specs[name], org) as spec:
                 n, b = src.execute(sql.SQL("SELECT count({key}), {size} FROM {table} AS t WHERE ({pred})").format(
-                    key=sql.Identifier("t", blob.key), size=size, table=qualified(name),
+                    key=blob.key_expr("t"), size=size, table=qualified(name),
                     pred=spec.predicate), {"org": org}).fetchone()
             blobs += int(n)
             blob_bytes += int(b)
