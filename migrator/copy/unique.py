@@ -92,10 +92,15 @@ class UniqueIndex:
 class UniqueConflict:
     index: UniqueIndex
     values: list[tuple[str | None, ...]]  # the first conflicting key values, as text
+    # the values repeat among the organization's own rows (the target has an index the source lacks)
+    within: bool = False
 
     @property
     def message(self) -> str:
         shown = ", ".join("(" + ", ".join("NULL" if v is None else v for v in vals) + ")" for vals in self.values)
+        if self.within:
+            return (f"{self.index.table}: {self.index.label} = {shown}, repeated among the organization's own rows "
+                    "(the source has no such unique index)")
         return f"{self.index.table}: {self.index.label} = {shown}"
 
 
@@ -154,6 +159,22 @@ def probe_sql(spec: TableSpec, index: UniqueIndex, rows: sql.Identifier, limit: 
              match=sql.SQL(" AND ").join(match), out=out, n=sql.Literal(limit))
 
 
+def repeats_sql(index: UniqueIndex, rows: sql.Identifier, limit: int) -> sql.Composable:
+    """The first ``limit`` key values of ``index`` that two of ``rows`` share: possible only where the
+    source lacks the target's index (cells may differ in indexes; the schema fingerprint compares
+    columns and keys). Keys with a NULL never repeat under a default (NULLS DISTINCT) index."""
+    keys = sql.SQL(", ").join(sql.SQL("({}) AS {}").format(sql.SQL(k), _key_name(i)) for i, k in enumerate(index.keys))
+    out = sql.SQL(", ").join(_key_name(i) for i in range(len(index.keys)))
+    conds = [sql.SQL("({})").format(sql.SQL(index.predicate))] if index.predicate else []
+    if not index.nulls_not_distinct:
+        conds += [sql.SQL("({}) IS NOT NULL").format(sql.SQL(k)) for k in index.keys]
+    where = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conds)) if conds else sql.SQL("")
+    as_text = sql.SQL(", ").join(sql.SQL("CAST({} AS text)").format(_key_name(i)) for i in range(len(index.keys)))
+    return sql.SQL("SELECT {as_text} FROM (SELECT {keys} FROM {rows}{where}) AS _migrator_s GROUP BY {out}"
+                   " HAVING count(*) > 1 ORDER BY {out} LIMIT {n}").format(
+        as_text=as_text, keys=keys, rows=rows, where=where, out=out, n=sql.Literal(limit))
+
+
 def unique_conflicts(src, tgt, spec: TableSpec, org: int, check: UniqueCheck, *, limit: int = 5) -> None:
     """Probe every unique index of ``spec``'s table in the target with the organization's source rows;
     adds to ``check`` what conflicts, what was checked and what was skipped."""
@@ -172,6 +193,7 @@ def unique_conflicts(src, tgt, spec: TableSpec, org: int, check: UniqueCheck, *,
             try:
                 with tgt.transaction():  # a savepoint: an expression the target cannot evaluate here
                     found = tgt.execute(probe_sql(spec, ix, rows, limit)).fetchall()
+                    repeated = tgt.execute(repeats_sql(ix, rows, limit)).fetchall()
             except (psycopg.errors.ProgrammingError, psycopg.errors.DataError) as exc:
                 reason = (exc.diag.message_primary or str(exc)).strip()
                 check.skipped.append({"table": spec.name, "index": ix.name,
@@ -180,3 +202,5 @@ def unique_conflicts(src, tgt, spec: TableSpec, org: int, check: UniqueCheck, *,
             check.checked.append(f"{spec.name}.{ix.name}")
             if found:
                 check.conflicts.append(UniqueConflict(ix, [tuple(r) for r in found]))
+            if repeated:
+                check.conflicts.append(UniqueConflict(ix, [tuple(r) for r in repeated], within=True))

@@ -176,3 +176,15 @@ def test_unique_keys_of_a_partitioned_table_in_another_schema(project_cells):
     [skip] = check.skipped  # one partition's own index: rows are routed by the parent
     assert skip["table"] == "app.events" and skip["index"] == "events_2027_org_ref"
     assert "partition app_parts.events_2027 alone" in skip["reason"]
+
+
+def test_values_repeated_among_the_organizations_rows_under_a_target_only_index(project_cells):
+    """Cells may differ in indexes: a unique index the source lacks can be violated by the moving rows alone."""
+    src, tgt = project_cells
+    src.execute("UPDATE projects SET doc = jsonb_build_object('team', id % 3) WHERE id <= 6")
+    tgt.execute("CREATE UNIQUE INDEX projects_team ON projects ((doc ->> 'team'))")
+    check = _unique(src, tgt)
+    [conflict] = check.conflicts
+    assert conflict.within and conflict.values == [("0",), ("1",), ("2",)]
+    assert conflict.message == ("projects: unique index projects_team ((doc ->> 'team'::text)) = (0), (1), (2), "
+                                "repeated among the organization's own rows (the source has no such unique index)")
