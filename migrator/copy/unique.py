@@ -144,8 +144,10 @@ def probe_sql(spec: TableSpec, index: UniqueIndex, rows: sql.Identifier, limit: 
     """
     pred = sql.SQL(" WHERE ({})").format(sql.SQL(index.predicate)) if index.predicate else sql.SQL("")
     keys = sql.SQL(", ").join(sql.SQL("({}) AS {}").format(sql.SQL(k), _key_name(i)) for i, k in enumerate(index.keys))
-    eq = sql.SQL("IS NOT DISTINCT FROM") if index.nulls_not_distinct else sql.SQL("=")
-    match = [sql.SQL("({}) {} {}").format(sql.SQL(k), eq, sql.Identifier("_migrator_s", f"_migrator_k{i}"))
+    # NULLS NOT DISTINCT: NULL matches NULL, spelled so the index still answers both arms (a bitmap OR of
+    # "= value" and "IS NULL"; IS NOT DISTINCT FROM is no index condition)
+    eq = "({k}) = {v} OR (({k}) IS NULL AND {v} IS NULL)" if index.nulls_not_distinct else "({k}) = {v}"
+    match = [sql.SQL("(" + eq + ")").format(k=sql.SQL(k), v=sql.Identifier("_migrator_s", f"_migrator_k{i}"))
              for i, k in enumerate(index.keys)]
     if index.predicate:
         match.append(sql.SQL("({})").format(sql.SQL(index.predicate)))

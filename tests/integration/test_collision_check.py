@@ -188,3 +188,17 @@ def test_values_repeated_among_the_organizations_rows_under_a_target_only_index(
     assert conflict.within and conflict.values == [("0",), ("1",), ("2",)]
     assert conflict.message == ("projects: unique index projects_team ((doc ->> 'team'::text)) = (0), (1), (2), "
                                 "repeated among the organization's own rows (the source has no such unique index)")
+
+
+def test_nulls_not_distinct_index_counts_nulls_as_equal(project_cells):
+    src, tgt = project_cells
+    if tgt.info.server_version < 150000:
+        pytest.skip("NULLS NOT DISTINCT needs PostgreSQL 15")
+    for conn in (src, tgt):
+        conn.execute("CREATE UNIQUE INDEX projects_iid_email ON projects (iid, email) NULLS NOT DISTINCT")
+    src.execute("UPDATE projects SET email = NULL WHERE id = 5")
+    tgt.execute("INSERT INTO projects VALUES (300001, 1, 'z1', 5, NULL, false, NULL)")  # (5, NULL) as org 2's id 5
+    check = _unique(src, tgt)
+    [conflict] = check.conflicts
+    assert conflict.index.name == "projects_iid_email" and conflict.values == [("5", None)]
+    assert conflict.message == "projects: unique index projects_iid_email (iid, email) = (5, NULL)"
