@@ -80,6 +80,8 @@ def init_command(
         for r in results:
             lo, hi = r["range"]
             seq = f"{r['sequences_set']} set of {r['sequences']}"
+            if r.get("sequences_skipped"):
+                seq += f", {len(r['sequences_skipped'])} skipped"
             if r["sequences_outside"]:
                 seq += f", [red]{len(r['sequences_outside'])} outside[/]"
             table.add_row(
@@ -292,6 +294,7 @@ def health_command(cells: list[str] = CELL_OPTION,
 def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:
     """Rows per organization in ``cell`` (all organization tables) and the organizations it holds."""
     from migrator.cells.introspect import introspect
+    from migrator.cells.names import qualified
     from migrator.db import cell_connection
 
     counts: dict[int, int] = {}
@@ -302,12 +305,12 @@ def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:
             return counts, set()
         root_pk = dictionary.root_key(live)
         present = {int(r[0]) for r in conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(root_pk), sql.Identifier(live.schema, root)))}
+            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(root_pk), qualified(root)))}
         for table in dictionary.org_tables():
             if table not in live.tables:
                 continue
             query = sql.SQL("SELECT {org} AS org, count(*) FROM {table} AS t GROUP BY 1").format(
-                org=dictionary.org_of_row_sql(table, live, "t"), table=sql.Identifier(live.schema, table))
+                org=dictionary.org_of_row_sql(table, live, "t"), table=qualified(table))
             for org, n in conn.execute(query):
                 if org is not None:
                     counts[int(org)] = counts.get(int(org), 0) + int(n)

@@ -39,6 +39,12 @@ def _print_plan(plan: dict, title: str | None = None) -> None:
         console.print(f"estimated duration: {plan['estimate_s']:.1f} s")
     for line in plan.get("advice") or []:
         console.print(f"[yellow]advice:[/] {escape(line)}", soft_wrap=True)
+    unique = plan.get("unique_checks")
+    if unique:
+        console.print(f"unique keys: {unique['checked']} checked in the target, no conflict")
+        for skip in unique["skipped"]:
+            console.print(f"[yellow]unique key not checked:[/] {escape(skip['table'])}.{escape(skip['index'])}: "
+                          f"{escape(skip['reason'])}", soft_wrap=True)
 
 
 def _print_detail(data: dict, wide: bool = False) -> None:

@@ -66,6 +66,23 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
 
     for name, entry in dictionary.tables.items():
         info = live.tables.get(name)
+        if info is None and name in live.partitions:
+            parent = live.partitions[name]
+            add(Problem(
+                MISSING_TABLE, name, None,
+                f"table {name} of the data dictionary is a partition of {parent}: partitions (in any schema) are "
+                f"copied, guarded and verified through their partitioned table",
+                f"remove {name} from {source} and classify {parent} instead",
+            ))
+            continue
+        if info is None and name.startswith("public.") and name.removeprefix("public.") in live.tables:
+            add(Problem(
+                MISSING_TABLE, name, None,
+                f"table {name} of the data dictionary is named {name.removeprefix('public.')} (tables of schema "
+                "public are named bare, those of other schemas schema.table)",
+                f"rename the entry (and sharding keys leading to it) to {name.removeprefix('public.')} in {source}",
+            ))
+            continue
         if info is None:
             add(Problem(
                 MISSING_TABLE, name, None,
@@ -76,7 +93,7 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
         if not entry.organization_scoped:
             for fk in info.foreign_keys:
                 target = dictionary.tables.get(fk.ref_table)
-                if target is not None and target.organization_scoped and fk.ref_schema in (None, live.schema):
+                if target is not None and target.organization_scoped:
                     add(Problem(
                         REFERENCES_ORG_DATA, name, ", ".join(fk.columns),
                         f"{entry.classification} table {name} has a foreign key ({', '.join(fk.columns)}) into "
@@ -203,6 +220,8 @@ def check_key_sql(conn, dictionary: Dictionary, live: LiveSchema) -> list[Proble
     syntax errors and a result that is not text are problems naming the table and the blob."""
     from psycopg import sql
 
+    from migrator.cells.names import qualified
+
     problems: list[Problem] = []
     source = dictionary.source or "the dictionary"
     for name in dictionary.blob_tables():
@@ -212,7 +231,7 @@ def check_key_sql(conn, dictionary: Dictionary, live: LiveSchema) -> list[Proble
             if spec.key_sql is None:
                 continue
             where = f"computed key (key_sql) of blob {spec.label} of {name}"
-            table = sql.Identifier(live.schema, name) if live.schema else sql.Identifier(name)
+            table = qualified(name)
             query = sql.SQL("SELECT {} FROM {} AS t LIMIT 0").format(spec.key_expr("t"), table)
             try:
                 with conn.transaction(force_rollback=True):

@@ -26,6 +26,7 @@ import yaml
 from psycopg import sql
 
 from migrator.blobs.digest import ALGORITHMS, ENCODINGS, SHA256
+from migrator.cells.names import qualified
 from migrator.errors import DictionaryError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (cells.introspect does not import us)
@@ -383,7 +384,7 @@ class Dictionary:
                     deps[name].add(parent)
             info = live.tables.get(name)
             for fk in info.foreign_keys if info else ():
-                if fk.ref_table in index and fk.ref_table != name and fk.ref_schema in (None, live.schema):
+                if fk.ref_table in index and fk.ref_table != name:
                     deps[name].add(fk.ref_table)
         order: list[str] = []
         placed: set[str] = set()
@@ -442,14 +443,14 @@ def _aliases(exclude: set[str]) -> Iterator[str]:
 
 
 def _qualified(live: LiveSchema, table: str) -> sql.Composable:
-    return sql.Identifier(live.schema, table) if live.schema else sql.Identifier(table)
+    return qualified(table)
 
 
 def _live_table(live: LiveSchema, table: str):
     info = live.tables.get(table)
     if info is None:
         raise DictionaryError(
-            f"table {table!r} of the dictionary does not exist in the live schema {live.schema!r}",
+            f"table {table!r} of the dictionary does not exist in the cell",
             "run `migrator schema check` to compare the dictionary with the cell",
         )
     return info

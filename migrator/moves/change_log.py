@@ -109,9 +109,8 @@ def check_capture_intact(ctx) -> None:
                                 "resume the move: it captures again and copies what changed (docs/runbooks/"
                                 "verification-failed.md)")
     tables = ctx.copy_order()
-    schema = ctx.source_schema.schema
     triggers = (cap.TRIGGER, GUARD_TRIGGER) if ctx.store.get(ctx.move.id).frozen_at else (cap.TRIGGER,)
-    gaps = cap.capture_gaps(src, tables, schema, mine[0]["started_at"], triggers=triggers)
+    gaps = cap.capture_gaps(src, tables, mine[0]["started_at"], triggers=triggers)
     if gaps:
         raise CaptureIncomplete(
             f"cell {ctx.move.source_cell!r}: the change capture may have missed changes of organization {ctx.org}: "
