@@ -4,7 +4,8 @@
   configured standby (``cells.X.standbys``: ``now() - pg_last_xact_replay_timestamp()`` while it has
   received WAL it has not replayed), in seconds.
 - ``wal_ready``: WAL segments waiting for the archiver (``pg_ls_archive_statusdir()``).
-- ``autovacuum``: an autovacuum worker on a table the unit reads or writes (``pg_stat_progress_vacuum``).
+- ``autovacuum``: an autovacuum worker on a table the unit reads or writes, or on one of its
+  partitions (``pg_stat_progress_vacuum``).
 - ``active_backends``: active client backends as a fraction of ``max_connections``.
 - ``lock_waits``: backends waiting for a lock.
 - ``canary``: the p99 of a configured query, in milliseconds.
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 
 import psycopg
 
+from migrator.cells.names import TableName
 from migrator.config import HealthLimits
 from migrator.db import connect, first_line
 from migrator.dsn import mask_dsn
@@ -98,13 +100,15 @@ def wal_ready(conn: psycopg.Connection, cell: str, limits: HealthLimits) -> Read
 def autovacuum(conn: psycopg.Connection, cell: str, limits: HealthLimits, tables: Sequence[str]) -> Reading:
     if not tables or limits.autovacuum_on_table == "normal":
         return Reading(cell, "autovacuum", Signal.NORMAL)
+    names = [TableName.parse(t).ident.as_string(conn) for t in tables]  # "schema"."table", quoted
     try:
         rows = conn.execute(
-            "SELECT v.relid::regclass::text, coalesce(a.query, '') LIKE '%%to prevent wraparound%%'"
-            "  FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a ON a.pid = v.pid"
-            " WHERE a.backend_type = 'autovacuum worker'"
-            "   AND v.relid IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)",
-            [list(tables)],
+            "WITH t AS (SELECT to_regclass(x) AS oid FROM unnest(%s::text[]) AS x WHERE to_regclass(x) IS NOT NULL),"
+            "     rel AS (SELECT oid FROM t UNION SELECT p.relid FROM t, pg_partition_tree(t.oid) AS p)"
+            " SELECT v.relid::regclass::text, coalesce(a.query, '') LIKE '%%to prevent wraparound%%'"
+            "   FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a ON a.pid = v.pid"
+            "  WHERE a.backend_type = 'autovacuum worker' AND v.relid IN (SELECT oid FROM rel)",
+            [names],
         ).fetchall()
     except psycopg.Error as exc:
         return _unavailable(cell, "autovacuum", exc)
