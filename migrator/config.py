@@ -108,6 +108,9 @@ class CellConfig(_Strict):
     # The cell's application servers (HOST:PORT or unix:/path): its backend behind the edge router
     # (migrator router config).
     app_servers: list[str] = Field(default_factory=list)
+    # Streaming standbys of the cell's database (DSNs): their replay lag throttles moves (health:).
+    # The primary's pg_stat_replication is read as well; these add standbys it cannot see (cascades).
+    standbys: list[str] = Field(default_factory=list)
 
     @field_validator("app_servers")
     @classmethod
@@ -340,6 +343,72 @@ class RebalanceConfig(_Strict):
         return self
 
 
+class HealthLimits(_Strict):
+    """The limits of a cell's health indicators (docs/adr/0019-health-indicators.md). Past a ``*_slow``
+    limit a move's units slow down (smaller batches, a pause between them); past a ``*_stop`` limit they
+    pause and are re-enqueued until it clears. None: that limit is not checked."""
+
+    # Replay lag of the cell's standbys (pg_stat_replication on the primary, and cells.X.standbys).
+    replication_lag_slow_s: float | None = Field(default=5.0, ge=0)
+    replication_lag_stop_s: float | None = Field(default=30.0, ge=0)
+    # WAL segments waiting for the archiver (pg_ls_archive_statusdir: needs pg_monitor or superuser).
+    wal_ready_slow: int | None = Field(default=32, ge=0)
+    wal_ready_stop: int | None = Field(default=128, ge=0)
+    # Autovacuum working on a table the unit reads or writes: "slow", "stop" or "normal". An
+    # anti-wraparound vacuum always counts as "stop" unless this is "normal".
+    autovacuum_on_table: Literal["normal", "slow", "stop"] = "slow"
+    # Active backends as a fraction of max_connections, and backends waiting for a lock.
+    active_backends_slow: float | None = Field(default=0.7, ge=0, le=1)
+    active_backends_stop: float | None = Field(default=0.9, ge=0, le=1)
+    lock_waits_slow: int | None = Field(default=5, ge=0)
+    lock_waits_stop: int | None = Field(default=20, ge=0)
+    # A canary query the application's latency depends on (None: no canary), run canary_samples times
+    # per reading; the p99 of the last canary_window samples (per worker process) against the limits, in ms.
+    canary_sql: str | None = None
+    canary_samples: int = Field(default=5, ge=1, le=100)
+    canary_window: int = Field(default=100, ge=1, le=10_000)
+    canary_p99_slow_ms: float | None = Field(default=50.0, ge=0)
+    canary_p99_stop_ms: float | None = Field(default=250.0, ge=0)
+    # Commit latency: a transaction that writes one WAL record (pg_logical_emit_message) and waits for its
+    # flush, commit_samples times per reading; the p99 of the last canary_window samples, in ms. What the
+    # other organizations' writes wait for when the copy saturates the disk.
+    commit_samples: int = Field(default=3, ge=1, le=100)
+    commit_p99_slow_ms: float | None = Field(default=50.0, ge=0)
+    commit_p99_stop_ms: float | None = Field(default=200.0, ge=0)
+
+
+class HealthConfig(_Strict):
+    """Moves throttle on their cells' health (docs/adr/0019-health-indicators.md). Units of copy_rows,
+    copy_blobs, verify, catch_up and cleanup obey; nothing inside the write window is throttled."""
+
+    enabled: bool = True
+    defaults: HealthLimits = Field(default_factory=HealthLimits)
+    # Per-cell overrides: a key set for a cell replaces the default's.
+    cells: dict[str, HealthLimits] = Field(default_factory=dict)
+    # A reading is reused this long (per worker process) before the cell is asked again.
+    check_every_s: float = Field(default=2.0, ge=0)
+    # A paused unit is re-enqueued after this long (and so on, while the signal says stop).
+    pause_s: float = Field(default=5.0, gt=0)
+    # On "slow down": batches shrink by this factor, and a unit rests slow_rest_fraction of each batch's
+    # time after it.
+    slow_batch_factor: float = Field(default=0.25, gt=0, le=1)
+    slow_rest_fraction: float = Field(default=1.0, ge=0)
+    # ... and a batch's COPY stream runs at most this fraction of the bytes/s the unit measured at full
+    # speed (the bursts inside a batch are what other organizations' p99 feels).
+    slow_rate_fraction: float = Field(default=0.5, gt=0, le=1)
+    # Batches adapt toward this duration (rows per batch from the rate measured so far; between
+    # moves.batch_rows * slow_batch_factor and moves.batch_rows). None: fixed batch_rows.
+    target_batch_s: float | None = Field(default=None, gt=0)
+    # Connecting to a cell or a standby for a reading.
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+
+    def limits(self, cell: str) -> HealthLimits:
+        override = self.cells.get(cell)
+        if override is None:
+            return self.defaults
+        return self.defaults.model_copy(update=override.model_dump(exclude_unset=True))
+
+
 class OnlineConfig(_Strict):
     """The online strategy's catch-up (docs/adr/0009-online-moves.md): freeze only when the captured
     delta left is at most ``max_delta_keys`` keys and its estimated apply time at most ``max_delta_s``."""
@@ -386,6 +455,7 @@ class Settings(BaseSettings):
     observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     # Where this settings object was read from (set by load_settings, not by the user).
     config_path: str | None = None
 

@@ -71,6 +71,13 @@ class KeyCollision(MigratorError):
     code = "key_collision"
 
 
+class UniqueCollision(KeyCollision):
+    """Values of the organization's rows under a unique constraint or index that other rows of the target
+    already hold (another organization's ``path``, the same ``(project_id, iid)``)."""
+
+    code = "unique_collision"
+
+
 class BlobMissing(MigratorError):
     code = "blob_missing"
 

@@ -13,6 +13,7 @@ from migrator.moves.reconciler import reconcile
 from migrator.moves.steps.abort import FLIPPED, run_abort
 from migrator.moves.steps.cleanup import run_cleanup
 from migrator.moves.store import MoveStore
+from migrator.moves.throttle import Throttled
 from tasks.app import app
 
 
@@ -43,6 +44,9 @@ def cleanup_task(self, move_id: str, organization_id: int, force: bool = False, 
         owner = f"{self.request.id}:{uuid.uuid4().hex[:12]}"
         return run_cleanup(get_settings(), move_id, force=force, actor=actor, owner=owner,
                            accept_differences=accept_differences)
+    except Throttled as exc:  # a health signal says stop: again later, without using up a retry
+        self.apply_async(kwargs=self.request.kwargs, countdown=exc.pause_s)
+        return {"throttled": exc.verdict.reason}
     except Exception as exc:
         if is_transient(exc):
             raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 60)) from None

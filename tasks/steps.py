@@ -53,11 +53,11 @@ def _follow(outcome: Outcome, move_id: str, token: str) -> dict:
     if outcome.units or outcome.next_step:
         move = MoveStore(settings.control_dsn).get(move_id)
         for unit in outcome.units:
-            dispatcher.unit(move, outcome.step, unit, token)
+            dispatcher.unit(move, outcome.step, unit, token, countdown=outcome.defer_s)
         if outcome.next_step:
-            dispatcher.step(move, outcome.next_step, token)
+            dispatcher.step(move, outcome.next_step, token, countdown=outcome.defer_s)
     return {"next_step": outcome.next_step, "units": len(outcome.units), "completed": outcome.completed,
-            "skipped": outcome.skipped}
+            "skipped": outcome.skipped, "deferred_s": outcome.defer_s}
 
 
 def _retry_or_fail(task: Task, exc: Exception, move_id: str, token: str, step: str):

@@ -77,6 +77,10 @@ class MoveSummaryOut(_Out):
     attempt: int
     error: str | None = None
     error_code: str | None = None
+    throttled: dict[str, Any] | None = Field(
+        default=None, description="While a cell's health indicator holds the move's units back: the reading "
+        "(cell, indicator, signal, value, limit, reason), `text` such as \"paused: replication lag 12 s on cell-1 "
+        "(limit 5 s)\" and `since_s` (docs/adr/0019-health-indicators.md); null otherwise.")
     requested_by: str
     reason: str
     created_at: str | None = None

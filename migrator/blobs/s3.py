@@ -7,13 +7,13 @@ How one object gets into a bucket (:meth:`S3BlobStore.receive`), ADR 0016:
   returns the sha256 of what it wrote; above that, ``UploadPartCopy`` parts (boto3's transfer manager)
   and the sha256 read back (a multipart object only has a checksum of its parts' checksums);
 - an object smaller than the multipart threshold: read into memory while hashing, compared with the
-  row's sha256 *before* anything is sent, then one ``PutObject`` carrying that sha256
+  row's checksum *before* anything is sent, then one ``PutObject`` carrying that sha256
   (``x-amz-checksum-sha256``, which S3 verifies on arrival and keeps). On a first attempt it is sent
   with ``If-None-Match: *``, so a fresh copy costs one GET and one PUT; an object already there answers
   412 and is compared instead;
 - a larger object: streamed from the source through a :class:`HashingReader` into the transfer
   manager's multipart upload (parts in parallel, at most ``max_concurrency`` chunks in memory, no local
-  spool). The reader refuses to end the stream when the bytes do not hash to the row's sha256, so the
+  spool). The reader refuses to end the stream when the bytes do not hash to the row's checksum, so the
   upload is aborted and never completed: a multipart object only becomes visible when it completes,
   so a half-written or wrong object is never there to be taken as copied. Its verified sha256 is kept
   in the object's metadata (``cells-migrator-sha256``), written only by this path.
@@ -40,6 +40,7 @@ from s3transfer.subscribers import BaseSubscriber
 from tenacity import Retrying as _Retrying
 from tenacity import before_sleep_log, retry_if_exception, stop_after_attempt, wait_exponential
 
+from migrator.blobs.digest import SHA256, Digest, as_digest
 from migrator.blobs.store import (
     BlobStat,
     BlobStore,
@@ -258,11 +259,14 @@ class S3BlobStore(BlobStore):
     def open_source(self, key: str) -> SourceObject:
         return self._call(f"GET {key}", self._get, key)
 
-    def _holds(self, key: str, sha256: str) -> bool:
+    def _holds(self, key: str, expect: Digest | str) -> bool:
+        expect = as_digest(expect)
         present = self._stat(key)
         if present is None:
             return False
-        return (present.sha256 or self.read_sha256(key)) == sha256
+        if expect.algorithm != SHA256:
+            return self.read_digest(key, expect.algorithm).hex == expect.hex
+        return (present.sha256 or self.read_sha256(key)) == expect.hex
 
     # ---------------------------------------------------------------- writing
     def _put_small(self, key: str, data: bytes, digest: str, attrs: dict, *, if_absent: bool) -> bool:
@@ -296,15 +300,15 @@ class S3BlobStore(BlobStore):
 
     def _put_large(self, key: str, reader: HashingReader, size: int | None, attrs: dict) -> None:
         """A multipart upload (boto3's transfer manager) of the stream; completes only if the reader
-        reaches its end (it refuses to when the sha256 is not the expected one)."""
+        reaches its end (it refuses to when the digest is not the expected one)."""
 
         class _Size(BaseSubscriber):
             def on_queued(self, future, **kwargs):
                 future.meta.provide_transfer_size(size)
 
         metadata = dict(attrs.get("Metadata", {}))
-        if reader.expect:
-            metadata[METADATA_SHA256] = reader.expect  # visible only if the upload completes, i.e. it matched
+        if reader.expect and reader.expect.algorithm == SHA256:
+            metadata[METADATA_SHA256] = reader.expect.hex  # visible only if the upload completes, i.e. it matched
         extra = {**attrs, "Metadata": metadata, "ChecksumAlgorithm": "SHA256"}
         with self._large:
             self._abort_incomplete(key)
@@ -325,25 +329,26 @@ class S3BlobStore(BlobStore):
                         pass
                 raise
 
-    def _write(self, key: str, source: SourceObject, expect_sha256: str | None, *, if_absent: bool) -> Received:
+    def _write(self, key: str, source: SourceObject, expect: Digest | None, *, if_absent: bool) -> Received:
         """Write one object from ``source`` (open). Small: hashed in memory, then one PUT; large (or of
         unknown size past the threshold): a streamed multipart upload."""
         size = source.size
         if size is not None and size >= self.multipart_threshold:
-            reader = HashingReader(source.stream, key, expect_sha256)
+            reader = HashingReader(source.stream, key, expect)
             self._put_large(key, reader, size, source.attrs)
             return Received(written=reader.size, read=reader.size, sha256=reader.hexdigest())
-        head = HashingReader(source.stream, key)
+        head = HashingReader(source.stream, key, expect, check=False)
         data = head.read(self.multipart_threshold)
         if len(data) >= self.multipart_threshold:  # no size given, and it is large: stream the rest after it
-            if if_absent and expect_sha256 and self._holds(key, expect_sha256):
+            if if_absent and expect and self._holds(key, expect):
                 return Received(read=len(data), skipped=True)
-            reader = HashingReader(_Prefixed(data, source.stream), key, expect_sha256)
+            reader = HashingReader(_Prefixed(data, source.stream), key, expect)
             self._put_large(key, reader, None, source.attrs)
             return Received(written=reader.size, read=reader.size, sha256=reader.hexdigest())
         digest = head.hexdigest()
-        if expect_sha256 and digest != expect_sha256:
-            raise DigestMismatch(key, digest, len(data))
+        problem = head.mismatch()
+        if problem is not None:
+            raise problem
         done = Received(written=len(data), read=len(data), sha256=digest)
         if self._put_small(key, data, digest, source.attrs, if_absent=if_absent):
             return done
@@ -352,14 +357,15 @@ class S3BlobStore(BlobStore):
         self._put_small(key, data, digest, source.attrs, if_absent=False)
         return done
 
-    def put_stream(self, key: str, stream: BinaryIO, *, expect_sha256: str | None = None) -> tuple[str, int]:
+    def put_stream(self, key: str, stream: BinaryIO, *, expect: Digest | str | None = None) -> tuple[str, int]:
+        expect = as_digest(expect)
         seekable = getattr(stream, "seekable", lambda: False)()
         start = stream.tell() if seekable else 0
 
         def write():
             if seekable:
                 stream.seek(start)
-            return self._write(key, SourceObject(stream, None), expect_sha256, if_absent=False)
+            return self._write(key, SourceObject(stream, None), expect, if_absent=False)
 
         if seekable:
             done = self._call(f"PUT {key}", write)
@@ -372,19 +378,20 @@ class S3BlobStore(BlobStore):
                 raise
         return done.sha256, done.written
 
-    def receive(self, src: BlobStore, key: str, *, expect_sha256: str | None = None, size: int | None = None,
+    def receive(self, src: BlobStore, key: str, *, expect: Digest | str | None = None, size: int | None = None,
                 fresh: bool = False) -> Received:
         """Copy ``key`` from ``src`` unless an identical object is here (see the module docstring).
 
         Not retried here: the copier retries the whole object (a stream cannot be read twice)."""
+        expect = as_digest(expect)
         if self.copies_server_side_from(src):
-            return self._copy_server_side(src, key, expect_sha256, size, fresh)
+            return self._copy_server_side(src, key, expect, size, fresh)
         large = size is not None and size >= self.multipart_threshold
-        if (large or not fresh) and expect_sha256 and self._holds(key, expect_sha256):
+        if (large or not fresh) and expect and self._holds(key, expect):
             return Received(skipped=True)
         source = src.open_source(key)
         with source.stream:
-            return self._write(key, source, expect_sha256, if_absent=fresh and not large)
+            return self._write(key, source, expect, if_absent=fresh and not large)
 
     # ---------------------------------------------------------------- server-side copies
     def copies_server_side_from(self, src: BlobStore) -> bool:
@@ -392,10 +399,10 @@ class S3BlobStore(BlobStore):
         return (isinstance(src, S3BlobStore) and self.server_side_copy and src.server_side_copy
                 and src.endpoint == self.endpoint and src.profile == self.profile)
 
-    def _copy_server_side(self, src: S3BlobStore, key: str, expect_sha256: str | None, size: int | None,
+    def _copy_server_side(self, src: S3BlobStore, key: str, expect: Digest | None, size: int | None,
                           fresh: bool) -> Received:
 
-        if not fresh and expect_sha256 and self._holds(key, expect_sha256):
+        if not fresh and expect and self._holds(key, expect):
             return Received(skipped=True, server_side=True)
         if size is None:
             head = src._head(key)
@@ -419,11 +426,15 @@ class S3BlobStore(BlobStore):
                 raise BlobMissing(f"blob {key!r} is missing from {src.name}", "restore it or fix the row") from None
             raise
         read = 0
-        if digest is None:  # the server keeps no whole-object sha256: read it back
-            digest, read = self.read_sha256(key), size
-        if expect_sha256 and digest != expect_sha256:
+        if expect is not None and expect.algorithm != SHA256:  # the server computes sha256 only: read it back
+            got, read = self.read_digest(key, expect.algorithm).hex, size
+        else:
+            if digest is None:  # the server keeps no whole-object sha256: read it back
+                digest, read = self.read_sha256(key), size
+            got = digest
+        if expect is not None and got != expect.hex:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-            raise DigestMismatch(key, digest, size)
+            raise DigestMismatch(key, got, size, expect.algorithm)
         return Received(written=size, read=read, server_side=True, sha256=digest)
 
     # ---------------------------------------------------------------- the rest

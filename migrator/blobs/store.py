@@ -2,8 +2,10 @@
 
 Keys are relative paths (``uploads/42/abc``). Every write is atomic (a temporary name then a rename,
 a single PUT, or a multipart upload that only becomes visible when it completes) and hashes what it
-writes, so a copy is checksummed on arrival without reading it twice. A write given the sha256 it
-must have stores nothing when the bytes do not hash to it.
+writes, so a copy is checksummed on arrival without reading it twice. A write given the digest it
+must have (a :class:`~migrator.blobs.digest.Digest`: sha256, sha1 or md5; a bare string is a sha256
+in hex) stores nothing when the bytes do not hash to it. Every write also hashes sha256, what the
+stores keep and compare natively.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from migrator.atomic_file import replacing
+from migrator.blobs.digest import SHA256, Digest, as_digest, new_hash
 from migrator.errors import BlobMissing, CellUnavailable, ConfigError
 
 CHUNK = 1024 * 1024
@@ -55,11 +58,13 @@ class SourceObject:
 
 
 class DigestMismatch(Exception):
-    """The bytes read do not hash to the sha256 the caller expected; nothing was stored."""
+    """The bytes read do not hash to the digest the caller expected; nothing was stored.
 
-    def __init__(self, key: str, digest: str, size: int):
-        super().__init__(f"{key}: sha256 {digest} ({size} bytes)")
-        self.key, self.digest, self.size = key, digest, size
+    ``digest``: what the bytes hash to, in hex, with ``algorithm`` (the expected digest's)."""
+
+    def __init__(self, key: str, digest: str, size: int, algorithm: str = SHA256):
+        super().__init__(f"{key}: {algorithm} {digest} ({size} bytes)")
+        self.key, self.digest, self.size, self.algorithm = key, digest, size, algorithm
 
 
 class _Wrapper(io.RawIOBase):
@@ -96,18 +101,22 @@ class CountingStream(_Wrapper):
 
 
 class HashingReader(_Wrapper):
-    """Reads a stream through, hashing and counting the bytes; ``read(n)`` returns ``n`` bytes unless
-    the stream ends (so a multipart upload reading parts from it gets full-sized parts).
+    """Reads a stream through, hashing (sha256, and the expected digest's algorithm) and counting the
+    bytes; ``read(n)`` returns ``n`` bytes unless the stream ends (so a multipart upload reading parts
+    from it gets full-sized parts).
 
-    With ``expect_sha256`` it refuses to report the end of the stream (raises :class:`DigestMismatch`
-    instead) when the bytes did not hash to it, so a writer that completes only at the end of its
-    stream (a multipart upload, a rename) never completes a wrong object.
+    With ``expect`` (a :class:`Digest`, or a sha256 in hex) it refuses to report the end of the stream
+    (raises :class:`DigestMismatch` instead) when the bytes did not hash to it, so a writer that
+    completes only at the end of its stream (a multipart upload, a rename) never completes a wrong
+    object. ``check=False``: hash for ``expect``'s algorithm, but leave the comparison to the caller
+    (:meth:`mismatch`).
     """
 
-    def __init__(self, stream: BinaryIO, key: str = "", expect_sha256: str | None = None):
+    def __init__(self, stream: BinaryIO, key: str = "", expect: Digest | str | None = None, *, check: bool = True):
         super().__init__()
-        self._stream, self.key, self.expect = stream, key, expect_sha256
+        self._stream, self.key, self.expect, self._check_at_end = stream, key, as_digest(expect), check
         self._digest = hashlib.sha256()
+        self._other = new_hash(self.expect.algorithm) if self.expect and self.expect.algorithm != SHA256 else None
         self.size = 0
 
     def read(self, n: int | None = -1) -> bytes:
@@ -126,17 +135,34 @@ class HashingReader(_Wrapper):
             at_end = got < n
         if data:
             self._digest.update(data)
+            if self._other is not None:
+                self._other.update(data)
             self.size += len(data)
-        if at_end:
+        if at_end and self._check_at_end:
             self._check()
         return data
 
     def hexdigest(self) -> str:
+        """The sha256 of what was read, in hex."""
         return self._digest.hexdigest()
 
+    def digest(self) -> Digest | None:
+        """What was read, hashed with the expected digest's algorithm (None without ``expect``)."""
+        if self.expect is None:
+            return None
+        return Digest(self.expect.algorithm, (self._other or self._digest).hexdigest())
+
+    def mismatch(self) -> DigestMismatch | None:
+        """The :class:`DigestMismatch` to raise when what was read does not hash to ``expect``."""
+        got = self.digest()
+        if got is not None and got.hex != self.expect.hex:
+            return DigestMismatch(self.key, got.hex, self.size, got.algorithm)
+        return None
+
     def _check(self) -> None:
-        if self.expect and self.hexdigest() != self.expect:
-            raise DigestMismatch(self.key, self.hexdigest(), self.size)
+        problem = self.mismatch()
+        if problem is not None:
+            raise problem
 
 
 class BlobStore(ABC):
@@ -161,9 +187,9 @@ class BlobStore(ABC):
         """A binary stream of the object; :class:`BlobMissing` if absent."""
 
     @abstractmethod
-    def put_stream(self, key: str, stream: BinaryIO, *, expect_sha256: str | None = None) -> tuple[str, int]:
-        """Store the stream under ``key`` atomically; return (sha256 hex, size). With ``expect_sha256``,
-        bytes that hash otherwise are never stored (:class:`DigestMismatch`)."""
+    def put_stream(self, key: str, stream: BinaryIO, *, expect: Digest | str | None = None) -> tuple[str, int]:
+        """Store the stream under ``key`` atomically; return (sha256 hex, size). With ``expect``, bytes
+        that hash otherwise are never stored (:class:`DigestMismatch`)."""
 
     @abstractmethod
     def delete(self, key: str) -> bool:
@@ -188,10 +214,15 @@ class BlobStore(ABC):
 
     def read_sha256(self, key: str) -> str:
         """The sha256 of the object, read back through this process."""
-        with HashingReader(self.open(key), key) as reader:
-            while reader.read(CHUNK):
-                pass
-        return reader.hexdigest()
+        return self.read_digest(key, SHA256).hex
+
+    def read_digest(self, key: str, algorithm: str = SHA256) -> Digest:
+        """The object's digest with ``algorithm``, read back through this process."""
+        h = new_hash(algorithm)
+        with self.open(key) as stream:
+            for block in iter(lambda: stream.read(CHUNK), b""):
+                h.update(block)
+        return Digest(algorithm, h.hexdigest())
 
     def sha256(self, key: str, stat: BlobStat | None = None) -> str:
         """The object's sha256: known to the store, else read back."""
@@ -200,24 +231,32 @@ class BlobStore(ABC):
             return stat.sha256
         return self.read_sha256(key)
 
-    def holds(self, key: str, sha256: str) -> bool:
-        """True when the store has an object under ``key`` whose bytes hash to ``sha256``."""
+    def digest(self, key: str, algorithm: str = SHA256, stat: BlobStat | None = None) -> Digest:
+        """The object's digest with ``algorithm``: a sha256 the store knows, else read back."""
+        if algorithm == SHA256:
+            return Digest(SHA256, self.sha256(key, stat))
+        return self.read_digest(key, algorithm)
+
+    def holds(self, key: str, expect: Digest | str) -> bool:
+        """True when the store has an object under ``key`` whose bytes hash to ``expect``."""
+        expect = as_digest(expect)
         present = self.stat(key)
         if present is None:
             return False
-        return self.sha256(key, present) == sha256
+        return self.digest(key, expect.algorithm, present).hex == expect.hex
 
-    def receive(self, src: BlobStore, key: str, *, expect_sha256: str | None = None, size: int | None = None,
+    def receive(self, src: BlobStore, key: str, *, expect: Digest | str | None = None, size: int | None = None,
                 fresh: bool = False) -> Received:
         """Copy ``key`` from ``src`` into this store unless an identical object is here already.
 
         ``fresh``: the caller believes the target does not have the object yet (a first attempt); a store
         may then write first and look only when the write finds something there. Stores override this.
         """
-        if expect_sha256 and self.holds(key, expect_sha256):
+        expect = as_digest(expect)
+        if expect and self.holds(key, expect):
             return Received(skipped=True)
         with src.open(key) as stream:
-            digest, written = self.put_stream(key, stream, expect_sha256=expect_sha256)
+            digest, written = self.put_stream(key, stream, expect=expect)
         return Received(written=written, read=written, sha256=digest)
 
     def open_source(self, key: str) -> SourceObject:
@@ -265,16 +304,15 @@ class LocalBlobStore(BlobStore):
         stream = self.open(key)
         return SourceObject(stream, os.fstat(stream._stream.fileno()).st_size)
 
-    def put_stream(self, key: str, stream: BinaryIO, *, expect_sha256: str | None = None) -> tuple[str, int]:
-        digest, size = hashlib.sha256(), 0
+    def put_stream(self, key: str, stream: BinaryIO, *, expect: Digest | str | None = None) -> tuple[str, int]:
+        reader = HashingReader(stream, key, expect, check=False)
         with replacing(self._path(key), prefix=".incoming-") as out:  # a half-written object never shows
-            for block in iter(lambda: stream.read(CHUNK), b""):
-                digest.update(block)
-                size += len(block)
+            for block in iter(lambda: reader.read(CHUNK), b""):
                 out.write(block)
-            if expect_sha256 and digest.hexdigest() != expect_sha256:
-                raise DigestMismatch(key, digest.hexdigest(), size)
-        return digest.hexdigest(), size
+            problem = reader.mismatch()
+            if problem is not None:
+                raise problem
+        return reader.hexdigest(), reader.size
 
     def delete(self, key: str) -> bool:
         try:

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from migrator.cells.introspect import LiveSchema
+from migrator.cells.names import qualified, regclass_text
 from migrator.dictionary import Dictionary
 
 SCHEMA = "migrator"
@@ -137,18 +138,21 @@ def _install_ddl_watch(conn: psycopg.Connection) -> bool:
     return True
 
 
-def capture_gaps(conn: psycopg.Connection, tables: list[str], schema: str, since,
+def capture_gaps(conn: psycopg.Connection, tables: list[str], since,
                  triggers: tuple[str, ...] = (TRIGGER,)) -> list[str]:
     """Why a capture that started at ``since`` may have missed changes (empty: it cannot have): an
     organization table without one of ``triggers``, or with it not firing for ordinary sessions now, or
     any trigger of it switched off since ``since`` (recorded by the DDL watch)."""
     problems = []
     rows = conn.execute(
-        """SELECT c.relname, t.tgname, t.tgenabled FROM pg_catalog.pg_class c
+        """SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,
+                  t.tgname, t.tgenabled
+             FROM pg_catalog.pg_class c
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND t.tgname = ANY(%(triggers)s)
-            WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)""",
-        {"triggers": list(triggers), "schema": schema, "tables": list(tables)}).fetchall()
+            WHERE (CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END)
+                  = ANY(%(tables)s)""",
+        {"triggers": list(triggers), "tables": list(tables)}).fetchall()
     state = {(table, trigger): enabled for table, trigger, enabled in rows}
     for table in tables:
         for trigger in triggers:
@@ -163,8 +167,10 @@ def capture_gaps(conn: psycopg.Connection, tables: list[str], schema: str, since
                 """SELECT d.at, d.object, d.query FROM migrator.ddl_log d
                      JOIN pg_catalog.pg_class c ON c.oid = d.relid
                      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                    WHERE d.at >= %(since)s AND n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)
-                    ORDER BY d.id""", {"since": since, "schema": schema, "tables": list(tables)}):
+                    WHERE d.at >= %(since)s
+                      AND (CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END)
+                          = ANY(%(tables)s)
+                    ORDER BY d.id""", {"since": since, "tables": list(tables)}):
             problems.append(f"{obj}: triggers switched at {at:%H:%M:%S} UTC ({' '.join(query.split())[:120]})")
     return problems
 
@@ -184,7 +190,7 @@ def install_capture(conn: psycopg.Connection, dictionary: Dictionary, live: Live
             body = function_body(dictionary, live, table).as_string(conn)
             conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
                 fn, sql.Literal(body)))
-            target = sql.Identifier(live.schema, table)
+            target = qualified(table)
             exists = conn.execute("SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = %s::regclass",
                                   (TRIGGER, target.as_string(conn))).fetchone()
             if not exists:
@@ -194,13 +200,13 @@ def install_capture(conn: psycopg.Connection, dictionary: Dictionary, live: Live
     return installed
 
 
-def uninstall_capture(conn: psycopg.Connection, dictionary: Dictionary, schema: str = "public") -> None:
+def uninstall_capture(conn: psycopg.Connection, dictionary: Dictionary) -> None:
     with conn.transaction():
         for table in dictionary.org_tables():
-            exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, table).as_string(conn),)).fetchone()
+            exists = conn.execute("SELECT to_regclass(%s)", (regclass_text(table, conn),)).fetchone()
             if exists and exists[0]:
                 conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                    sql.Identifier(TRIGGER), sql.Identifier(schema, table)))
+                    sql.Identifier(TRIGGER), qualified(table)))
             conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(SCHEMA, function_name(table))))
         conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(DDL_WATCH)))
         conn.execute("DROP FUNCTION IF EXISTS migrator.ddl_watch()")

@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from migrator.cells.introspect import introspect
+from migrator.cells.names import qualified
 from migrator.db import cell_connection
 from migrator.dictionary import load_dictionary
 from migrator.errors import MigratorError
@@ -84,7 +85,7 @@ def _org_ids(conn: psycopg.Connection, dictionary, only: list[int] | None = None
     if dictionary.root_table not in live.tables:
         return set()
     key = dictionary.root_key(live)
-    query = sql.SQL("SELECT {} FROM {}").format(sql.Identifier(key), sql.Identifier(live.schema, dictionary.root_table))
+    query = sql.SQL("SELECT {} FROM {}").format(sql.Identifier(key), qualified(dictionary.root_table))
     if only is not None:
         query = query + sql.SQL(" WHERE {} = ANY(%s)").format(sql.Identifier(key))
         return {int(r[0]) for r in conn.execute(query, (only,))}

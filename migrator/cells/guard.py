@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from migrator.cells.introspect import LiveSchema
+from migrator.cells.names import APP_SCHEMAS_SQL, dotted, qualified
 from migrator.dictionary.model import Dictionary
 from migrator.errors import MigratorError
 
@@ -181,17 +182,20 @@ def _existing_functions(conn: psycopg.Connection) -> dict[str, tuple[str, bool, 
     return {name: (src, secdef, config) for name, src, secdef, config in rows}
 
 
-def _existing_triggers(conn: psycopg.Connection, schema: str) -> dict[tuple[str, str], tuple[str, int, str]]:
-    """(table, trigger) -> (function name, tgtype, tgenabled) for our triggers in ``schema``."""
+def _existing_triggers(conn: psycopg.Connection) -> dict[tuple[str, str], tuple[str, int, str]]:
+    """(table, trigger) -> (function name, tgtype, tgenabled) for our triggers on the application's tables
+    (every schema; tables named as migrator.cells.names names them)."""
     rows = conn.execute(
-        """SELECT c.relname, t.tgname, p.proname, pn.nspname, t.tgtype, t.tgenabled
+        sql.SQL("""SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,
+                  t.tgname, p.proname, pn.nspname, t.tgtype, t.tgenabled
            FROM pg_catalog.pg_trigger t
            JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
            JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
            JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
-           WHERE n.nspname = %s AND t.tgname IN (%s, %s) AND NOT t.tgisinternal AND t.tgparentid = 0""",
-        (schema, TRIGGER_NAME, TRUNCATE_TRIGGER_NAME),
+           WHERE {} AND t.tgname IN (%s, %s) AND NOT t.tgisinternal AND t.tgparentid = 0"""
+        ).format(sql.SQL(APP_SCHEMAS_SQL)),
+        (TRIGGER_NAME, TRUNCATE_TRIGGER_NAME),
     ).fetchall()
     return {(rel, tg): (f"{fn_schema}.{fn}", tgtype, enabled) for rel, tg, fn, fn_schema, tgtype, enabled in rows}
 
@@ -226,7 +230,6 @@ def install_guard(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSc
     transaction (a savepoint if the connection is already in one).
     """
     status = GuardStatus()
-    schema = live.schema
     with conn.transaction():
         conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute("SELECT pg_catalog.set_config('lock_timeout', '10s', true)")
@@ -237,7 +240,7 @@ def install_guard(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSc
             conn.execute(_GRANTS)
             status.changed.append("migrator.frozen_orgs (grants)")
         functions = _existing_functions(conn)
-        triggers = _existing_triggers(conn, schema)
+        triggers = _existing_triggers(conn)
 
         check_sig = sql.SQL("(org bigint, tbl text)")
         if not _function_ok(functions, CHECK_FUNCTION, _CHECK_BODY, definer=True):
@@ -256,7 +259,7 @@ def install_guard(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSc
             fname = guard_function_name(table)
             wanted_functions.add(fname)
             body = _render(conn, guard_function_body(dictionary, live, table))
-            target = sql.Identifier(schema, table)
+            target = qualified(table)
             if not _function_ok(functions, fname, body):
                 _create_function(conn, fname, sql.SQL("()"), "trigger", body)
                 status.changed.append(f"{GUARD_SCHEMA}.{fname}")
@@ -265,7 +268,7 @@ def install_guard(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSc
                 conn.execute(sql.SQL(
                     "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()"
                 ).format(sql.Identifier(TRIGGER_NAME), target, sql.Identifier(GUARD_SCHEMA, fname)))
-                status.changed.append(f"{schema}.{table}.{TRIGGER_NAME}")
+                status.changed.append(f"{dotted(table)}.{TRIGGER_NAME}")
             expected_truncate = (f"{GUARD_SCHEMA}.{TRUNCATE_FUNCTION}", _TRUNCATE_TGTYPE, "O")
             if triggers.get((table, TRUNCATE_TRIGGER_NAME)) != expected_truncate:
                 conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
@@ -274,14 +277,14 @@ def install_guard(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSc
                     "CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()"
                 ).format(sql.Identifier(TRUNCATE_TRIGGER_NAME), target,
                          sql.Identifier(GUARD_SCHEMA, TRUNCATE_FUNCTION)))
-                status.changed.append(f"{schema}.{table}.{TRUNCATE_TRIGGER_NAME}")
+                status.changed.append(f"{dotted(table)}.{TRUNCATE_TRIGGER_NAME}")
 
         guarded = set(status.tables)
         for (table, trigger) in sorted(triggers):
             if table not in guarded:
                 conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                    sql.Identifier(trigger), sql.Identifier(schema, table)))
-                status.removed.append(f"{schema}.{table}.{trigger}")
+                    sql.Identifier(trigger), qualified(table)))
+                status.removed.append(f"{dotted(table)}.{trigger}")
         for fname in sorted(functions):
             if fname.startswith(FUNCTION_PREFIX) and fname not in wanted_functions:
                 if _function_in_use(conn, fname):
@@ -304,7 +307,7 @@ def _function_in_use(conn: psycopg.Connection, fname: str) -> bool:
 def guard_gaps(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSchema) -> list[str]:
     """Organization tables whose guard is missing, disabled or out of date (empty: fully guarded)."""
     functions = _existing_functions(conn)
-    triggers = _existing_triggers(conn, live.schema)
+    triggers = _existing_triggers(conn)
     gaps = []
     if not _function_ok(functions, CHECK_FUNCTION, _CHECK_BODY, definer=True):
         gaps.append(f"{GUARD_SCHEMA}.{CHECK_FUNCTION}")
@@ -319,8 +322,8 @@ def guard_gaps(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSchem
     return gaps
 
 
-def uninstall_guard(conn: psycopg.Connection, dictionary: Dictionary, schema: str = "public") -> list[str]:
-    """Drop every guard trigger in ``schema`` and the guard functions; ``frozen_orgs`` is kept.
+def uninstall_guard(conn: psycopg.Connection, dictionary: Dictionary) -> list[str]:
+    """Drop every guard trigger (on tables of every schema) and the guard functions; ``frozen_orgs`` is kept.
 
     Returns what was dropped. Tables of ``dictionary`` are covered even if the catalog lookup missed
     them (``DROP TRIGGER IF EXISTS``).
@@ -328,22 +331,22 @@ def uninstall_guard(conn: psycopg.Connection, dictionary: Dictionary, schema: st
     dropped: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        triggers = set(_existing_triggers(conn, schema))
+        triggers = set(_existing_triggers(conn))
         present = {
             name for (name,) in conn.execute(
-                """SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n
-                   ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p')""",
-                (schema,)).fetchall()
+                sql.SQL("""SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n
+                   ON n.oid = c.relnamespace WHERE {} AND c.relkind IN ('r', 'p')""").format(sql.SQL(APP_SCHEMAS_SQL)),
+                ).fetchall()
         }
         for table in dictionary.org_tables():
             if table in present:
                 triggers.update({(table, TRIGGER_NAME), (table, TRUNCATE_TRIGGER_NAME)})
-        existing = _existing_triggers(conn, schema)
+        existing = _existing_triggers(conn)
         for table, trigger in sorted(triggers):
-            conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(trigger), sql.Identifier(schema, table)))
+            conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), qualified(table)))
             if (table, trigger) in existing:
-                dropped.append(f"{schema}.{table}.{trigger}")
+                dropped.append(f"{dotted(table)}.{trigger}")
         for fname in sorted(_existing_functions(conn)):
             is_ours = fname.startswith(FUNCTION_PREFIX) or fname == TRUNCATE_FUNCTION
             if is_ours and not _function_in_use(conn, fname):

@@ -1,8 +1,9 @@
 """What a cell database really contains: tables, columns, primary and foreign keys (catalog queries).
 
-``introspect`` reads one schema (``public`` by default) of a cell into a :class:`LiveSchema`.
-Partitions are folded into their partitioned parent (only the parent is listed), and the
-migrator's own schema ``migrator`` is never listed. ``LiveSchema.fingerprint`` and
+``introspect`` reads the application's tables of a cell, in every schema, into a :class:`LiveSchema`;
+tables are named bare in ``public`` and qualified elsewhere (:mod:`migrator.cells.names`).
+Partitions are folded into their partitioned parent (only the parent is listed, wherever its
+partitions live), and the migrator's own schema ``migrator`` is never listed. ``LiveSchema.fingerprint`` and
 ``LiveSchema.diff`` compare two cells' schemas (preflight refuses a move between cells whose
 schemas differ).
 """
@@ -15,18 +16,36 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from migrator.cells.names import APP_SCHEMAS_SQL
 from migrator.db import connection
 from migrator.errors import SchemaMismatch
 
 MIGRATOR_SCHEMA = "migrator"
 
+# {schemas}: the schemas read; {not_extension}: tables of extensions outside ``public`` are theirs.
 _TABLES = """
-SELECT c.oid, c.relname, c.relkind = 'p' AS partitioned
+SELECT c.oid, CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,
+       c.relkind = 'p' AS partitioned
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-ORDER BY c.relname
+WHERE {schemas} AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND {not_extension}
+ORDER BY 2
 """
+
+# Partitions (at any depth, in any schema) and the partitioned table they are folded into.
+_PARTITIONS = """
+SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,
+       CASE WHEN rn.nspname = 'public' THEN r.relname ELSE rn.nspname || '.' || r.relname END
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_class r ON r.oid = pg_catalog.pg_partition_root(c.oid)
+JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+WHERE c.relispartition AND c.relkind IN ('r', 'p')
+"""
+
+_NOT_EXTENSION = """(n.nspname = 'public' OR NOT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
+       AND d.deptype = 'e'))"""
 
 _COLUMNS = """
 SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -35,7 +54,7 @@ FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
-WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+WHERE {schemas} AND c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum
 """
@@ -46,7 +65,8 @@ SELECT con.conrelid, con.contype, con.conname,
        ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY AS k(num, ord)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.num
              ORDER BY k.ord) AS columns,
-       rn.nspname AS ref_schema, rc.relname AS ref_table,
+       rn.nspname AS ref_schema,
+       CASE WHEN rn.nspname = 'public' THEN rc.relname ELSE rn.nspname || '.' || rc.relname END AS ref_table,
        ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY AS k(num, ord)
              JOIN pg_catalog.pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.num
              ORDER BY k.ord) AS ref_columns
@@ -55,7 +75,7 @@ JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_catalog.pg_class rc ON rc.oid = con.confrelid
 LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
-WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+WHERE {schemas} AND c.relkind IN ('r', 'p') AND NOT c.relispartition
   AND con.contype IN ('p', 'f') AND con.conparentid = 0
 ORDER BY con.conrelid, con.conname
 """
@@ -80,7 +100,7 @@ class ColumnInfo:
 @dataclass(frozen=True)
 class ForeignKeyInfo:
     columns: list[str]
-    ref_table: str
+    ref_table: str  # its name (migrator.cells.names: qualified outside ``public``)
     ref_columns: list[str]
     ref_schema: str | None = None
     name: str | None = None
@@ -117,8 +137,10 @@ class TableInfo:
 
 @dataclass
 class LiveSchema:
-    schema: str = "public"
-    tables: dict[str, TableInfo] = field(default_factory=dict)
+    schema: str = "public"  # the default schema (its tables are named bare); None read: every schema
+    tables: dict[str, TableInfo] = field(default_factory=dict)  # by name (migrator.cells.names)
+    # every partition, at any depth and in any schema -> the partitioned table it is folded into
+    partitions: dict[str, str] = field(default_factory=dict)
     row_hash: bool = False  # the server has hash_record_extended (PostgreSQL 14+)
 
     def table(self, name: str) -> TableInfo:
@@ -127,7 +149,7 @@ class LiveSchema:
             return self.tables[name]
         except KeyError:
             raise SchemaMismatch(
-                f"table {name!r} does not exist in schema {self.schema!r}", "run `migrator schema check`"
+                f"table {name!r} does not exist in the cell", "run `migrator schema check`"
             ) from None
 
     def has_table(self, name: str) -> bool:
@@ -140,7 +162,7 @@ class LiveSchema:
             return None
         candidates = [
             fk for fk in info.foreign_keys
-            if fk.ref_table == ref_table and column in fk.columns and fk.ref_schema in (None, self.schema)
+            if fk.ref_table == ref_table and column in fk.columns
         ]
         candidates.sort(key=lambda fk: (len(fk.columns), fk.name or ""))
         return candidates[0] if candidates else None
@@ -211,7 +233,7 @@ FROM pg_catalog.pg_index i
 JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-WHERE n.nspname = %(schema)s AND i.indisvalid AND i.indpred IS NULL
+WHERE {schemas} AND i.indisvalid AND i.indpred IS NULL
 """
 
 
@@ -225,23 +247,25 @@ def _column_text(c: ColumnInfo) -> str:
     return text
 
 
-def _read(conn: psycopg.Connection, schema: str) -> LiveSchema:
-    live = LiveSchema(schema=schema)
+def _read(conn: psycopg.Connection, schema: str | None) -> LiveSchema:
+    live = LiveSchema()
     if schema == MIGRATOR_SCHEMA:
         return live
     params = {"schema": schema}
+    where = {"schemas": "n.nspname = %(schema)s" if schema else APP_SCHEMAS_SQL, "not_extension": _NOT_EXTENSION}
     by_oid: dict[int, TableInfo] = {}
     live.row_hash = conn.info.server_version >= 140000
     with conn.cursor() as cur:
-        for oid, name, partitioned in cur.execute(_TABLES, params).fetchall():
+        for oid, name, partitioned in cur.execute(_TABLES.format(**where), params).fetchall():
             by_oid[oid] = live.tables[name] = TableInfo(name=name, partitioned=partitioned)
-        columns = [r for r in cur.execute(_COLUMNS, params).fetchall() if r[0] in by_oid]
+        columns = [r for r in cur.execute(_COLUMNS.format(**where), params).fetchall() if r[0] in by_oid]
         hashable = value_hashed_types(conn, {r[7] for r in columns}) if live.row_hash else set()
         for oid, name, type_, notnull, generated, identity, pos, type_oid, deterministic in columns:
             by_oid[oid].columns.append(ColumnInfo(name, type_, not notnull, bool(generated),
                                                   _IDENTITY.get(identity or ""), pos,
                                                   hashable=deterministic and type_oid in hashable))
-        for oid, kind, conname, cols, ref_schema, ref_table, ref_cols in cur.execute(_CONSTRAINTS, params).fetchall():
+        constraints = cur.execute(_CONSTRAINTS.format(**where), params).fetchall()
+        for oid, kind, conname, cols, ref_schema, ref_table, ref_cols in constraints:
             info = by_oid.get(oid)
             if info is None:
                 continue
@@ -249,9 +273,10 @@ def _read(conn: psycopg.Connection, schema: str) -> LiveSchema:
                 info.primary_key = list(cols)
             else:
                 info.foreign_keys.append(ForeignKeyInfo(list(cols), ref_table, list(ref_cols), ref_schema, conname))
-        for oid, column in cur.execute(_INDEX_LEADS, params).fetchall():
+        for oid, column in cur.execute(_INDEX_LEADS.format(**where), params).fetchall():
             if oid in by_oid:
                 by_oid[oid].index_leads.add(column)
+        live.partitions = {part: root for part, root in cur.execute(_PARTITIONS).fetchall() if root in live.tables}
     return live
 
 
@@ -292,8 +317,10 @@ def value_hashed_types(conn: psycopg.Connection, type_oids: set[int]) -> set[int
             if nsp == "pg_catalog" and kind == "b" and name in VALUE_HASHED_TYPES}
 
 
-def introspect(conn_or_dsn: psycopg.Connection | str, schema: str = "public") -> LiveSchema:
-    """Read ``schema`` of a database (a psycopg connection or a DSN) into a :class:`LiveSchema`."""
+def introspect(conn_or_dsn: psycopg.Connection | str, schema: str | None = None) -> LiveSchema:
+    """Read the application's tables (every schema but the system's and ``migrator``; only ``schema``
+    if given) of a database (a psycopg connection or a DSN) into a :class:`LiveSchema`, named as
+    :mod:`migrator.cells.names` names them."""
     if isinstance(conn_or_dsn, str):
         with connection(conn_or_dsn, what="database", autocommit=True) as conn:
             return _read(conn, schema)

@@ -24,9 +24,11 @@ from migrator.blobs.store import open_store
 from migrator.cells.capture import install_capture
 from migrator.cells.guard import install_guard
 from migrator.cells.introspect import LiveSchema, introspect
+from migrator.cells.names import qualified, regclass_text
 from migrator.cells.namespace import claim_namespace
 from migrator.cells.sequences import (
     OUTSIDE,
+    SKIPPED,
     UNBOUNDED,
     SequenceRangeError,
     check_sequences,
@@ -96,20 +98,20 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequ
             schema_applied = False if cfg.adopt else apply_sample_schema(conn)
             namespace_changed = claim_namespace(conn, name)
             _record_cell_info(conn, name, lo, hi, adopt=cfg.adopt)
-            live = introspect(conn, APP_SCHEMA)
+            live = introspect(conn)
             guard = install_guard(conn, dictionary, live)
             capture_tables = install_capture(conn, dictionary, live)
             if cfg.adopt:
                 # An adopted cell's sequences are the application's: look, and change them only when asked.
-                states = check_sequences(conn, lo, hi, APP_SCHEMA, dictionary)
+                states = check_sequences(conn, lo, hi, dictionary=dictionary)
                 wanted = {s.name for s in states if s.status in (OUTSIDE, UNBOUNDED)}
-                sequences = set_sequence_ranges(conn, lo, hi, APP_SCHEMA, only=wanted, record=True) \
+                sequences = set_sequence_ranges(conn, lo, hi, only=wanted, record=True) \
                     if set_sequences and wanted else []
                 if sequences:
-                    states = check_sequences(conn, lo, hi, APP_SCHEMA, dictionary)
+                    states = check_sequences(conn, lo, hi, dictionary=dictionary)
             else:
-                sequences = set_sequence_ranges(conn, lo, hi, APP_SCHEMA)
-                states = check_sequences(conn, lo, hi, APP_SCHEMA)
+                sequences = set_sequence_ranges(conn, lo, hi)
+                states = check_sequences(conn, lo, hi)
     outside = [s.as_dict() for s in states if s.status == OUTSIDE]
     result = {
         "cell": name,
@@ -122,7 +124,9 @@ def _init_one(settings, name: str, dictionary: Dictionary, topology, *, set_sequ
         "guard_missing_tables": guard.missing,
         "capture_tables": len(capture_tables),
         "sequences_set": len(sequences),
-        "sequences": len(states),
+        # the sequences that feed organization tables (those init sets or checks); the others are skipped
+        "sequences": sum(1 for s in states if s.status != SKIPPED),
+        "sequences_skipped": [s.as_dict() for s in states if s.status == SKIPPED],
         "sequences_outside": outside,
         "sequences_unbounded": [s.as_dict() for s in states if s.status == UNBOUNDED],
         "sequences_ok": not outside,
@@ -172,8 +176,7 @@ def uninstall_cells(settings, names: list[str] | None = None, *, force: bool = F
     results = []
     for name in selected:
         with cell_connection(settings, name) as conn:
-            results.append({"cell": name, **uninstall_cell(conn, dictionary, cell=name, schema=APP_SCHEMA,
-                                                          force=force)})
+            results.append({"cell": name, **uninstall_cell(conn, dictionary, cell=name, force=force)})
     return results
 
 
@@ -191,17 +194,17 @@ FROM (SELECT %(rel)s::regclass::oid AS oid
 """
 
 
-def _table_rows(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, bool]:
+def _table_rows(conn: psycopg.Connection, table: str) -> tuple[int, bool]:
     """(rows, estimated): an exact count for small tables, the planner's estimate for big ones."""
-    rel = sql.Identifier(schema, table).as_string(conn)
+    rel = regclass_text(table, conn)
     est, analyzed = conn.execute(_ROW_ESTIMATE, {"rel": rel}).fetchone()
     if analyzed and est >= EXACT_COUNT_BELOW:
         return int(est), True
-    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0], False
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(qualified(table))).fetchone()[0], False
 
 
-def _table_bytes(conn: psycopg.Connection, schema: str, table: str) -> int:
-    rel = sql.Identifier(schema, table).as_string(conn)
+def _table_bytes(conn: psycopg.Connection, table: str) -> int:
+    rel = regclass_text(table, conn)
     return int(conn.execute(_TOTAL_BYTES, {"rel": rel}).fetchone()[0])
 
 
@@ -210,8 +213,8 @@ def table_stats(conn: psycopg.Connection, dictionary: Dictionary, live: LiveSche
     for table in dictionary.org_tables():
         if table not in live.tables:
             continue
-        rows, estimated = _table_rows(conn, live.schema, table)
-        stats[table] = {"rows": rows, "estimated": estimated, "bytes": _table_bytes(conn, live.schema, table)}
+        rows, estimated = _table_rows(conn, table)
+        stats[table] = {"rows": rows, "estimated": estimated, "bytes": _table_bytes(conn, table)}
     return stats
 
 
@@ -219,7 +222,7 @@ def cell_stats(settings, name: str, dictionary: Dictionary | None = None) -> dic
     """Organizations, rows and bytes per organization table, and the database size of one cell."""
     dictionary = dictionary or load_dictionary(settings.dictionary_file())
     with cell_connection(settings, name, autocommit=True) as conn:
-        live = introspect(conn, APP_SCHEMA)
+        live = introspect(conn)
         tables = table_stats(conn, dictionary, live)
         root = tables.get(dictionary.root_table, {})
         database_bytes = conn.execute("SELECT pg_catalog.pg_database_size(current_database())").fetchone()[0]

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import psycopg
 from psycopg import sql
 
+from migrator.cells.names import dotted, qualified
 from migrator.errors import MigratorError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ SKIPPED = "skipped"
 
 _TYPE_MAX = {"smallint": 2**15 - 1, "integer": 2**31 - 1, "bigint": 2**63 - 1}
 
-# Every sequence of a schema with the tables that draw from it: the table owning it (serial,
+# Every sequence of a schema (%(schema)s NULL: of every application schema; sequences and tables named as
+# migrator.cells.names names tables) with the tables that draw from it: the table owning it (serial,
 # identity) and every table whose column default calls it; partitions are reported as their root.
 SEQUENCES = """
 WITH links AS (
@@ -46,17 +48,21 @@ WITH links AS (
       FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_attrdef ad ON ad.oid = d.objid
      WHERE d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
 )
-SELECT c.relname, pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
-       ARRAY(SELECT DISTINCT r.relname
+SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END AS name,
+       pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
+       ARRAY(SELECT DISTINCT CASE WHEN rn.nspname = 'public' THEN r.relname ELSE rn.nspname || '.' || r.relname END
                FROM links l
                JOIN pg_catalog.pg_class r ON r.oid = coalesce(pg_catalog.pg_partition_root(l.rel)::oid, l.rel)
+               JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
               WHERE l.seq = s.seqrelid AND r.relkind IN ('r', 'p')
               ORDER BY 1) AS tables
 FROM pg_catalog.pg_sequence s
 JOIN pg_catalog.pg_class c ON c.oid = s.seqrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s
-ORDER BY c.relname
+WHERE CASE WHEN %(schema)s::text IS NULL
+           THEN n.nspname NOT IN ('migrator', 'information_schema') AND n.nspname !~ '^pg_'
+           ELSE n.nspname = %(schema)s::text END
+ORDER BY 1
 """
 
 BOUNDS_DDL = """
@@ -92,12 +98,13 @@ class SequenceState:
         return asdict(self)
 
 
-def read_sequences(conn: psycopg.Connection, schema: str) -> list[SequenceState]:
-    """Every sequence of ``schema``: its bounds, next value and the tables drawing from it."""
+def read_sequences(conn: psycopg.Connection, schema: str | None = None) -> list[SequenceState]:
+    """Every sequence of ``schema`` (None: of every application schema): its bounds, next value and the
+    tables drawing from it. Named as tables are (migrator.cells.names: qualified outside ``public``)."""
     states = []
-    for name, type_, start, increment, smin, smax, tables in conn.execute(SEQUENCES, (schema,)).fetchall():
+    for name, type_, start, increment, smin, smax, tables in conn.execute(SEQUENCES, {"schema": schema}).fetchall():
         last_value, is_called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
-            sql.Identifier(schema, name))).fetchone()
+            qualified(name))).fetchone()
         next_value = last_value + increment if is_called else last_value
         states.append(SequenceState(name=name, type=type_, tables=list(tables), next_value=int(next_value),
                                     last_value=int(last_value), min_value=int(smin), max_value=int(smax),
@@ -112,8 +119,10 @@ def _moves_ids(state: SequenceState, dictionary) -> bool:
     return any(t not in dictionary.tables or dictionary.tables[t].organization_scoped for t in state.tables)
 
 
-def check_sequences(conn: psycopg.Connection, lo: int, hi: int, schema: str, dictionary=None) -> list[SequenceState]:
-    """Classify every sequence of ``schema`` against the cell's range ``[lo, hi]``; changes nothing."""
+def check_sequences(conn: psycopg.Connection, lo: int, hi: int, schema: str | None = None,
+                    dictionary=None) -> list[SequenceState]:
+    """Classify every sequence of ``schema`` (None: every application schema) against the cell's range
+    ``[lo, hi]``; changes nothing."""
     states = read_sequences(conn, schema)
     for s in states:
         if not _moves_ids(s, dictionary):
@@ -131,7 +140,7 @@ def check_sequences(conn: psycopg.Connection, lo: int, hi: int, schema: str, dic
     return states
 
 
-def set_sequence_ranges(conn: psycopg.Connection, lo: int, hi: int, schema: str = "public",
+def set_sequence_ranges(conn: psycopg.Connection, lo: int, hi: int, schema: str | None = None,
                         only: set[str] | None = None, record: bool = False) -> list[str]:
     """Give the sequences of ``schema`` (or those named in ``only``) the range [lo, hi]; returns those changed.
 
@@ -145,18 +154,18 @@ def set_sequence_ranges(conn: psycopg.Connection, lo: int, hi: int, schema: str 
     for s in read_sequences(conn, schema):
         if only is not None and s.name not in only:
             continue
-        ident = sql.Identifier(schema, s.name)
+        ident = qualified(s.name)
         if s.increment <= 0:
-            log.warning("sequence %s.%s counts down; left alone", schema, s.name)
+            log.warning("sequence %s counts down; left alone", dotted(s.name))
             continue
         if hi > _TYPE_MAX.get(s.type, 2**63 - 1):
             raise SequenceRangeError(
-                f"sequence {schema}.{s.name} is {s.type}: it cannot hold the cell's range [{lo}, {hi}]",
+                f"sequence {dotted(s.name)} is {s.type}: it cannot hold the cell's range [{lo}, {hi}]",
                 f"make the column and the sequence bigint (ALTER SEQUENCE {s.name} AS bigint)",
             )
         if s.last_value > hi:
             raise SequenceRangeError(
-                f"sequence {schema}.{s.name} is at {s.last_value}, beyond the cell's range [{lo}, {hi}]",
+                f"sequence {dotted(s.name)} is at {s.last_value}, beyond the cell's range [{lo}, {hi}]",
                 "this database holds IDs of another range: check that the cell's dsn points at the right database",
             )
         restart = s.next_value < lo
@@ -176,7 +185,7 @@ def set_sequence_ranges(conn: psycopg.Connection, lo: int, hi: int, schema: str 
     return changed
 
 
-def restore_sequence_bounds(conn: psycopg.Connection, schema: str = "public") -> list[str]:
+def restore_sequence_bounds(conn: psycopg.Connection, schema: str | None = None) -> list[str]:
     """Put back the bounds recorded in ``migrator.sequence_bounds``; the position is kept.
 
     IDs handed out meanwhile stay handed out: a sequence never goes back.
@@ -197,6 +206,6 @@ def restore_sequence_bounds(conn: psycopg.Connection, schema: str = "public") ->
         low = min(smin, s.last_value)
         high = max(smax, s.last_value)
         conn.execute(sql.SQL("ALTER SEQUENCE {} MINVALUE {} MAXVALUE {} START WITH {}").format(
-            sql.Identifier(schema, name), sql.Literal(low), sql.Literal(high), sql.Literal(start)))
+            qualified(name), sql.Literal(low), sql.Literal(high), sql.Literal(start)))
         restored.append(name)
     return restored

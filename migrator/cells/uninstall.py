@@ -115,7 +115,7 @@ def _unknown_relations(conn: psycopg.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def uninstall_cell(conn: psycopg.Connection, dictionary=None, *, cell: str = "", schema: str = "public",
+def uninstall_cell(conn: psycopg.Connection, dictionary=None, *, cell: str = "", schema: str | None = None,
                    force: bool = False) -> dict:
     """Remove the triggers and the ``migrator`` schema from one cell database; returns what was done.
 

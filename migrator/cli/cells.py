@@ -80,6 +80,8 @@ def init_command(
         for r in results:
             lo, hi = r["range"]
             seq = f"{r['sequences_set']} set of {r['sequences']}"
+            if r.get("sequences_skipped"):
+                seq += f", {len(r['sequences_skipped'])} skipped"
             if r["sequences_outside"]:
                 seq += f", [red]{len(r['sequences_outside'])} outside[/]"
             table.add_row(
@@ -230,9 +232,69 @@ def _print_cells(rows: list[dict], wide: bool) -> None:
     console.print(table)
 
 
+@cells_app.command("health")
+@handle_errors
+def health_command(cells: list[str] = CELL_OPTION,
+                   table: list[str] = typer.Option(None, "--table", help="Also check autovacuum on this table "
+                                                   "(repeat for several)."),
+                   wide: bool = WIDE_OPTION, json_output: bool = JSON_OPTION,
+                   config: str | None = CONFIG_OPTION) -> None:
+    """Each cell's health indicators, as moves read them: replication lag, WAL waiting for the archiver,
+    autovacuum, active backends, lock waits, the canary; each with its signal (normal, slow down, stop).
+
+    Exit code 0 when every reading is normal, 1 when one says slow down or stop (docs/adr/0019)."""
+    from migrator.health.indicators import read_cell
+    from migrator.health.signals import Signal
+
+    cfg = settings(config)
+    names = cells or sorted(cfg.cells)
+    rows = []
+    for name in names:
+        cell = cfg.cell(name)
+        limits = cfg.health.limits(name)
+        for r in read_cell(cell.dsn, name, limits, tables=table or (), standbys=cell.standbys,
+                           timeout_s=cfg.health.connect_timeout_s):
+            rows.append(r.as_dict())
+    worst = max((Signal[r["signal"].upper().replace(" ", "_")] for r in rows), default=Signal.NORMAL)
+    if json_output:
+        print_json({"enabled": cfg.health.enabled, "signal": worst.label, "readings": rows})
+    else:
+        t = list_table()
+        key_column(t, "cell")
+        key_column(t, "indicator")
+        key_column(t, "signal")
+        key_column(t, "value", justify="right")
+        key_column(t, "slow / stop", justify="right")
+        if wide:
+            text_column(t, "detail", ratio=1)
+        colour = {"normal": "green", "slow down": "yellow", "stop": "red"}
+
+        def fmt(v, unit: str) -> str:
+            if v is None:
+                return "-"
+            return f"{v:.0%}" if unit == "fraction" else f"{v:g}"
+
+        for r in rows:
+            unit = "" if r["unit"] in ("", "fraction") else f" {r['unit']}"
+            limits = "-" if r["slow"] is None and r["stop"] is None \
+                else f"{fmt(r['slow'], r['unit'])} / {fmt(r['stop'], r['unit'])}"
+            value = "-" if r["value"] is None else fmt(r["value"], r["unit"]) + unit
+            t.add_row(r["cell"], r["indicator"], f"[{colour[r['signal']]}]{r['signal']}[/]", value, limits,
+                      *([escape(r["detail"])] if wide else []))
+        console.print(t)
+        for r in rows:
+            if r["signal"] != "normal":
+                console.print(f"[{colour[r['signal']]}]{r['signal']}[/]: {escape(r['reason'])}")
+        if not cfg.health.enabled:
+            console.print("health.enabled is false: moves do not throttle on these readings")
+    if worst is not Signal.NORMAL:
+        raise typer.Exit(1)
+
+
 def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:
     """Rows per organization in ``cell`` (all organization tables) and the organizations it holds."""
     from migrator.cells.introspect import introspect
+    from migrator.cells.names import qualified
     from migrator.db import cell_connection
 
     counts: dict[int, int] = {}
@@ -243,12 +305,12 @@ def _org_rows(cfg, cell: str, dictionary) -> tuple[dict[int, int], set[int]]:
             return counts, set()
         root_pk = dictionary.root_key(live)
         present = {int(r[0]) for r in conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(root_pk), sql.Identifier(live.schema, root)))}
+            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(root_pk), qualified(root)))}
         for table in dictionary.org_tables():
             if table not in live.tables:
                 continue
             query = sql.SQL("SELECT {org} AS org, count(*) FROM {table} AS t GROUP BY 1").format(
-                org=dictionary.org_of_row_sql(table, live, "t"), table=sql.Identifier(live.schema, table))
+                org=dictionary.org_of_row_sql(table, live, "t"), table=qualified(table))
             for org, n in conn.execute(query):
                 if org is not None:
                     counts[int(org)] = counts.get(int(org), 0) + int(n)

@@ -14,7 +14,7 @@ from migrator.cli.render import WIDE_OPTION, ago, clock, id_prefixes, key_column
 from migrator.moves import workflow as wf
 from migrator.moves.operations import Operations
 from migrator.moves.views import move_detail, move_summary, progress
-from migrator.moves.watch import rate_line, removal_line, watch_move
+from migrator.moves.watch import rate_line, removal_line, throttle_line, watch_move
 
 
 def _ops(config) -> Operations:
@@ -42,6 +42,12 @@ def _print_plan(plan: dict, title: str | None = None) -> None:
         console.print(f"estimate {cal['basis']}", soft_wrap=True)
     for line in plan.get("advice") or []:
         console.print(f"[yellow]advice:[/] {escape(line)}", soft_wrap=True)
+    unique = plan.get("unique_checks")
+    if unique:
+        console.print(f"unique keys: {unique['checked']} checked in the target, no conflict")
+        for skip in unique["skipped"]:
+            console.print(f"[yellow]unique key not checked:[/] {escape(skip['table'])}.{escape(skip['index'])}: "
+                          f"{escape(skip['reason'])}", soft_wrap=True)
 
 
 def _print_detail(data: dict, wide: bool = False) -> None:
@@ -62,6 +68,8 @@ def _print_detail(data: dict, wide: bool = False) -> None:
         console.print(_removed(removal))
     if data.get("error"):
         console.print(f"[red]error:[/] {data['error']}")
+    if data.get("throttled"):
+        console.print(f"[yellow]throttled[/] {throttle_line(data['throttled'])}")
     console.print(f"requested by {data['requested_by']}: {data['reason']}")
     if data.get("plan"):
         _print_plan(data["plan"], title="plan")
@@ -130,7 +138,8 @@ def _print_list(rows: list[dict], wide: bool) -> None:
         extra = [s["strategy"], str(s["attempt"]), ago(s["age_s"]), s["requested_by"] or "",
                  escape(s["error"] or "")] if wide else []
         t.add_row(prefixes[s["id"]] if not wide else s["id"], str(s["organization_id"]),
-                  f"{s['source']}→{s['target']}", s["state"], "" if s["state"] in DONE else s["step"],
+                  f"{s['source']}→{s['target']}", s["state"],
+                  "" if s["state"] in DONE else s["step"] + (" (throttled)" if s.get("throttled") else ""),
                   "" if s["state"] == wf.ABORTED else f"{s['progress'] * 100:.0f}%",
                   clock(s["created_at"]), *extra)
     console.print(t)

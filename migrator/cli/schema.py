@@ -32,7 +32,7 @@ def check_command(
     from migrator.cells.introspect import introspect
     from migrator.db import cell_connection
     from migrator.dictionary import load_dictionary
-    from migrator.dictionary.check import check_advice, check_schema
+    from migrator.dictionary.check import check_advice, check_key_sql, check_schema
 
     cfg = settings(config)
     names = list(cell) if cell else list(cfg.cells)
@@ -47,11 +47,12 @@ def check_command(
         try:
             with cell_connection(cfg, name, autocommit=True) as conn:
                 live = introspect(conn)
+                computed = check_key_sql(conn, dictionary, live)
         except MigratorError as exc:
             report[name] = {"error": exc.message, "hint": exc.hint, "problems": []}
             continue
         lives[name] = live
-        problems = [p.as_dict() for p in check_schema(dictionary, live)]
+        problems = [p.as_dict() for p in check_schema(dictionary, live) + computed]
         report[name] = {"fingerprint": live.fingerprint(dictionary.org_tables()), "problems": problems,
                         "advice": [a.as_dict() for a in check_advice(dictionary, live)]}
 

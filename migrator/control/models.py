@@ -141,6 +141,8 @@ class Move(Base):
     # (None: not run; cleanup refuses after False). docs/adr/0012-the-write-window.md.
     verified_snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)
     verified_after_flip: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # The health reading that pauses or slows the move's units while it lasts (None: running freely).
+    throttle: Mapped[dict | None] = mapped_column(JSONB, nullable=True)
 
     __table_args__ = (
         # At most one active move per organization, enforced by the database itself.

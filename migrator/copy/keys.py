@@ -20,11 +20,21 @@ def load_source_keys(src, tgt, spec: TableSpec, org: int) -> tuple[sql.Identifie
     """Inside the target's current transaction: a temp table (dropped at commit) of the org's keys.
 
     Returns the table and how many keys it holds."""
-    keys = sql.Identifier(keys_table(spec))
+    return load_source_columns(src, tgt, spec, org, spec.pk, keys_table(spec))
+
+
+def load_source_columns(src, tgt, spec: TableSpec, org: int, columns, name: str) -> tuple[sql.Identifier, int]:
+    """Inside the target's current transaction: a temp table ``name`` (dropped at commit) of ``columns``
+    of the organization's source rows, streamed source -> target with COPY (binary: the cells' column
+    types are equal, preflight compared them), never loaded into this process. Typed like the target's
+    table. Returns the table and how many rows it holds."""
+    keys = sql.Identifier(name)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     tgt.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-        keys, spec.pk_cols(None), spec.ident))
+        keys, cols, spec.ident))
     with org_scan(src, spec, org) as s, src.cursor() as scur, tgt.cursor() as tcur:
-        out_sql = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(s.pk_select())
+        out_sql = sql.SQL("COPY (SELECT {} FROM {} AS t WHERE {}) TO STDOUT (FORMAT BINARY)").format(
+            sql.SQL(", ").join(sql.Identifier("t", c) for c in columns), s.ident, s.predicate)
         with scur.copy(out_sql, {"org": org}) as out, \
                 tcur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(keys)) as inp:
             for data in out:
@@ -34,23 +44,23 @@ def load_source_keys(src, tgt, spec: TableSpec, org: int) -> tuple[sql.Identifie
     return keys, count
 
 
-def _match_path(tgt, spec: TableSpec, count: int) -> str:
+def match_path(tgt, spec: TableSpec, count: int) -> str:
     """How to match ``count`` keys against the target's table: probe its primary-key index per key
     while they are a small share of it, else one hash join over the whole table."""
     return INDEX if count <= INDEX_PATH_MAX_FRACTION * max(table_rows(tgt, spec), 1.0) else SCAN
 
 
-def _pk_match(spec: TableSpec) -> sql.Composable:
+def _pk_match(spec: TableSpec, table: str = "t", keys: str = "k") -> sql.Composable:
     return sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(spec.name, c), sql.Identifier(keys_table(spec), c)) for c in spec.pk)
+        sql.SQL("{} = {}").format(sql.Identifier(table, c), sql.Identifier(keys, c)) for c in spec.pk)
 
 
 def collision_sql(spec: TableSpec, keys: sql.Identifier, limit: int) -> sql.Composable:
     """The first ``limit`` keys found in both. The join is fenced (``OFFSET 0``) from the ``ORDER BY …
     LIMIT``: planned for every key, it cannot become a walk of the target's key index that probes the
     key table once per row in the hope of stopping early (nothing collides, usually)."""
-    cols = sql.SQL(", ").join(sql.Identifier(spec.name, c) for c in spec.pk)
-    return sql.SQL("SELECT {out} FROM (SELECT {cols} FROM {table} JOIN {keys} ON {match} OFFSET 0) AS c"
+    cols = sql.SQL(", ").join(sql.Identifier("t", c) for c in spec.pk)
+    return sql.SQL("SELECT {out} FROM (SELECT {cols} FROM {table} AS t JOIN {keys} AS k ON {match} OFFSET 0) AS c"
                    " ORDER BY {out} LIMIT {n}").format(
         out=sql.SQL(", ").join(sql.Identifier("c", c) for c in spec.pk), cols=cols, table=spec.ident, keys=keys,
         match=_pk_match(spec), n=sql.Literal(limit))
@@ -68,7 +78,7 @@ def colliding_keys(src, tgt, spec: TableSpec, org: int, limit: int = 5) -> list[
     """
     with tgt.transaction():
         keys, count = load_source_keys(src, tgt, spec, org)
-        plan_for(tgt, _match_path(tgt, spec, count))
+        plan_for(tgt, match_path(tgt, spec, count))
         rows = tgt.execute(collision_sql(spec, keys, limit)).fetchall()
     return [tuple(r) for r in rows]
 
@@ -78,6 +88,6 @@ def delete_source_keys(src, tgt, spec: TableSpec, org: int) -> int:
     with tgt.transaction():
         tgt.execute("SET LOCAL session_replication_role = replica")
         keys, count = load_source_keys(src, tgt, spec, org)
-        plan_for(tgt, _match_path(tgt, spec, count))
-        return tgt.execute(sql.SQL("DELETE FROM {table} USING {keys} WHERE {match}").format(
+        plan_for(tgt, match_path(tgt, spec, count))
+        return tgt.execute(sql.SQL("DELETE FROM {table} AS t USING {keys} AS k WHERE {match}").format(
             table=spec.ident, keys=keys, match=_pk_match(spec))).rowcount

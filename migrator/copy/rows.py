@@ -202,9 +202,9 @@ def _target_has_rows(tgt, spec: TableSpec, lo: list | None, hi: list | None, *, 
 
 
 def _stream(src, tgt, spec: TableSpec, org: int, lo: list | None, hi: list | None, dest: sql.Composable,
-            path: str | None = None) -> tuple[int, int]:
+            path: str | None = None, on_chunk: Callable[[int], None] | None = None) -> tuple[int, int]:
     """Pipe the organization's rows in (lo, hi] from the source into the target by binary COPY.
-    Returns (rows, bytes)."""
+    ``on_chunk(n)`` after each chunk of ``n`` bytes written (a throttle may sleep there). Returns (rows, bytes)."""
     nbytes = 0
     in_sql = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(dest)
     with org_scan(src, spec, org, path=path) as s, src.cursor() as scur, tgt.cursor() as tcur:
@@ -213,12 +213,14 @@ def _stream(src, tgt, spec: TableSpec, org: int, lo: list | None, hi: list | Non
             for data in out:
                 nbytes += len(data)
                 inp.write(data)
+                if on_chunk is not None:
+                    on_chunk(len(data))
         return tcur.rowcount, nbytes
 
 
 def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: list, *,
                disable_triggers: bool = True, token: str | None = None, first: list | None = None,
-               path: str | None = None) -> BatchResult:
+               path: str | None = None, on_chunk: Callable[[int], None] | None = None) -> BatchResult:
     """Copy the organization's rows with keys in (after, upto]. One target transaction.
 
     ``first``: the organization's smallest key in the batch, when known: the "already there?" probe
@@ -237,20 +239,22 @@ def copy_batch(src, tgt, spec: TableSpec, org: int, after: list | None, upto: li
             tgt.execute("SELECT set_config('migrator.move_token', %s, true)", (token,))
         if not _target_has_rows(tgt, spec, after, upto, from_key=first):
             rows, nbytes = _stream(src, tgt, spec, org, after, upto, sql.SQL("{} ({})").format(spec.ident, spec.cols()),
-                                   path)
+                                   path, on_chunk)
             path = "direct"
         else:
             _ensure_stage(tgt, spec)
             rows, nbytes = _stream(src, tgt, spec, org, after, upto,
-                                   sql.SQL("{} ({})").format(_stage_name(spec), spec.cols()), path)
+                                   sql.SQL("{} ({})").format(_stage_name(spec), spec.cols()), path, on_chunk)
             tgt.execute(_upsert_sql(spec))
             path = "upsert"
     return BatchResult(rows=rows, bytes=nbytes, last_key=upto, path=path)
 
 
 def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list | None, position: list | None,
-               batch_rows: int, checkpoint, disable_triggers: bool = True, token: str | None = None) -> int:
-    """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch."""
+               batch_rows: int, checkpoint, disable_triggers: bool = True, token: str | None = None,
+               on_chunk: Callable[[int], None] | None = None) -> int:
+    """Copy a key range from its checkpoint on. ``checkpoint(last_key, rows, bytes)`` after each batch;
+    ``on_chunk(n)`` after each chunk of the COPY stream (see ``_stream``)."""
     after = position if position is not None else lo
     path = choose_path(src, spec, org)
     # A range open below is where the target's own (lower) keys can sit: probe from the org's first key.
@@ -265,7 +269,7 @@ def copy_range(src, tgt, spec: TableSpec, org: int, *, lo: list | None, hi: list
     copied = 0
     for upto in bounds:
         result = copy_batch(src, tgt, spec, org, after, upto, disable_triggers=disable_triggers, token=token,
-                            first=first, path=path)
+                            first=first, path=path, on_chunk=on_chunk)
         checkpoint(result.last_key, result.rows, result.bytes)
         copied += result.rows
         after, first = upto, None

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 
 from psycopg import sql
 
+from migrator.cells.names import qualified
+
 # Session settings that make a row's text form identical on every cell (checksums compare text).
 STABLE_SESSION = (
     "SET TimeZone = 'UTC'",
@@ -177,7 +179,7 @@ class TableSpec:
 
     @property
     def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.name)
+        return qualified(self.name)
 
     def cols(self, alias: str | None = None) -> sql.Composable:
         if alias:

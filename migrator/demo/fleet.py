@@ -15,7 +15,13 @@ client certificate is the admin's (the demo provisions and seeds), the worker ca
 ``<dir>/state.json`` records every process (pid and start time), so a later demo can reuse a fleet
 left running with ``--keep``, and so a crashed demo's leftovers are found and stopped: stale pid,
 socket and lock files never block the next run. ``<dir>/demo.lock`` (an flock, released by the
-kernel even on a crash) keeps two demos from driving the same folder at once.
+kernel even on a crash) keeps two demos from driving the same folder at once; a lock file left by a
+dead demo is simply taken over.
+
+``<dir>/env.sh`` (``source`` it: PATH and MIGRATOR_CONFIG for this fleet) and ``<dir>/flower-auth``
+(Flower's basic-auth credential, owner-only) serve the commands the demo prints for another shell.
+``migrator demo --stop`` / ``--clean`` read the control database first and refuse while a move is in
+flight (:func:`moves_in_flight`) unless forced.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -40,11 +47,13 @@ import psycopg
 from kombu import Connection
 from psycopg import sql
 
+from migrator.atomic_file import write_text
 from migrator.config import load_settings
 from migrator.dsn import mask_dsn
 from migrator.errors import MigratorError
 from migrator.fleet.config import fleet_config, write_config
 from migrator.fleet.processes import (
+    BIN,
     MARKER_ENV,
     ProcRef,
     cmdline,
@@ -75,6 +84,17 @@ DEMO_MOVES = {
     "reconcile_every_s": 10,
 }
 STOP_ORDER = ("worker", "topology", "redis", "postgres")
+# The embedded PostgreSQL keeps its WAL small (its defaults keep up to 1 GB in pg_wal): checkpoints
+# come every 64 MB of WAL or every minute, and no segment is kept for a standby (there is none). The
+# online strategy captures changes with triggers, not logical decoding, so wal_level stays as it is.
+EMBEDDED_PG_SETTINGS = {
+    "max_wal_size": "64MB",
+    "min_wal_size": "32MB",
+    "wal_keep_size": "0",
+    "checkpoint_timeout": "60s",
+    "checkpoint_warning": "0",  # checkpoints every 64 MB during a big seed are expected, not news
+}
+FLOWER_USER = "demo"
 
 Say = Callable[[str], None]
 
@@ -119,6 +139,8 @@ class DemoPaths:
         self.blobs = self.root / "blobs"
         self.beat_schedule = self.root / "celerybeat-schedule"
         self.certs = self.root / "certs"
+        self.env_script = self.root / "env.sh"
+        self.flower_auth = self.root / "flower-auth"
         self.redis_socket = self._socket("redis.sock")
         self.topology_socket = self._socket("topology.sock")
 
@@ -234,6 +256,30 @@ class Fleet:
         write_config(self.paths.config, self.config_data(),
                      header="# Written by `migrator demo`; rewritten when the demo starts a fresh fleet.\n")
 
+    def make_flower_auth(self) -> None:
+        """Flower's basic-auth credential, ``demo:<random>``, in ``<dir>/flower-auth`` (owner only; made once
+        per folder and kept). The banner reads it from the file: the password is never printed."""
+        if not self.paths.flower_auth.exists():
+            write_text(self.paths.flower_auth, f"{FLOWER_USER}:{secrets.token_urlsafe(18)}\n", mode=0o600)
+
+    def write_env_script(self) -> None:
+        """``<dir>/env.sh``: ``source`` it in a new shell and ``migrator`` and ``celery -A tasks`` use this fleet.
+
+        It puts this interpreter's scripts first on PATH, points MIGRATOR_CONFIG at the demo's config and
+        unsets the shell's other MIGRATOR_* variables (each would override the config, as in the fleet's
+        own processes, which never see them)."""
+        lines = [
+            "# Written by `migrator demo`: `source` it in a shell and `migrator ...` and `celery -A tasks ...`",
+            f"# use the demo fleet in {self.paths.root}.",
+            "unset $(env | sed -n 's/^\\(MIGRATOR_[A-Za-z0-9_]*\\)=.*/\\1/p')",
+            f"export PATH={shlex.quote(str(BIN))}:\"$PATH\"",
+            f"export MIGRATOR_CONFIG={shlex.quote(str(self.paths.config))}",
+        ]
+        tasks_root = _tasks_import_root()
+        if tasks_root:  # an old editable install: `celery -A tasks` finds the app only from the repository
+            lines.append(f"export PYTHONPATH={shlex.quote(tasks_root)}${{PYTHONPATH:+:$PYTHONPATH}}")
+        write_text(self.paths.env_script, "\n".join(lines) + "\n", mode=0o644)
+
     def settings(self):
 
         return load_settings(self.paths.config)
@@ -303,8 +349,12 @@ class Fleet:
         self.processes["postgres"] = ProcRef("postgres", info.pid, start_time(info.pid))
         self.server_dsn = f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
         self.save_state()
-        with psycopg.connect(self.server_dsn, connect_timeout=10) as conn:
+        with psycopg.connect(self.server_dsn, connect_timeout=10, autocommit=True) as conn:
             self.versions["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+            # ALTER SYSTEM: kept in the data directory's postgresql.auto.conf; all of them take a reload.
+            for name, value in EMBEDDED_PG_SETTINGS.items():
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+            conn.execute("SELECT pg_reload_conf()")
         self.say(f"PostgreSQL {self.versions['postgresql']} (embedded, pgserver) ready in "
                  f"{time.monotonic() - started:.1f} s on unix socket {info.socket_dir}/.s.PGSQL.{info.port}")
 
@@ -635,3 +685,70 @@ def prepare(paths: DemoPaths, *, mode: str, keep: bool, concurrency: int, say: S
         fleet.stop()
         raise
     return fleet
+
+
+# --- stopping with care, cleaning ----------------------------------------------------------------
+
+
+def fleet_running(paths: DemoPaths) -> bool:
+    """A process of the fleet recorded in ``paths`` (or an orphan of it) is running."""
+    state = load_state(paths)
+    return any(r.alive() for r in (state["processes"] if state else {}).values()) \
+        or bool(find_fleet_processes(paths.root))
+
+
+def moves_in_flight(paths: DemoPaths) -> list[dict]:
+    """The moves of the demo's control database not in a terminal state (oldest first).
+
+    Raises DemoError when the control database cannot be read (the caller cannot tell)."""
+    # deferred: the models import SQLAlchemy; `migrator demo --help` should not
+    from migrator.control.models import ACTIVE_MOVE_STATES
+
+    try:
+        dsn = load_settings(paths.config).control_dsn
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT id::text, state, step, organization_id, target_cell FROM moves "
+                "WHERE state = ANY(%s) ORDER BY created_at", [list(ACTIVE_MOVE_STATES)]).fetchall()
+    except (MigratorError, psycopg.Error) as exc:
+        detail = exc.message if isinstance(exc, MigratorError) else str(exc).strip().splitlines()[0]
+        raise DemoError(f"cannot tell whether a move is in flight in the demo fleet in {paths.root}: {detail}",
+                        "pass --force to stop the fleet anyway") from None
+    return [{"id": r[0], "state": r[1], "step": r[2], "organization_id": r[3], "target": r[4]} for r in rows]
+
+
+def disk_usage(*roots: Path) -> int:
+    """Bytes the files under ``roots`` take on disk (as ``du``: allocated blocks, each inode once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(path: str) -> None:
+        nonlocal total
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+
+    for root in roots:
+        if root.exists():
+            add(str(root))
+            for folder, dirs, files in os.walk(root):
+                for name in (*dirs, *files):
+                    add(os.path.join(folder, name))
+    return total
+
+
+def is_demo_folder(paths: DemoPaths) -> bool:
+    """Something ``migrator demo`` made: its lock or state file, or its config (never just any folder)."""
+    if paths.lock.exists() or paths.state.exists():
+        return True
+    with contextlib.suppress(OSError):
+        return paths.config.read_text().startswith("# Written by `migrator demo`")
+    return False
+
+
+def socket_folder(paths: DemoPaths) -> Path | None:
+    """The short folder outside ``root`` holding the sockets of a deep --dir (None: they are in root)."""
+    folder = paths.topology_socket.parent
+    return None if folder == paths.root else folder

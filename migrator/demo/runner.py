@@ -12,6 +12,8 @@ import _thread
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -26,13 +28,20 @@ from migrator.config import clear_settings_cache, load_settings
 from migrator.demo.fleet import (
     DEFAULT_DIR,
     EMBEDDED,
+    FLOWER_USER,
     USE_CONFIG,
     DemoError,
     DemoPaths,
     Fleet,
     demo_lock,
+    disk_usage,
+    fleet_running,
+    is_demo_folder,
+    load_state,
+    moves_in_flight,
     prepare,
     require_embedded_packages,
+    socket_folder,
     stop_kept,
 )
 from migrator.demo.report import build_report, print_report
@@ -215,25 +224,26 @@ def _move_one(fleet: Fleet, opts: DemoOptions, out: Console, say: _Say) -> dict:
 
 
 def _print_next_steps(fleet: Fleet, report: dict, opts: DemoOptions, say: _Say) -> None:
+    paths = fleet.paths
+    auth = shlex.quote(str(paths.flower_auth))
     say("")
-    say("Point the migrator at this fleet from another shell:")
-    say(f"  export MIGRATOR_CONFIG={fleet.paths.config}")
+    say("Use this fleet from another shell (the lines work as pasted):")
+    say(f"  source {shlex.quote(str(paths.env_script))}   # PATH and MIGRATOR_CONFIG for this fleet")
     say("  migrator status                                   # every move")
     say(f"  migrator status {report['move_id']}   # this one: plan, verification, history")
     say(f"  migrator move --org {report['organization_id']} --to cell-3 --wait     # move it on")
     say("  migrator abort MOVE_ID                            # stop a move before its flip")
-    say("  celery -A tasks flower                            # Flower: http://127.0.0.1:5555 (loopback only)")
-    say(f"Logs: {fleet.paths.logs}")
-    if opts.exit_after and not opts.keep:
+    say(f'  FLOWER_BASIC_AUTH="$(cat {auth})" celery -A tasks flower   # Flower: http://127.0.0.1:5555 '
+        f"(loopback only); log in as {FLOWER_USER}, the password is in {auth}")
+    say(f"Logs: {paths.logs}")
+    if opts.keep:
+        return
+    if opts.exit_after:
         say("(--exit: the fleet stops now; `migrator demo` without --exit, or with --keep, leaves it running)")
 
 
-def _serve(fleet: Fleet, opts: DemoOptions, say: _Say) -> None:
-    if opts.keep:
-        say("The fleet is running. Ctrl-C ends this command and leaves the fleet running "
-            f"(stop it with `migrator demo --stop --dir {fleet.paths.root}`).")
-    else:
-        say("The fleet is running. Ctrl-C stops it.")
+def _serve(fleet: Fleet, say: _Say) -> None:
+    say("The fleet is running. Ctrl-C stops it.")
     while True:
         time.sleep(1.0)
         dead = [name for name, ref in fleet.processes.items() if not ref.alive()]
@@ -269,6 +279,8 @@ def run_demo(opts: DemoOptions) -> int:
             fleet = prepare(paths, mode=USE_CONFIG if opts.use_config else EMBEDDED, keep=opts.keep,
                             concurrency=opts.concurrency, say=say, configured=configured)
             keep_fleet = opts.keep
+            fleet.make_flower_auth()
+            fleet.write_env_script()
             report = _move_one(fleet, opts, out, say)
             report["config"] = str(paths.config)
             code = 0 if report["ok"] else 1
@@ -278,8 +290,8 @@ def run_demo(opts: DemoOptions) -> int:
             else:
                 print_report(report, out)
             _print_next_steps(fleet, report, opts, say)
-            if not opts.exit_after:
-                _serve(fleet, opts, say)
+            if not opts.exit_after and not opts.keep:
+                _serve(fleet, say)
         except KeyboardInterrupt:
             say("interrupted")
             if report is None:
@@ -291,7 +303,8 @@ def run_demo(opts: DemoOptions) -> int:
                         fleet.leave_running()
                         pids = ", ".join(f"{n} {r.pid}" for n, r in fleet.processes.items())
                         say(f"fleet left running ({pids}); `migrator demo --keep` reuses it, "
-                            f"`migrator demo --stop --dir {paths.root}` stops it")
+                            f"`migrator demo --stop --dir {paths.root}` stops it, "
+                            f"`migrator demo --clean --dir {paths.root}` stops it and removes the folder")
                     else:
                         started = time.monotonic()
                         count = fleet.stop()
@@ -305,17 +318,90 @@ def run_demo(opts: DemoOptions) -> int:
         return code
 
 
-def stop_demo(directory: Path) -> int:
-    """``migrator demo --stop``: stop a fleet left running with ``--keep``."""
-    say = _Say(Console())
-    paths = DemoPaths(directory)
+def _forget_callers_config() -> None:
     for key in [k for k in os.environ if k.upper().startswith("MIGRATOR_")]:
         del os.environ[key]  # the folder's own config describes its fleet
+
+
+def _stop_fleet(paths: DemoPaths, say: _Say, *, force: bool, option: str) -> int:
+    """Stop the fleet in ``paths`` (under its lock), unless a move is in flight and not ``force``."""
+    if not fleet_running(paths):
+        return stop_kept(paths, say)  # nothing runs: only stale files and sockets to drop
+    state = load_state(paths) or {}
+    try:
+        in_flight = moves_in_flight(paths)
+    except DemoError:
+        if not force:
+            raise
+        in_flight = []
+        say("could not read the demo's moves; stopping the fleet anyway (--force)")
+    again = f"migrator demo {option} --force" + ("" if paths.root == DemoPaths(DEFAULT_DIR).root
+                                                  else f" --dir {shlex.quote(str(paths.root))}")
+    described = "; ".join(f"move {m['id']} (organization {m['organization_id']} -> {m['target']}) is "
+                          f"{m['state']} at step {m['step']}" for m in in_flight)
+    if in_flight and not force:
+        first = in_flight[0]
+        finish = (f"resume it to the end (`migrator resume {first['id']} --wait`)"
+                  if first["state"] in ("paused", "failed") else f"wait for its end (`migrator watch {first['id']}`)")
+        forced = "leaves the move in flight" if option == "--stop" else "removes the move with the folder"
+        raise DemoError(
+            f"the demo fleet in {paths.root} has {len(in_flight)} move(s) in flight: {described}; "
+            "stopping the fleet would leave it half done",
+            f"{finish} or abort it (`migrator abort {first['id']}`), after `source "
+            f"{shlex.quote(str(paths.env_script))}` in your shell; or `{again}` stops the fleet anyway and {forced}")
+    count = stop_kept(paths, say)
+    if in_flight:
+        where = ("its databases were dropped with the fleet" if state.get("mode") == USE_CONFIG else
+                 f"its data stays in {paths.root} until `migrator demo --clean` or the next `migrator demo`, "
+                 "which starts from empty databases")
+        say(f"--force: left in flight with nothing to advance it: {described}; {where}")
+    return count
+
+
+def stop_demo(directory: Path, *, force: bool = False) -> int:
+    """``migrator demo --stop``: stop a fleet left running with ``--keep`` (not while a move is in flight,
+    unless ``force``)."""
+    say = _Say(Console())
+    paths = DemoPaths(directory)
+    _forget_callers_config()
     if not paths.root.exists():
         say(f"no demo in {paths.root}")
         return 0
     with demo_lock(paths):
-        count = stop_kept(paths, say)
+        count = _stop_fleet(paths, say, force=force, option="--stop")
     if not count:
         say(f"no demo fleet was running in {paths.root}")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def clean_demo(directory: Path, *, force: bool = False) -> int:
+    """``migrator demo --clean``: stop the fleet (as ``--stop``), then remove the demo folder."""
+    say = _Say(Console())
+    paths = DemoPaths(directory)
+    _forget_callers_config()
+    if not paths.root.exists():
+        say(f"no demo in {paths.root}: nothing to remove")
+        return 0
+    if not is_demo_folder(paths):
+        raise DemoError(f"{paths.root} is not a folder of `migrator demo` (no demo.lock, state.json or demo "
+                        "config in it); nothing removed", "pass the folder the demo used: --dir DIR")
+    with demo_lock(paths):
+        _stop_fleet(paths, say, force=force, option="--clean")
+        sockets = socket_folder(paths)
+        folders = [paths.root, *([sockets] if sockets else [])]
+        freed = disk_usage(*folders)
+        try:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=folder is not paths.root)
+        except OSError as exc:
+            raise DemoError(f"could not remove all of {paths.root}: {exc}",
+                            "remove what is left by hand") from None
+    say(f"removed {paths.root}: {_size(freed)} freed ({freed:,} bytes)")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from migrator.blobs import digest as dg
 from migrator.dictionary.model import Dictionary
 from migrator.errors import DictionaryError
 
@@ -24,10 +25,12 @@ NO_PRIMARY_KEY = "no_primary_key"
 UNRESOLVED_KEY = "unresolved_key"
 REFERENCES_ORG_DATA = "references_org_data"
 ROOT_KEY_TYPE = "root_key_type"
+BLOB_CHECKSUM = "blob_checksum"
+KEY_SQL = "key_sql"
 UNINDEXED_KEY = "unindexed_sharding_key"  # advice, not a problem: moves work, at the table's cost
 
 PROBLEM_KINDS = (UNCLASSIFIED, MISSING_TABLE, MISSING_COLUMN, BROKEN_CHAIN, NO_PRIMARY_KEY, ROOT_KEY_TYPE,
-                 UNRESOLVED_KEY, REFERENCES_ORG_DATA)
+                 UNRESOLVED_KEY, REFERENCES_ORG_DATA, BLOB_CHECKSUM, KEY_SQL)
 # Organization ids are 64-bit integers in the Topology Service, the freeze guard and move records.
 INTEGER_TYPES = ("smallint", "integer", "bigint")
 
@@ -63,6 +66,23 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
 
     for name, entry in dictionary.tables.items():
         info = live.tables.get(name)
+        if info is None and name in live.partitions:
+            parent = live.partitions[name]
+            add(Problem(
+                MISSING_TABLE, name, None,
+                f"table {name} of the data dictionary is a partition of {parent}: partitions (in any schema) are "
+                f"copied, guarded and verified through their partitioned table",
+                f"remove {name} from {source} and classify {parent} instead",
+            ))
+            continue
+        if info is None and name.startswith("public.") and name.removeprefix("public.") in live.tables:
+            add(Problem(
+                MISSING_TABLE, name, None,
+                f"table {name} of the data dictionary is named {name.removeprefix('public.')} (tables of schema "
+                "public are named bare, those of other schemas schema.table)",
+                f"rename the entry (and sharding keys leading to it) to {name.removeprefix('public.')} in {source}",
+            ))
+            continue
         if info is None:
             add(Problem(
                 MISSING_TABLE, name, None,
@@ -73,7 +93,7 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
         if not entry.organization_scoped:
             for fk in info.foreign_keys:
                 target = dictionary.tables.get(fk.ref_table)
-                if target is not None and target.organization_scoped and fk.ref_schema in (None, live.schema):
+                if target is not None and target.organization_scoped:
                     add(Problem(
                         REFERENCES_ORG_DATA, name, ", ".join(fk.columns),
                         f"{entry.classification} table {name} has a foreign key ({', '.join(fk.columns)}) into "
@@ -108,6 +128,10 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
                         f"blob {role} column {name}.{column} does not exist in the database",
                         f"fix the blobs of {name} in {source}, or add the column",
                     ))
+            if spec.checksum and info.has_column(spec.checksum):
+                problem = checksum_problem(name, spec, info.column(spec.checksum).type, source)
+                if problem is not None:
+                    add(problem)
 
     for chain in dictionary.chain_problems():
         add(Problem(
@@ -140,6 +164,95 @@ def check_schema(dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
 
     order = {kind: i for i, kind in enumerate(PROBLEM_KINDS)}
     problems.sort(key=lambda p: (p.table, order.get(p.kind, 99), p.column or ""))
+    return problems
+
+
+def checksum_problem(table: str, spec, column_type: str, source: str = "the dictionary") -> Problem | None:
+    """Why the copier could not compare the checksum column of ``spec`` (of ``column_type``), or None.
+
+    Decidable from the column's type alone: a type that holds no digest (an integer, a uuid), a declared
+    encoding the type cannot hold (hex or base64 in ``bytea``, raw bytes in text), text too short for
+    the algorithm's digest. A ``bytea`` of the wrong length is only found in the data (the copy names
+    the row)."""
+    column, algorithm = spec.checksum, spec.algorithm
+    where = f"blob checksum column {table}.{column}"
+    allowed = dg.encodings_for_type(column_type)
+    if not allowed:
+        return Problem(
+            BLOB_CHECKSUM, table, column,
+            f"{where} is {column_type}: a checksum is compared as raw bytes (bytea) or text (hex, base64), "
+            "so the copier could not compare it",
+            f"name the column holding the {algorithm} digest in the blobs of {table} in {source}, or leave checksum "
+            "out (each object is then hashed on both sides)",
+        )
+    if spec.encoding is not None and spec.encoding not in allowed:
+        fits = " or ".join(f"encoding: {e}" for e in allowed)
+        return Problem(
+            BLOB_CHECKSUM, table, column,
+            f"{where} is {column_type}, but the dictionary declares encoding: {spec.encoding} "
+            f"({'a bytea column holds raw bytes' if allowed == (dg.RAW,) else 'a text column holds text'})",
+            f"declare {fits} for {table}.{column} in {source} (or leave encoding out: {column_type} means "
+            f"{allowed[0]})",
+        )
+    encoding = spec.encoding or allowed[0]
+    limit = dg.text_limit(column_type)
+    need = dg.encoded_length(algorithm, encoding)
+    if limit is not None and limit < need:
+        fits = [a for a in dg.ALGORITHMS if dg.encoded_length(a, encoding) <= limit]
+        return Problem(
+            BLOB_CHECKSUM, table, column,
+            f"{where} is {column_type}: at most {limit} characters, but a {algorithm} digest in {encoding} takes "
+            f"{need}",
+            f"declare the algorithm the application writes in the blobs of {table} in {source}"
+            + (f" ({' or '.join('algorithm: ' + a for a in fits)})" if fits else "")
+            + "; the copier would refuse every row's checksum otherwise",
+        )
+    return None
+
+
+# Types an object key may have: text, character varying, character.
+TEXT_OIDS = (25, 1043, 1042)
+
+
+def check_key_sql(conn, dictionary: Dictionary, live: LiveSchema) -> list[Problem]:
+    """Every computed blob key (``key_sql``) evaluated on the live schema, reading no row: ``SELECT
+    (key_sql) FROM table AS t LIMIT 0`` in a transaction rolled back. Unknown columns, wrong types,
+    syntax errors and a result that is not text are problems naming the table and the blob."""
+    from psycopg import sql
+
+    from migrator.cells.names import qualified
+
+    problems: list[Problem] = []
+    source = dictionary.source or "the dictionary"
+    for name in dictionary.blob_tables():
+        if name not in live.tables:
+            continue  # reported by check_schema
+        for spec in dictionary.tables[name].blobs:
+            if spec.key_sql is None:
+                continue
+            where = f"computed key (key_sql) of blob {spec.label} of {name}"
+            table = qualified(name)
+            query = sql.SQL("SELECT {} FROM {} AS t LIMIT 0").format(spec.key_expr("t"), table)
+            try:
+                with conn.transaction(force_rollback=True):
+                    cur = conn.execute(query, {})
+                    type_oid = cur.description[0].type_code
+            except Exception as exc:  # noqa: BLE001 - any database error is the expression's problem
+                message = str(getattr(getattr(exc, "diag", None), "message_primary", None) or exc).splitlines()[0]
+                problems.append(Problem(
+                    KEY_SQL, name, None,
+                    f"{where} does not evaluate on the live schema: {message}",
+                    f"fix key_sql of {name} in {source}: one SQL expression over {name}'s columns giving the "
+                    "object key as text (docs/dictionary.md, Computed keys)",
+                ))
+                continue
+            if type_oid not in TEXT_OIDS:
+                type_name = conn.execute("SELECT format_type(%s, NULL)", (type_oid,)).fetchone()[0]
+                problems.append(Problem(
+                    KEY_SQL, name, None,
+                    f"{where} gives {type_name}, not text: object keys are text",
+                    f"end key_sql of {name} in {source} with ::text (or build the key with || and format())",
+                ))
     return problems
 
 

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from psycopg import sql
 
+from migrator.blobs.digest import ALGORITHMS, ENCODINGS, SHA256
+from migrator.cells.names import qualified
 from migrator.errors import DictionaryError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (cells.introspect does not import us)
@@ -38,7 +40,7 @@ CLASSIFICATIONS = (ORGANIZATION, CELL_LOCAL, CLUSTER_WIDE)
 SUPPORTED_VERSIONS = (1,)
 _TOP_KEYS = {"version", "root", "tables", "description"}
 _TABLE_KEYS = {"root", "sharding_key", "classification", "blobs", "description", "owner"}
-_BLOB_KEYS = {"key", "checksum", "size"}
+_BLOB_KEYS = {"key", "key_sql", "name", "checksum", "algorithm", "encoding", "size"}
 _ROWVAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 ORG_PLACEHOLDER = sql.Placeholder("org")
@@ -52,18 +54,38 @@ _ANY_ARRAY = "{}.{} = ANY(ARRAY(SELECT {}.{} FROM {} AS {} WHERE {}))"  # keys r
 
 @dataclass(frozen=True)
 class BlobSpec:
-    """Columns of a row that name an object in the cell's blob store.
+    """How a row names an object in the cell's blob store.
 
-    ``key`` is the object key (NULL in a row: no blob), ``checksum`` its sha256 (hex), ``size`` its
-    size in bytes (optional).
+    ``key`` is the column holding the object key (NULL in a row: no blob), or ``key_sql`` an SQL
+    expression over the row's columns computing it (operator-authored, spliced as SQL; ``schema check``
+    evaluates it on the live schema); ``name`` names a computed key's unit (default ``key_sql``).
+    ``checksum`` is the column holding the object's digest (optional: without it the object is hashed
+    on both sides), computed with ``algorithm`` (sha256, sha1, md5) and held in ``encoding`` (hex, raw,
+    base64; None: from the column's type, ``bytea`` raw, text hex). ``size`` its size in bytes (optional).
     """
 
-    key: str
-    checksum: str
+    key: str | None
+    checksum: str | None = None
     size: str | None = None
+    algorithm: str = SHA256
+    encoding: str | None = None
+    key_sql: str | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The blob's name in unit names and messages: its key column, or the computed key's name."""
+        return self.key or self.name or "key_sql"
 
     def columns(self) -> tuple[str, ...]:
-        return (self.key, self.checksum) + ((self.size,) if self.size else ())
+        return tuple(c for c in (self.key, self.checksum, self.size) if c)
+
+    def key_expr(self, alias: str = "t") -> sql.Composable:
+        """The object key of a row of ``alias``: its key column, or the computed key (``key_sql``, spliced
+        as SQL: the dictionary is operator-authored; its columns resolve to the one table in scope)."""
+        if self.key_sql is not None:
+            return sql.SQL("({})").format(sql.SQL(self.key_sql))
+        return sql.Identifier(alias, self.key)
 
 
 @dataclass(frozen=True)
@@ -362,7 +384,7 @@ class Dictionary:
                     deps[name].add(parent)
             info = live.tables.get(name)
             for fk in info.foreign_keys if info else ():
-                if fk.ref_table in index and fk.ref_table != name and fk.ref_schema in (None, live.schema):
+                if fk.ref_table in index and fk.ref_table != name:
                     deps[name].add(fk.ref_table)
         order: list[str] = []
         placed: set[str] = set()
@@ -396,7 +418,10 @@ class Dictionary:
                 item["sharding_key"] = dict(e.sharding_key)
             if e.blobs:
                 item["blobs"] = [
-                    {k: v for k, v in (("key", b.key), ("checksum", b.checksum), ("size", b.size)) if v}
+                    {k: v for k, v in (("key", b.key), ("key_sql", b.key_sql), ("name", b.name),
+                                       ("checksum", b.checksum),
+                                       ("algorithm", b.algorithm if b.algorithm != SHA256 else None),
+                                       ("encoding", b.encoding), ("size", b.size)) if v}
                     for b in e.blobs
                 ]
             if e.description:
@@ -418,14 +443,14 @@ def _aliases(exclude: set[str]) -> Iterator[str]:
 
 
 def _qualified(live: LiveSchema, table: str) -> sql.Composable:
-    return sql.Identifier(live.schema, table) if live.schema else sql.Identifier(table)
+    return qualified(table)
 
 
 def _live_table(live: LiveSchema, table: str):
     info = live.tables.get(table)
     if info is None:
         raise DictionaryError(
-            f"table {table!r} of the dictionary does not exist in the live schema {live.schema!r}",
+            f"table {table!r} of the dictionary does not exist in the cell",
             "run `migrator schema check` to compare the dictionary with the cell",
         )
     return info
@@ -463,25 +488,57 @@ def _str(source: str, where: str, value: Any) -> str:
 def _parse_blobs(source: str, table: str, value: Any) -> tuple[BlobSpec, ...]:
     items = [value] if isinstance(value, dict) else value
     if not isinstance(items, list) or not items:
-        raise _err(source, f"table {table!r}, key 'blobs'", "must be a mapping {key, checksum, size} or a list of them")
-    specs = []
+        raise _err(source, f"table {table!r}, key 'blobs'",
+                   "must be a mapping {key or key_sql, checksum, algorithm, encoding, size} or a list of them")
+    specs: list[BlobSpec] = []
     for i, item in enumerate(items):
         where = f"table {table!r}, key 'blobs'" + (f"[{i}]" if isinstance(value, list) else "")
         if not isinstance(item, dict):
-            raise _err(source, where, f"must be a mapping with key, checksum and optional size, not {item!r}")
+            raise _err(source, where, f"must be a mapping with key (or key_sql) and optional checksum, algorithm, "
+                       f"encoding, size, not {item!r}")
         unknown = sorted(set(map(str, item)) - _BLOB_KEYS)
         if unknown:
-            raise _err(source, f"{where}.{unknown[0]}", "is not a known key (known: key, checksum, size)")
-        for required in ("key", "checksum"):
-            if required not in item:
-                raise _err(source, f"{where}.{required}", "is required (the column holding the object's "
-                           + ("key)" if required == "key" else "sha256)"))
+            raise _err(source, f"{where}.{unknown[0]}", "is not a known key (known: " + ", ".join(sorted(_BLOB_KEYS))
+                       + ")")
+        if ("key" in item) == ("key_sql" in item):
+            raise _err(source, where, "needs exactly one of key (the column holding the object key) and key_sql "
+                       "(an SQL expression over the row's columns computing it)")
+        if "name" in item and "key_sql" not in item:
+            raise _err(source, f"{where}.name", "names a computed key (key_sql); a key column names itself")
+        if "checksum" not in item:
+            for extra in ("algorithm", "encoding"):
+                if extra in item:
+                    raise _err(source, f"{where}.{extra}", "describes the checksum column, and there is none: name "
+                               "it with checksum (or drop algorithm and encoding; without a checksum column the "
+                               "object is hashed on both sides)")
+        algorithm = item.get("algorithm", SHA256)
+        if algorithm not in ALGORITHMS:
+            raise _err(source, f"{where}.algorithm", f"{algorithm!r} is not a checksum algorithm the copier "
+                       f"computes ({', '.join(ALGORITHMS)})")
+        encoding = item.get("encoding")
+        if encoding is not None and encoding not in ENCODINGS:
+            raise _err(source, f"{where}.encoding", f"{encoding!r} is not one of {', '.join(ENCODINGS)} (hex: text "
+                       "like 'ab01…', raw: the digest's bytes in a bytea column, base64: text like 'qwE=…'; leave it "
+                       "out to follow the column's type)")
         size = item.get("size")
-        specs.append(BlobSpec(
-            key=_str(source, f"{where}.key", item["key"]),
-            checksum=_str(source, f"{where}.checksum", item["checksum"]),
+        checksum = item.get("checksum")
+        spec = BlobSpec(
+            key=_str(source, f"{where}.key", item["key"]) if "key" in item else None,
+            key_sql=_str(source, f"{where}.key_sql", item["key_sql"]) if "key_sql" in item else None,
+            name=_str(source, f"{where}.name", item["name"]) if "name" in item else None,
+            checksum=_str(source, f"{where}.checksum", checksum) if checksum is not None else None,
+            algorithm=algorithm,
+            encoding=encoding,
             size=_str(source, f"{where}.size", size) if size is not None else None,
-        ))
+        )
+        if spec.key_sql is not None and ";" in spec.key_sql:
+            raise _err(source, f"{where}.key_sql", "must be one SQL expression over the row's columns; ';' is not "
+                       "allowed (it would end the statement the expression is part of)")
+        if spec.key_sql is not None and not _ROWVAR.match(spec.label):
+            raise _err(source, f"{where}.name", f"{spec.label!r} must be a plain name (letters, digits, _)")
+        if any(other.label == spec.label for other in specs):
+            raise _err(source, where, f"a second blob named {spec.label!r}: give each key_sql its own name")
+        specs.append(spec)
     return tuple(specs)
 
 

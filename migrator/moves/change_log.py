@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from migrator.blobs.copier import BlobRef, blob_units, copy_blob
+from migrator.blobs.copier import blob_units, copy_blob, make_ref
+from migrator.blobs.shared import copying_into
 from migrator.blobs.store import open_store, same_store
 from migrator.cells import capture as cap
 from migrator.cells.guard import TRIGGER_NAME as GUARD_TRIGGER
@@ -52,7 +53,7 @@ class Round:
         return round(self.keys / self.seconds, 1) if self.seconds else None
 
 
-def _copy_changed_blobs(ctx, src, prev: str | None, cur: str) -> int:
+def _copy_changed_blobs(ctx, src, tgt, prev: str | None, cur: str) -> int:
     """Blobs referenced by rows that changed in this round (copy_blob skips identical ones)."""
     src_store = open_store(ctx.settings, ctx.move.source_cell)
     dst_store = open_store(ctx.settings, ctx.move.target_cell)
@@ -65,13 +66,15 @@ def _copy_changed_blobs(ctx, src, prev: str | None, cur: str) -> int:
         params = {"tbl": table, "cap": capture_id(ctx.move), "prev": prev, "cur": cur, "org": ctx.org}
         q = sql.SQL("SELECT {pk}, {key}, {sha}, {size} FROM {t} AS t WHERE ({pred}) AND ({pk}) IN ({keys})"
                     " AND {key} IS NOT NULL").format(
-            pk=spec.pk_cols("t"), key=sql.Identifier("t", blob.key), sha=sql.Identifier("t", blob.checksum),
+            pk=spec.pk_cols("t"), key=blob.key_expr("t"),
+            sha=sql.Identifier("t", blob.checksum) if blob.checksum else sql.SQL("NULL::text"),
             size=sql.Identifier("t", blob.size) if blob.size else sql.SQL("NULL::bigint"), t=spec.ident,
             pred=spec.predicate, keys=keys)
         n = len(spec.pk)
-        for row in src.execute(q, params):
-            copied += bool(copy_blob(src_store, dst_store, BlobRef(table, list(row[:n]), row[n], row[n + 1],
-                                                                   row[n + 2])))
+        with copying_into(tgt):  # no cleanup in the target deletes an object this finds present
+            for row in src.execute(q, params):
+                ref = make_ref(table, list(row[:n]), row[n], row[n + 1], row[n + 2], blob)
+                copied += bool(copy_blob(src_store, dst_store, ref))
     return copied
 
 
@@ -83,7 +86,7 @@ def apply_round(ctx) -> Round:
     cur = cap.snapshot(src)
     started = time.monotonic()
     result = apply_rows(src, tgt, ctx.specs, ctx.copy_order(), ctx.org, capture_id(ctx.move), prev, cur)
-    blobs = _copy_changed_blobs(ctx, src, prev, cur)
+    blobs = _copy_changed_blobs(ctx, src, tgt, prev, cur)
     done = Round(snapshot=cur, keys=result.total_keys, blobs=blobs, seconds=time.monotonic() - started)
     ctx.store.record_catch_up_round(ctx.move.id, ctx.token, snapshot=cur, keys=done.keys, blobs=done.blobs,
                                     seconds=done.seconds, keys_per_s=done.keys_per_s)
@@ -106,9 +109,8 @@ def check_capture_intact(ctx) -> None:
                                 "resume the move: it captures again and copies what changed (docs/runbooks/"
                                 "verification-failed.md)")
     tables = ctx.copy_order()
-    schema = ctx.source_schema.schema
     triggers = (cap.TRIGGER, GUARD_TRIGGER) if ctx.store.get(ctx.move.id).frozen_at else (cap.TRIGGER,)
-    gaps = cap.capture_gaps(src, tables, schema, mine[0]["started_at"], triggers=triggers)
+    gaps = cap.capture_gaps(src, tables, mine[0]["started_at"], triggers=triggers)
     if gaps:
         raise CaptureIncomplete(
             f"cell {ctx.move.source_cell!r}: the change capture may have missed changes of organization {ctx.org}: "

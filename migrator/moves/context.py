@@ -26,6 +26,7 @@ class MoveContext:
     token: str
     owner: str
     lease_ttl_s: float | None = None  # this execution's lease (short inside the write window)
+    pacer: object | None = None  # migrator.moves.throttle.Pacer of this execution (health signals)
     _conns: list = field(default_factory=list)
 
     @property

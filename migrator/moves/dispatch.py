@@ -85,18 +85,18 @@ class Dispatcher:
         self.settings = settings
         self.app = app or _client_app(settings)
 
-    def send(self, name: str, **kwargs) -> str:
+    def send(self, name: str, countdown: float | None = None, **kwargs) -> str:
         queue = queue_name(self.settings, task_queues()[name])
-        result = self.app.send_task(name, kwargs=kwargs, queue=queue)
+        result = self.app.send_task(name, kwargs=kwargs, queue=queue, countdown=countdown)
         return result.id
 
-    def step(self, move, step: str, token: str | None = None) -> str:
-        return self.send(steps.get(step).task, move_id=str(move.id), organization_id=int(move.organization_id),
-                         token=token or move.token)
+    def step(self, move, step: str, token: str | None = None, countdown: float | None = None) -> str:
+        return self.send(steps.get(step).task, countdown, move_id=str(move.id),
+                         organization_id=int(move.organization_id), token=token or move.token)
 
-    def unit(self, move, step: str, unit: str, token: str | None = None) -> str:
-        return self.send(steps.get(step).unit_task, move_id=str(move.id), organization_id=int(move.organization_id),
-                         unit=unit, token=token or move.token)
+    def unit(self, move, step: str, unit: str, token: str | None = None, countdown: float | None = None) -> str:
+        return self.send(steps.get(step).unit_task, countdown, move_id=str(move.id),
+                         organization_id=int(move.organization_id), unit=unit, token=token or move.token)
 
     def abort(self, move, token: str | None = None) -> str:
         return self.send(steps.get("abort").task, move_id=str(move.id), organization_id=int(move.organization_id),

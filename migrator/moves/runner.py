@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from migrator.config import Settings
 from migrator.db import first_line
 from migrator.errors import MigratorError
-from migrator.moves import recovery, steps, window
+from migrator.moves import recovery, steps, throttle, window
 from migrator.moves import workflow as wf
 from migrator.moves.context import MoveContext
 from migrator.moves.lease import LeaseKeeper
@@ -37,6 +37,7 @@ class Outcome:
     units: list[str] = field(default_factory=list)  # enqueue these unit tasks of ``step``
     completed: bool = False
     skipped: str | None = None
+    defer_s: float | None = None  # enqueue ``next_step`` / ``units`` after this many seconds (throttled)
 
 
 def _advance(ctx: MoveContext, step: str) -> Outcome:
@@ -45,6 +46,8 @@ def _advance(ctx: MoveContext, step: str) -> Outcome:
         return Outcome(skipped=f"step {step} already advanced")
     ctx.event(step, "finished")
     if moved.state == wf.COMPLETED:
+        if moved.throttle:  # a slow-down the last units met: over with the move
+            ctx.store.clear_throttle(moved.id, ctx.token)
         ctx.event(None, "completed", "move completed and verified")
         metrics.moves_finished.labels(wf.COMPLETED).inc()
         return Outcome(completed=True)
@@ -115,6 +118,9 @@ def _run_step(settings: Settings, move_id: str, step: str, token: str, owner: st
     work = steps.get(step)
     try:
         with _keeper(settings, store, move, token, owner, ttl, step):
+            if not work.fans_out:
+                ctx.pacer = throttle.Pacer(settings, store, move, token, step)
+                ctx.pacer.start()
             ctx.event(step, "started", detail={"owner": owner, "attempt": move.attempt})
             if work.fans_out:
                 if not store.has_units(move.id, step):
@@ -144,6 +150,8 @@ def _run_unit(settings: Settings, move_id: str, step: str, unit: str, token: str
     ctx = MoveContext(settings=settings, store=store, move=move, token=token, owner=owner, lease_ttl_s=ttl)
     try:
         with _keeper(settings, store, move, token, owner, ttl, step, unit):
+            ctx.pacer = throttle.Pacer(settings, store, move, token, step, tables=[row.table_name], unit=unit)
+            ctx.pacer.start()
             result = steps.get(step).unit(ctx, row) or {}
             store.finish_unit(move.id, step, unit, token, owner, result)
             if store.count_pending(move.id, step) == 0:
@@ -175,6 +183,12 @@ def _attempt_is_current(ctx: MoveContext) -> bool:
 
 def _on_error(ctx: MoveContext, step: str, exc: Exception, unit: str | None = None) -> Outcome:
     where = f"{step}/{unit}" if unit else step
+    if isinstance(exc, throttle.Throttled):
+        _release(ctx, step, unit)  # its batches are checkpointed: the next execution resumes there
+        log.info("move %s %s: throttled, again in %gs: %s", ctx.move_id, where, exc.pause_s, exc.verdict.reason)
+        if unit:
+            return Outcome(step=step, units=[unit], defer_s=exc.pause_s, skipped=f"throttled: {exc.verdict.reason}")
+        return Outcome(next_step=step, defer_s=exc.pause_s, skipped=f"throttled: {exc.verdict.reason}")
     disposition = recovery.classify(exc, step, attempt_is_current=lambda: _attempt_is_current(ctx))
     if disposition is Disposition.CONTINUE:
         _release(ctx, step, unit)

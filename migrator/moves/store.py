@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Text, and_, case, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import Text, and_, case, delete, func, insert, literal, null, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
@@ -216,6 +216,35 @@ class MoveStore:
     def merge_json(self, move_id, token: str, column: str, data: dict) -> None:
         col = getattr(Move, column)
         self._update(move_id, token, {column: col.op("||")(_jsonb(data))})
+
+    # ---------------------------------------------------------------- throttle
+    def set_throttle(self, move_id, token: str, throttle: dict) -> bool:
+        """Record the health reading that holds the move's units back (and touch the heartbeat: a
+        throttled move is not stale). True when it is new (another cell, indicator or signal than the
+        one recorded), so the caller writes one history event per throttle, not one per unit."""
+        key = (throttle.get("cell"), throttle.get("indicator"), throttle.get("signal"))
+        with self.Session() as s:
+            prev = s.scalars(select(Move.throttle).where(Move.id == _uuid(move_id), Move.token == token)
+                             .with_for_update()).first()
+            new = prev is None or (prev.get("cell"), prev.get("indicator"), prev.get("signal")) != key
+            since = dt.datetime.now(dt.UTC).isoformat() if new else prev.get("since")
+            done = s.execute(update(Move).where(Move.id == _uuid(move_id), Move.token == token,
+                                                Move.state.in_([wf.RUNNING, wf.COMPLETED]))
+                             .values(throttle={**throttle, "since": since}, heartbeat_at=func.now(),
+                                     updated_at=func.now()))
+            s.commit()
+            return new and done.rowcount > 0
+
+    def clear_throttle(self, move_id, token: str) -> dict | None:
+        """The throttle that was recorded (now lifted), or None when there was none."""
+        with self.Session() as s:
+            prev = s.scalars(select(Move.throttle).where(Move.id == _uuid(move_id), Move.token == token,
+                                                         Move.throttle.is_not(None)).with_for_update()).first()
+            if prev is None:
+                return None
+            s.execute(update(Move).where(Move.id == _uuid(move_id)).values(throttle=null(), updated_at=func.now()))
+            s.commit()
+            return prev
 
     def fail(self, move_id, token: str, step: str, message: str, code: str, *, state: str = wf.FAILED) -> Move | None:
         row = self._update(move_id, token, {"state": state, "error": message, "error_code": code,

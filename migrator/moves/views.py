@@ -146,6 +146,22 @@ def progress(store: MoveStore, move) -> dict:
     }
 
 
+def throttle(move, now: dt.datetime | None = None) -> dict | None:
+    """The health reading holding the move's units back while it lasts (docs/adr/0019-health-indicators.md):
+    ``{"text": "paused: replication lag 12 s on cell-1 (limit 5 s)", "since_s": 40.2, ...}``, else None."""
+    t = move.throttle
+    if not t or move.state != wf.RUNNING:
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    since = t.get("since")
+    try:
+        since_s = round((now - dt.datetime.fromisoformat(since)).total_seconds(), 1) if since else None
+    except ValueError:
+        since_s = None
+    what = "paused" if t.get("signal") == "stop" else "slowed down"
+    return {**t, "text": f"{what}: {t.get('reason', '?')}", "since_s": since_s}
+
+
 def move_summary(store: MoveStore, move, now: dt.datetime | None = None) -> dict:
     now = now or dt.datetime.now(dt.UTC)
     return {
@@ -159,6 +175,7 @@ def move_summary(store: MoveStore, move, now: dt.datetime | None = None) -> dict
         "attempt": move.attempt,
         "error": move.error,
         "error_code": move.error_code,
+        "throttled": throttle(move, now),
         "requested_by": move.requested_by,
         "reason": move.reason,
         "created_at": _iso(move.created_at),

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from migrator.moves import workflow as wf
 from migrator.moves.operations import Operations
-from migrator.moves.views import progress
+from migrator.moves.views import progress, throttle
 
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -38,6 +38,12 @@ def rate_line(p: dict) -> str:
     if p.get("eta_s") is not None and p["fraction"] < 1:
         parts.append(f"ETA {duration(p['eta_s'])}")
     return ", ".join(parts)
+
+
+def throttle_line(throttled: dict) -> str:
+    """``paused: replication lag 12 s on cell-1 (limit 5 s), for 40 s``."""
+    since = throttled.get("since_s")
+    return throttled["text"] + (f", for {duration(since)}" if since is not None else "")
 
 
 def removal_line(removal: dict) -> str:
@@ -75,6 +81,9 @@ def watch_move(ops: Operations, move_id: str, *, interval: float = 0.5, quiet: b
             description = f"[yellow]abort[/] at {move.step} ({move.state})" if aborting \
                 else f"step [cyan]{move.step}[/] ({move.state})"
             rate = "" if aborting else rate_line(p)
+            held = throttle(move)
+            if held and not aborting:
+                rate = (rate + "\n  " if rate else "") + f"[yellow]throttled[/] {throttle_line(held)}"
             bar.update(move_task, completed=round(p["fraction"] * 1000), count=f"{p['fraction'] * 100:.0f}%",
                        description=description + (f"\n  {rate}" if rate else ""))
             if removal is None:

@@ -36,7 +36,10 @@ class ControlDatabaseCollector(Collector):
                     "SELECT id::text, organization_id, step, source_cell, target_cell, "
                     "extract(epoch FROM now() - coalesce(step_started_at, updated_at)), "
                     "CASE WHEN unfrozen_at IS NULL AND NOT freeze_lifted "
-                    "THEN extract(epoch FROM now() - frozen_at) END "
+                    "THEN extract(epoch FROM now() - frozen_at) END, "
+                    "throttle->>'indicator', throttle->>'cell', throttle->>'signal', "
+                    "CASE WHEN state = 'running' "
+                    "THEN extract(epoch FROM now() - (throttle->>'since')::timestamptz) END "
                     "FROM moves WHERE state IN ('running', 'paused', 'failed')")).all()
                 capacity = _capacity(conn, self.settings)
         except Exception as exc:  # noqa: BLE001 - a scrape must still answer
@@ -56,12 +59,21 @@ class ControlDatabaseCollector(Collector):
                                    "Seconds an unfinished move has kept its organization read-only (its open write "
                                    "window: frozen, and not yet writable on the target or the source)",
                                    labels=["move_id", "organization", "source", "target"])
-        for move_id, org, st, src, tgt, in_step, frozen_s in running:
+        throttled = GaugeMetricFamily("migrator_move_throttled_seconds",
+                                      "Seconds a running move has been held back by a cell's health indicator "
+                                      "(paused on stop, slowed on slow down)",
+                                      labels=["move_id", "organization", "source", "target", "cell", "indicator",
+                                              "signal"])
+        for move_id, org, st, src, tgt, in_step, frozen_s, indicator, cell, signal, held_s in running:
             step.add_metric([move_id, str(org), st, src, tgt], float(in_step or 0))
             if frozen_s is not None:
                 frozen.add_metric([move_id, str(org), src, tgt], float(frozen_s))
+            if held_s is not None and indicator:
+                throttled.add_metric([move_id, str(org), src, tgt, cell or "", indicator, signal or ""],
+                                     float(held_s))
         yield step
         yield frozen
+        yield throttled
         yield from capacity
 
 

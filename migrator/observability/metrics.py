@@ -9,7 +9,7 @@ processes never double-count them.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 STEP_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -34,3 +34,8 @@ alerts_received = Counter("migrator_alerts_received_total", "Alertmanager alerts
                           ["alertname", "status", "outcome"])
 rebalancer_decisions = Counter("migrator_rebalancer_decisions_total", "Decisions the rebalancer recorded", ["kind"])
 reconciler_reenqueues = Counter("migrator_reconciler_reenqueues_total", "Moves re-enqueued by the reconciler")
+health_signal = Gauge("migrator_health_signal",
+                      "Latest signal of a cell's health indicator as a worker read it (0 normal, 1 slow down, 2 stop)",
+                      ["cell", "indicator"], multiprocess_mode="mostrecent")
+throttled = Counter("migrator_throttled_total", "Units (or batches) held back by a health signal",
+                    ["cell", "indicator", "signal"])

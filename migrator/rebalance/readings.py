@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migrator.cells.introspect import introspect
+from migrator.cells.names import qualified
 from migrator.config import Settings
 from migrator.db import cell_connection, first_line
 from migrator.dictionary import load_dictionary
@@ -29,7 +30,6 @@ from migrator.moves.estimate import estimate
 from migrator.rebalance.store import RebalanceStore
 
 log = logging.getLogger(__name__)
-APP_SCHEMA = "public"
 
 _TOTAL_BYTES = """
 SELECT COALESCE(SUM(pg_catalog.pg_total_relation_size(r.oid)), 0)
@@ -57,11 +57,11 @@ def measure_cell(settings: Settings, cell: str, dictionary) -> tuple[dict, dict[
     orgs: dict[int, OrgMeasure] = {}
     tables: dict[str, dict] = {}
     with cell_connection(settings, cell, autocommit=True) as conn:
-        live = introspect(conn, APP_SCHEMA)
+        live = introspect(conn)
         for table in dictionary.org_tables():
             if table not in live.tables:
                 continue
-            ident = sql.Identifier(live.schema, table)
+            ident = qualified(table)
             rel = ident.as_string(conn)
             total_bytes = int(conn.execute(_TOTAL_BYTES, {"rel": rel}).fetchone()[0])
             counts = conn.execute(sql.SQL("SELECT {org} AS org, count(*) FROM {t} AS t GROUP BY 1").format(
@@ -83,8 +83,8 @@ def measure_cell(settings: Settings, cell: str, dictionary) -> tuple[dict, dict[
                     else sql.SQL("0")
                 query = sql.SQL("SELECT {org} AS org, count({key}), {size} FROM {t} AS t "
                                 "WHERE {key} IS NOT NULL GROUP BY 1").format(
-                    org=dictionary.org_of_row_sql(table, live, "t"), key=sql.Identifier("t", blob.key), size=size,
-                    t=sql.Identifier(live.schema, table))
+                    org=dictionary.org_of_row_sql(table, live, "t"), key=blob.key_expr("t"), size=size,
+                    t=qualified(table))
                 for org, n, b in conn.execute(query):
                     if org is None:
                         continue

@@ -23,6 +23,8 @@ import logging
 
 from migrator.config import Settings
 from migrator.errors import BrokerUnavailable, GuardrailExceeded, MigratorError
+from migrator.health.signals import Signal
+from migrator.moves import throttle
 from migrator.moves.admission import Guardrails
 from migrator.moves.operations import Operations
 from migrator.moves.store import MoveStore
@@ -213,6 +215,14 @@ class Rebalancer:
                 self.store.note_item(plan.id, item.ordinal, note)
                 self.store.decide("move_deferred", f"organization {org} {source} -> {target} waits: {why}", **common)
             return "deferred", {"reason": why}
+        held = self._health_stop(source, target)
+        if held is not None:  # a cell's health indicators say stop: start it once they clear
+            note = f"waiting for the cells' health: {held.indicator} on {held.cell}"
+            if item.note != note:
+                self.store.note_item(plan.id, item.ordinal, note)
+                self.store.decide("move_deferred", f"organization {org} {source} -> {target} waits: "
+                                  f"{held.reason} says stop", **common)
+            return "deferred", {"reason": held.reason}
         o = orgs.get(org)
         if org in moving:
             return skip("it is already moving")
@@ -253,6 +263,13 @@ class Rebalancer:
                 loads[cell][0] += sign * item.bytes
                 loads[cell][1] += sign
         return "started", {"move_id": str(move.id)}
+
+    def _health_stop(self, source: str, target: str):
+        """The reading that says stop for the source or target cell, or None (docs/adr/0019)."""
+        if not self.settings.health.enabled or source not in self.settings.cells or target not in self.settings.cells:
+            return None
+        verdict = throttle.read(self.settings, [source, target])
+        return verdict.worst if verdict.signal is Signal.STOP else None
 
     # ------------------------------------------------------------------ alerts
     def handle_alert(self, alert_id: int) -> dict:

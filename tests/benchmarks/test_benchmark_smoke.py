@@ -130,6 +130,31 @@ def test_router_benchmark(tmp_path):
     assert set(result["classify_cli"]) == {"json", "table"} and set(result["targets"]) >= {"flip_p99_le_100ms"}
 
 
+def test_bystanders_benchmark(tmp_path):
+    from tests.support.postgres import cluster_bin, require_runuser
+
+    require_runuser()
+    cluster_bin("pg_basebackup")
+    result = _run("bystanders.py", "--smoke", "--idle-s", "2", "--settle-s", "0", tmp_path=tmp_path, timeout=600)
+    assert [p["phase"] for p in result["phases"]] == ["idle", "raw COPY", "unthrottled move", "throttled move",
+                                                      "idle after"]
+    for phase in result["phases"]:
+        if phase["phase"] == "raw COPY":
+            continue  # a tenth of a second at this size: maybe no operation, no lag sample in it
+        for cell in ("cell-1", "cell-2"):
+            assert phase["cells"][cell]["ops"] > 0 and phase["cells"][cell]["p99_ms"] is not None
+        assert phase["standby_lag"]["samples"] > 0  # the real standby was read
+    assert result["raw_copy"]["rows"] == 3000
+    for name in ("unthrottled", "throttled"):
+        move = result["moves"][name]
+        assert move["completed"] and move["verified"] and move["rows"] == 3000, move
+    assert result["moves"]["unthrottled"]["throttle_events"] == {}  # health off
+    assert set(result["health"]["cells"]) == {"cell-1", "cell-2"}
+    assert result["bystander_errors"] == {"cell-1": [], "cell-2": []}
+    assert set(result["summary"]["p99_vs_idle"]) >= {"unthrottled move", "throttled move"}
+    assert (tmp_path / "bystanders.md").exists()
+
+
 def test_estimate_accuracy_benchmark(tmp_path):
     result = _run("estimate_accuracy.py", "--sizes", "1200,2400", "--calibrate", "1500", "--blobs", "3",
                   "--strategies", "online", tmp_path=tmp_path)

@@ -18,7 +18,7 @@ RUNBOOK_BASE = "https://cells-migrator.invalid/"
 SEVERITIES = {"critical", "warning"}
 SHIPPED = {"CellCapacityHigh", "MoveStuckInStep", "WriteWindowTooLong", "MoveVerificationFailed", "NoLiveWorkers",
            "ReconcilerReenqueuesClimbing", "ControlDatabaseDown", "MigratorTargetDown", "CertificateExpiresSoon",
-           "RouterSyncLagging"}
+           "RouterSyncLagging", "MoveThrottledLong"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

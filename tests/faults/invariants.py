@@ -93,7 +93,7 @@ def blob_violations(settings, cell: str, org: int) -> list[str]:
                 for ref in refs:
                     if store.stat(ref.key) is None:
                         v.append(f"blob {ref.key} missing in {cell}")
-                    elif ref.checksum and store.sha256(ref.key) != ref.checksum:
+                    elif ref.checksum and store.digest(ref.key, ref.algorithm).hex != ref.checksum:
                         v.append(f"blob {ref.key} corrupt in {cell}")
     return v
 

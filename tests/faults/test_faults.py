@@ -28,6 +28,7 @@ from tests.faults.report import ScenarioResult
 from tests.faults.writer import lost_writes
 from tests.support import ROOT
 from tests.support.moves import HeldTable, migrator, wait_copying, wait_move
+from tests.support.postgres import OwnCluster
 
 pytestmark = pytest.mark.faults
 
@@ -295,42 +296,6 @@ def test_stale_worker_cannot_advance_or_flip(faults, strategy):
     _finish(faults, result, move.id, org, "cell-1", "cell-2", before, by)
     result.save()
     assert result.violations == []
-
-
-def _cluster_bin(name: str) -> str:
-    import glob
-
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        pytest.skip(f"{name} not found (Debian postgresql server package)")
-    return found[-1]
-
-
-class OwnCluster:
-    """A PostgreSQL server of its own (for the target cell), so it can really be stopped and started."""
-
-    def __init__(self, root: Path, port: int):
-        self.root, self.port = root, port
-        self.data = root / "data"
-
-    def _run(self, *args):
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True, timeout=120)
-
-    def init(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["chown", "-R", "postgres", str(self.root)], check=True)
-        self._run(_cluster_bin("initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres")
-        return self
-
-    def start(self):
-        self._run(_cluster_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o",
-                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}", "start")
-
-    def stop(self):
-        self._run(_cluster_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def dsn(self, db="postgres"):
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "online"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from migrator.fleet.services import wait_worker_ready
+from tests.schemas import storefront
 from tests.support.fleet import start_worker
 
 
@@ -47,3 +48,23 @@ def worker_factory(provisioned, tmp_path):
     yield make
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+def storefront_fleet(fleet, topology_server):
+    """Three Storefront cells with disjoint ID plans, their attachment objects, a config with adopt: true."""
+    storefront.adopt_config(fleet.config_path)
+    block = fleet.settings().topology.sequence_block
+    for i, (cell, dsn) in enumerate(fleet.cell_dsns.items()):
+        storefront.create_cell(dsn, id_base=i * block, tenants=3 if i == 0 else 1)
+        storefront.write_blobs(dsn, fleet.blob_dir(cell))
+    fleet.extra["block"] = block
+    return fleet
+
+
+@pytest.fixture
+def storefront_worker(storefront_fleet, tmp_path):
+    proc = start_worker(storefront_fleet.config_path, tmp_path / "worker.log", concurrency=2)
+    wait_worker_ready(proc)
+    yield proc
+    proc.stop()

@@ -13,11 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from migrator.blobs.store import open_store
-from migrator.fleet.services import wait_worker_ready
 from migrator.topology.client import topology_client
 from tests.schemas import storefront
 from tests.support.checks import duplicate_keys, org_checksums
-from tests.support.fleet import start_worker
 from tests.support.moves import migrator
 
 pytestmark = pytest.mark.integration
@@ -31,26 +29,6 @@ def run_json(*args, code: int = 0):
     return json.loads(result.stdout)
 
 
-@pytest.fixture
-def storefront_fleet(fleet, topology_server):
-    """Three Storefront cells with disjoint ID plans, their attachment objects, a config with adopt: true."""
-    storefront.adopt_config(fleet.config_path)
-    block = fleet.settings().topology.sequence_block
-    for i, (cell, dsn) in enumerate(fleet.cell_dsns.items()):
-        storefront.create_cell(dsn, id_base=i * block, tenants=3 if i == 0 else 1)
-        storefront.write_blobs(dsn, fleet.blob_dir(cell))
-    fleet.extra["block"] = block
-    return fleet
-
-
-@pytest.fixture
-def storefront_worker(storefront_fleet, tmp_path):
-    proc = start_worker(storefront_fleet.config_path, tmp_path / "worker.log", concurrency=2)
-    wait_worker_ready(proc)
-    yield proc
-    proc.stop()
-
-
 def test_an_adopted_fleet_moves_a_tenant_end_to_end(storefront_fleet, storefront_worker):
     fleet = storefront_fleet
     block = fleet.extra["block"]
@@ -59,6 +37,13 @@ def test_an_adopted_fleet_moves_a_tenant_end_to_end(storefront_fleet, storefront
     results = run_json("cells", "init")
     assert [r["cell"] for r in results] == ["cell-1", "cell-2", "cell-3"]
     assert all(r["adopt"] and r["sequences_ok"] and r["sequences_set"] == 0 for r in results)
+    # job_queue is cell_local: its sequence is skipped, not counted among those init sets or checks
+    assert all(r["sequences"] == 6 for r in results)
+    assert all([s["name"] for s in r["sequences_skipped"]] == ["job_queue_job_id_seq"] for r in results)
+    from migrator.cli.main import app
+
+    text = CliRunner().invoke(app, ["cells", "init"], catch_exceptions=False, env={"COLUMNS": "200"}).output
+    assert text.count("0 set of 6, 1 skipped") == 3, text
     tenants = {}
     for cell in fleet.cell_dsns:
         found = run_json("orgs", "discover", "--cell", cell, "--register")

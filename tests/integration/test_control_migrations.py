@@ -45,7 +45,7 @@ def test_0003_carries_control_state_of_moves_in_flight(scratch_db):
     assert back["catch_up"]["applied"] == 0 and back["write_window_s"] == 1.5
 
 
-def test_0004_adds_move_throughput_and_takes_it_back(scratch_db):
+def test_0005_adds_move_throughput_and_takes_it_back(scratch_db):
     from alembic import command
 
     upgrade_control_db(scratch_db)
@@ -63,6 +63,6 @@ def test_0004_adds_move_throughput_and_takes_it_back(scratch_db):
         conn.execute("DELETE FROM moves WHERE id = %s", (move_id,))  # its measurements go with it
         assert conn.execute("SELECT count(*) FROM move_throughput").fetchone()[0] == 0
 
-    command.downgrade(alembic_config(scratch_db), "0003")
+    command.downgrade(alembic_config(scratch_db), "0004")
     with psycopg.connect(scratch_db, autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('move_throughput')").fetchone()[0] is None

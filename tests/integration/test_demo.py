@@ -113,7 +113,7 @@ def test_demo_moves_verifies_and_leaves_nothing_running(tmp_path):
                      "completed, VERIFIED", "verification", "blobs:", "verified by sha256",
                      "write window (frozen -> writable on cell-2):", "route before: organization",
                      "-> cell-1 (version 1, active)", "route after:", "-> cell-2 (version 2, active)",
-                     f"export MIGRATOR_CONFIG={root}/migrator.yaml", "fleet stopped"):
+                     f"source {root}/env.sh", "fleet stopped"):
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
     assert "NO" not in [cell.strip() for line in out.splitlines() for cell in line.split("│")]
     if edge:  # the edge router ran, on unix sockets, and the organization's requests crossed over
@@ -206,3 +206,149 @@ def test_missing_embedded_package_is_one_clear_message(tmp_path, monkeypatch):
     out = " ".join(result.output.split())
     assert "needs the Python package 'pgserver'" in out and "pip install pgserver" in out, out
     assert not (tmp_path / "demo").exists()  # nothing started, nothing written
+
+
+def banner_lines(out: str) -> list[str]:
+    """The commands the demo printed for another shell, as a user would paste them."""
+    lines = out[out.index("Use this fleet from another shell"):].splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("Logs:"))
+    return [line.strip() for line in lines[1:end]]
+
+
+def pasted(root: Path, script: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``script`` in a new shell with nothing of this one's environment (and a stray MIGRATOR_* that
+    the demo's env.sh must drop)."""
+    env = ["env", "-i", f"HOME={os.environ.get('HOME', '/root')}", "MIGRATOR_CONTROL_DSN=postgresql://nowhere/x"]
+    return subprocess.run([*env, "bash", "-c", script], cwd=root.parent, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _in_flight(root: Path, source: str, org: int) -> str:
+    """A move of ``org`` to cell-3, paused: in flight (not terminal) until the test says otherwise."""
+    script = f"""{source}
+python - <<'EOF'
+import os
+from migrator.config import load_settings
+from migrator.errors import MigratorError
+from migrator.moves.operations import Operations
+ops = Operations(load_settings(os.environ["MIGRATOR_CONFIG"]))
+move = ops.request_move({org}, "cell-3", reason="in flight")
+while move.state != "paused":
+    try:
+        move = ops.pause(move.id)
+    except MigratorError:  # the worker took it meanwhile: pause it where it is now
+        move = ops.store.get(move.id)
+        assert move.state in ("queued", "running", "paused"), move.state
+print(move.id)
+EOF"""
+    result = pasted(root, script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.split()[-1]
+
+
+def test_keep_returns_the_prompt_banner_works_pasted_stop_and_clean_mind_moves_in_flight(tmp_path):
+    import httpx
+
+    from migrator.fleet.processes import Process, find_fleet_processes, free_port, stop_all, wait_for
+
+    root = tmp_path / "demo"
+    root.mkdir()
+    # A lock file left by a demo that died (its pid is gone): the next demo takes it over.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (root / "demo.lock").write_text(f"{dead.pid}\n")
+    flower = None
+    try:
+        # 1. --keep: the report, the banner, and the prompt back with the fleet running.
+        result = run_demo(root, "--keep", "--json", *SMALL)
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["ok"]
+        banner = result.stderr
+        assert "fleet left running" in banner and "Ctrl-C" not in banner
+        assert (root / "state.json").exists() and demo_processes(root)
+
+        # 2. The banner's lines work as pasted in a new shell: one `source`, then the commands.
+        lines = banner_lines(banner)
+        source = lines[0].split("   #")[0]
+        assert source == f"source {root}/env.sh"
+        statuses = [line for line in lines if line.startswith("migrator status")]
+        assert len(statuses) == 2 and report["move_id"] in statuses[1]
+        shown = pasted(root, "\n".join([source, *statuses]))
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert report["move_id"][:8] in shown.stdout and "completed" in shown.stdout, shown.stdout
+
+        # Flower, with authentication: the password only in a file of the owner's, never printed.
+        auth_file = root / "flower-auth"
+        assert auth_file.stat().st_mode & 0o777 == 0o600
+        user, password = auth_file.read_text().strip().split(":", 1)
+        assert password not in result.stdout + result.stderr
+        flower_line = next(line for line in lines if "celery -A tasks flower" in line).split("   #")[0]
+        assert "FLOWER_BASIC_AUTH" in flower_line or "--basic-auth" in flower_line, flower_line
+        port = free_port()
+        env = {"HOME": os.environ.get("HOME", "/root")}
+        flower = Process(["bash", "-c", f"{source}\n{flower_line} --port={port}"], env, tmp_path / "flower.log",
+                         cwd=tmp_path).start()
+        url = f"http://127.0.0.1:{port}/api/workers"
+        assert wait_for(lambda: httpx.get(url, timeout=2).status_code, timeout=60, what="Flower") == 401
+        assert httpx.get(url, auth=(user, password), timeout=10).status_code == 200
+        flower.stop()
+        flower = None
+
+        # 3. A move in flight: --stop and --clean refuse, name it, and say how to go on.
+        first = _in_flight(root, source, report["organization_id"])
+        for option in ("--stop", "--clean"):
+            refused = run_demo(root, option)
+            out = " ".join((refused.stdout + refused.stderr).split())
+            assert refused.returncode == 1, out
+            for expected in (first, "paused", f"migrator abort {first}", f"migrator demo {option} --force"):
+                assert expected in out, f"{expected!r} missing from {option}'s refusal: {out}"
+            assert (root / "state.json").exists() and demo_processes(root)
+
+        # The pasted abort ends it; a move ended (aborted, completed) is not in flight.
+        abort = next(line for line in lines if line.startswith("migrator abort")).split("   #")[0]
+        aborted = pasted(root, f"{source}\n{abort.replace('MOVE_ID', first)}", timeout=120)
+        assert aborted.returncode == 0, aborted.stdout + aborted.stderr
+
+        def state() -> str:
+            shown = pasted(root, f"{source}\nmigrator status {first} --json")
+            assert shown.returncode == 0, shown.stdout + shown.stderr
+            return json.loads(shown.stdout)["state"]
+
+        wait_for(lambda: state() == "aborted", timeout=120, interval=0.5, what=f"move {first} aborted")
+
+        # 4. --force stops the fleet and says what it left in flight (only that move).
+        second = _in_flight(root, source, report["organization_id"])
+        forced = run_demo(root, "--stop", "--force")
+        out = " ".join((forced.stdout + forced.stderr).split())
+        assert forced.returncode == 0, out
+        assert "left in flight" in out and second in out and first not in out and report["move_id"] not in out
+        assert not (root / "state.json").exists()
+        assert_nothing_left(root)
+
+        # 5. --clean removes the folder and says how much it freed.
+        cleaned = run_demo(root, "--clean")
+        out = cleaned.stdout + cleaned.stderr
+        assert cleaned.returncode == 0, out
+        assert f"removed {root}" in out and "freed" in out, out
+        assert int(out.split("freed (")[1].split(" bytes")[0].replace(",", "")) > 0
+        assert not root.exists()
+        assert run_demo(root, "--clean").returncode == 0  # nothing there: nothing to do
+    finally:
+        if flower is not None:
+            flower.stop()
+        stop_all(find_fleet_processes(root))
+
+
+def test_clean_removes_only_a_demo_folder(tmp_path):
+    # A folder the demo did not make (no demo.lock, state.json or demo config): left as it is.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    (other / "migrator.yaml").write_text("control_dsn: postgresql:///x\n")  # someone's own config
+    refused = run_demo(other, "--clean")
+    assert refused.returncode == 1 and "nothing removed" in " ".join((refused.stdout + refused.stderr).split())
+    assert (other / "keep.txt").read_text() == "mine"
+    # --force only means something with --stop or --clean.
+    misused = run_demo(other, "--force")
+    assert misused.returncode == 2 and "--force" in misused.stdout + misused.stderr

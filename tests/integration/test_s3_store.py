@@ -187,3 +187,29 @@ def test_server_stopped_mid_multipart_upload_leaves_no_object_and_the_next_copy_
         got = copy_blob(local, dst, _ref("e/large", data), fresh=False)
         assert got.written == LARGE and dst.read_sha256("e/large") == hashlib.sha256(data).hexdigest()
         assert _uploads(dst) == []  # the incomplete upload was aborted before the new one
+
+
+@pytest.mark.parametrize("server_side", [False, True])
+def test_md5_and_no_checksum_rows_are_copied_verified_and_refused_in_their_own_algorithm(s3_server, buckets,
+                                                                                        server_side):
+    src = _store(s3_server.endpoint_url, buckets[0])
+    dst = _store(s3_server.endpoint_url, buckets[1], server_side_copy=server_side)
+    small, large = os.urandom(2500), os.urandom(LARGE)
+    src.put_bytes("m/small", small)
+    src.put_bytes("m/large", large)
+    for key, data in (("m/small", small), ("m/large", large)):
+        md5 = BlobRef("uploads", [3], key, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data), "md5",
+                      "hex")
+        lie = BlobRef("uploads", [4], key, hashlib.md5(b"other", usedforsecurity=False).hexdigest(), len(data),
+                      "md5", "hex")
+        with pytest.raises(BlobChecksumMismatch, match=r"uploads row \(4\)\): md5 .* after copy, row says md5"):
+            copy_blob(src, dst, lie, fresh=True)
+        assert dst.stat(key) is None
+        got = copy_blob(src, dst, md5, fresh=True)
+        assert got.written == len(data) and got.server_side == server_side
+        assert copy_blob(src, dst, md5, fresh=False).skipped  # present with that md5: read back, compared
+        verify_blob(dst, md5)
+        bare = BlobRef("uploads", [5], key, None, len(data))  # no checksum column: both sides hashed
+        assert copy_blob(src, dst, bare, fresh=False).skipped
+        verify_blob(dst, bare, src)
+    assert _uploads(dst) == []

@@ -50,7 +50,9 @@ def test_introspect_reads_columns_keys_and_folds_partitions(scratch_db):
             CREATE TABLE other.elsewhere (id int);
         """)
         live = introspect(conn)
-    assert sorted(live.tables) == ["kids", "logs", "parents", "refs_logs"]
+    # every application schema; outside public, tables are named schema.table; never the migrator's
+    assert sorted(live.tables) == ["kids", "logs", "other.elsewhere", "parents", "refs_logs"]
+    assert live.partitions == {"logs_1": "logs", "logs_2": "logs"}
     parents, kids, logs, refs = (live.tables[n] for n in ("parents", "kids", "logs", "refs_logs"))
     assert parents.primary_key == ["id"] and parents.column("id").identity == "always"
     assert parents.column("code").type == "character varying(12)" and parents.column("code").nullable
@@ -68,7 +70,7 @@ def test_introspect_reads_columns_keys_and_folds_partitions(scratch_db):
     assert live.foreign_key("refs_logs", "log_at", "logs").ref_columns == ["id", "at"]
     assert live.foreign_key("kids", "b", "parents") is None
     # the DSN form and the schema argument
-    assert sorted(introspect(scratch_db, schema="other").tables) == ["elsewhere"]
+    assert sorted(introspect(scratch_db, schema="other").tables) == ["other.elsewhere"]
     assert introspect(scratch_db, schema="migrator").tables == {}
 
 
@@ -120,6 +122,42 @@ def test_check_finds_an_unclassified_table_and_missing_columns(sample_db):
 
 
 # ---------------------------------------------------------------------------------- the command
+
+
+def test_tables_of_other_schemas_are_classified_by_their_qualified_name(scratch_db):
+    from migrator.dictionary import Dictionary
+
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        conn.execute("""
+            CREATE SCHEMA app; CREATE SCHEMA app_parts;
+            CREATE TABLE orgs (id bigint PRIMARY KEY);
+            CREATE TABLE app.projects (id bigint PRIMARY KEY, org_id bigint NOT NULL REFERENCES orgs);
+            CREATE TABLE builds (id bigint, project_id bigint NOT NULL REFERENCES app.projects, at date,
+                                 PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+            CREATE TABLE app_parts.builds_2026 PARTITION OF builds FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+            CREATE TABLE app.audit (id bigint PRIMARY KEY);
+        """)
+        live = introspect(conn)
+    assert sorted(live.tables) == ["app.audit", "app.projects", "builds", "orgs"]
+    assert live.partitions == {"app_parts.builds_2026": "builds"}
+    assert live.foreign_key("builds", "project_id", "app.projects").ref_columns == ["id"]
+    dictionary = Dictionary.from_mapping({"version": 1, "root": "orgs", "tables": {
+        "orgs": {"root": True},
+        "app.projects": {"sharding_key": {"org_id": "orgs"}},
+        "builds": {"sharding_key": {"project_id": "app.projects"}},
+        "app_parts.builds_2026": {"sharding_key": {"project_id": "app.projects"}},
+        "public.orgs": {"classification": "cell_local"},
+    }})
+    problems = {(p.kind, p.table): p.message for p in check_schema(dictionary, live)}
+    assert problems == {
+        ("unclassified", "app.audit"): "table app.audit is in the database but not in the data dictionary: a move "
+                                       "would leave its rows behind",
+        ("missing_table", "app_parts.builds_2026"): "table app_parts.builds_2026 of the data dictionary is a "
+        "partition of builds: partitions (in any schema) are copied, guarded and verified through their "
+        "partitioned table",
+        ("missing_table", "public.orgs"): "table public.orgs of the data dictionary is named orgs (tables of "
+                                          "schema public are named bare, those of other schemas schema.table)",
+    }
 
 
 def test_schema_check_command_passes_then_fails_naming_the_table(local_fleet):

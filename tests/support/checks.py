@@ -6,6 +6,7 @@ import psycopg
 from psycopg import sql
 
 from migrator.cells.introspect import introspect
+from migrator.cells.names import qualified
 from migrator.copy.spec import stabilize_session, table_specs
 from migrator.dictionary import load_dictionary
 from migrator.verify.checksums import range_checksum
@@ -49,7 +50,7 @@ def duplicate_keys(settings, cell: str) -> dict[str, int]:
         for name in dictionary.org_tables():
             pk = sql.SQL(", ").join(sql.Identifier(c) for c in live.tables[name].primary_key)
             n = conn.execute(sql.SQL("SELECT count(*) FROM (SELECT {pk} FROM {t} GROUP BY {pk} HAVING count(*) > 1) d")
-                             .format(pk=pk, t=sql.Identifier(name))).fetchone()[0]
+                             .format(pk=pk, t=qualified(name))).fetchone()[0]
             if n:
                 out[name] = n
     return out

@@ -19,6 +19,9 @@ from migrator.fleet.local import LocalFleet
 TEST_SETTINGS = {
     "moves": {"batch_rows": 500, "chunk_rows": 2000, "blob_batch": 10, "drain_timeout_s": 10,
               "lease_ttl_s": 10, "stale_after_s": 15, "reconcile_every_s": 2},
+    # Every test's cells share one PostgreSQL server with the rest of the suite: its autovacuum and other
+    # tests' lock waits would slow moves down at random. tests/integration/test_throttle.py turns it on.
+    "health": {"enabled": False},
 }
 
 _CERTS: dict = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
+from migrator.cells.names import qualified
 from migrator.fleet.processes import BIN
 from migrator.fleet.services import child_env
 from migrator.moves.store import MoveStore
@@ -54,7 +55,7 @@ class HeldTable:
 
         self.table = table
         self.conn = psycopg.connect(dsn, application_name="test-hold")
-        self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(table)))
+        self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(qualified(table)))
 
     def release(self) -> None:
         if self.conn is None:

@@ -50,7 +50,8 @@ LIVE = live_of(
           fks=[(["project_id"], "projects", ["id"]), (["group_id"], "namespaces", ["id"])]),
     table("label_links", ["label_id", "target_type", "target_id"], pk=("label_id", "target_type", "target_id"),
           fks=[(["label_id"], "labels", ["id"])]),
-    table("uploads", ["id", "project_id", "file_key", "sha256", "size"]),  # no FK: parent's PK is used
+    table("uploads", ["id", "project_id", "file_key", "sha256", "size"],  # no FK: parent's PK is used
+          types={"file_key": "text", "sha256": "text"}),
     table("application_settings", ["id", "name"]),
     table("users", ["id", "username"]),
 )
@@ -174,9 +175,17 @@ def test_predicate_errors_for_missing_tables_and_columns():
         DICT.org_predicate("application_settings", LIVE)
 
 
-def test_predicate_qualifies_with_the_live_schema():
-    other = LiveSchema(schema="app", tables=LIVE.tables)
-    assert '"app"."projects"' in render(DICT.org_predicate("notes", other))
+def test_predicate_qualifies_each_table_with_its_schema():
+    assert '"public"."projects"' in render(DICT.org_predicate("notes", LIVE))
+    # a table of another schema is named schema.table in the dictionary and the live schema
+    d = orgs_dictionary({"app.projects": {"sharding_key": {"org_id": "orgs"}},
+                         "tasks": {"sharding_key": {"project_id": "app.projects"}}})
+    live = live_of(table("orgs", ["id"]), table("app.projects", ["id", "org_id"]),
+                   table("tasks", ["id", "project_id"], fks=[(["project_id"], "app.projects", ["id"])]))
+    assert check_schema(d, live) == []
+    assert render(d.org_predicate("tasks", live)) == (
+        '"t"."project_id" IN (SELECT "h1"."id" FROM "app"."projects" AS "h1" WHERE "h1"."org_id" = %(org)s)')
+    assert d.copy_order(live) == ["orgs", "app.projects", "tasks"]
 
 
 # ---------------------------------------------------------------------------------- org of a row

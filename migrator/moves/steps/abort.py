@@ -30,7 +30,8 @@ ABORTED, FLIPPED = "aborted", "flipped"
 
 
 def _remove_partial_copy(ctx) -> dict[str, int]:
-    """Every target row (and blob) with one of the organization's source keys.
+    """Every target row (and blob no other organization's target row references) with one of the
+    organization's source keys.
 
     Preflight passed, so the target held none of these keys before this move: every such row is
     ours. Matching by source keys, not by the target's sharding-key chains, also finds children
@@ -44,14 +45,21 @@ def _remove_partial_copy(ctx) -> dict[str, int]:
     earlier = (move.report or {}).get("abort") or {}
     deleted = {t: int(n) for t, n in (earlier.get("rows_deleted") or {}).items()}
     blobs = int(earlier.get("blobs_deleted") or 0)
+    shared = int(earlier.get("blobs_kept_shared") or 0)
 
     def record() -> None:
-        ctx.store.merge_json(move.id, ctx.token, "report", {"abort": {"rows_deleted": deleted, "blobs_deleted": blobs}})
+        ctx.store.merge_json(move.id, ctx.token, "report", {"abort": {
+            "rows_deleted": deleted, "blobs_deleted": blobs, "blobs_kept_shared": shared}})
 
     record()
     if not same_store(src_store, dst_store):
+        # Keys from the source's rows (the target's may be partial); an object that another
+        # organization's rows in the target reference stays (it was there before, or is shared).
         for table, blob in blob_units(ctx.dictionary):
-            blobs += delete_org_blobs(src, dst_store, ctx.specs[table], blob, ctx.org)
+            d, k = delete_org_blobs(src, dst_store, ctx.specs[table], blob, ctx.org, cell=tgt,
+                                    dictionary=ctx.dictionary, specs=ctx.specs)
+            blobs, shared = blobs + d, shared + k
+            record()
     for table in reversed(ctx.copy_order()):
         deleted[table] = deleted.get(table, 0) + delete_source_keys(src, tgt, ctx.specs[table], ctx.org)
         record()

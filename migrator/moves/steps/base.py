@@ -52,3 +52,19 @@ class Step:
     @property
     def unit_task(self) -> str | None:
         return f"migrator.{self.name}_unit" if self.fans_out else None
+
+
+def pace(ctx, done: int = 0, nbytes: int = 0) -> None:
+    """After a checkpointed batch: obey the cells' health signals (migrator/moves/throttle.py)."""
+    if ctx.pacer is not None:
+        ctx.pacer.after_batch(done, nbytes)
+
+
+def stream_pace(ctx):
+    """``on_chunk`` for a COPY stream: holds it to a fraction of its full speed on "slow down"."""
+    return None if ctx.pacer is None or not ctx.pacer.active else ctx.pacer.on_chunk
+
+
+def batch_rows(ctx, configured: int) -> int:
+    """Rows per batch for this execution: ``configured``, smaller when the cells' health says slow down."""
+    return configured if ctx.pacer is None else ctx.pacer.batch_rows(configured)

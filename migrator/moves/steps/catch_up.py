@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from migrator.moves.change_log import apply_round, pending
-from migrator.moves.steps.base import Step
+from migrator.moves.steps.base import Step, pace
 
 
 def run(ctx) -> None:
@@ -30,6 +30,7 @@ def run(ctx) -> None:
         done = apply_round(ctx)
         rounds += 1
         ctx.heartbeat()
+        pace(ctx, done.keys)
         if time.monotonic() - last_note > 30:
             ctx.event("catch_up", "lagging", f"round {rounds}: {left} key(s) pending, {done.keys} applied in "
                       f"{done.seconds:.3f}s; not freezing yet", {"pending": left})

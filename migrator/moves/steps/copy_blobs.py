@@ -11,7 +11,7 @@ import time
 from migrator.blobs.copier import blob_units, copy_blob_range, find_blob
 from migrator.blobs.store import open_store, same_store
 from migrator.moves.calibration import step_seconds
-from migrator.moves.steps.base import BLOBS, Step
+from migrator.moves.steps.base import BLOBS, Step, pace
 from migrator.observability import metrics
 
 
@@ -21,7 +21,7 @@ def stores(ctx):
 
 
 def plan(ctx) -> list[dict]:
-    return [{"unit": f"{table}.{blob.key}", "table_name": table, "ordinal": ordinal, "lo": None, "hi": None,
+    return [{"unit": f"{table}.{blob.label}", "table_name": table, "ordinal": ordinal, "lo": None, "hi": None,
              "total": 0} for ordinal, (table, blob) in enumerate(blob_units(ctx.dictionary))]
 
 
@@ -29,8 +29,8 @@ def unit(ctx, unit) -> dict:
     src_store, dst_store = stores(ctx)
     if same_store(src_store, dst_store):
         return {"skipped": "source and target share one blob store"}
-    table, key_column = unit.unit.split(".", 1)
-    blob = find_blob(ctx.dictionary, table, key_column)
+    table = unit.table_name
+    blob = find_blob(ctx.dictionary, table, unit.unit.rsplit(".", 1)[1])
     m = ctx.settings.moves
 
     def checkpoint(last_key, count, nbytes):
@@ -38,12 +38,14 @@ def unit(ctx, unit) -> dict:
                                   done_delta=count, bytes_delta=nbytes, ttl_s=ctx.ttl_s)
         metrics.blobs_copied.labels("checked").inc(count)
         metrics.blob_bytes_copied.inc(nbytes)
+        pace(ctx, count)
 
     started = time.monotonic()
     result = copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org,
                              position=unit.position, batch=m.blob_batch, checkpoint=checkpoint,
                              workers=m.blob_workers, fresh=unit.attempts <= 1 and ctx.move.attempt <= 1,
-                             heartbeat_s=ctx.ttl_s / 3)
+                             heartbeat_s=ctx.ttl_s / 3, target=ctx.target())
+    # seconds: this unit's busy time, how migrator/moves/calibration.py shares the step's time among tables
     return {**(result or {}), "seconds": round(time.monotonic() - started, 4)}
 
 

@@ -13,11 +13,13 @@ from psycopg import sql
 
 from migrator.blobs.store import open_store
 from migrator.cells.introspect import introspect
+from migrator.cells.names import qualified
 from migrator.config import Settings
 from migrator.copy.keys import colliding_keys
 from migrator.copy.rows import count_rows
 from migrator.copy.spec import org_scan, table_specs
-from migrator.dictionary.check import check_advice, check_schema
+from migrator.copy.unique import UniqueCheck, unique_conflicts
+from migrator.dictionary.check import check_advice, check_key_sql, check_schema
 from migrator.errors import (
     CellUnavailable,
     DictionaryError,
@@ -26,6 +28,7 @@ from migrator.errors import (
     RouteFrozen,
     SameCell,
     SchemaMismatch,
+    UniqueCollision,
     UnknownCell,
     UnknownOrganization,
 )
@@ -97,6 +100,33 @@ def find_collisions(src, tgt, spec, org: int, limit: int = MAX_COLLISIONS_SHOWN)
     return colliding_keys(src, tgt, spec, org, limit)
 
 
+def check_unique_keys(src, tgt, specs, rows_by_table: dict[str, int], org: int, target: str, *,
+                      heartbeat=lambda: None) -> UniqueCheck:
+    """Every unique constraint and unique index (other than the primary key) of every organization table
+    that has rows, probed in the target with the organization's values (migrator.copy.unique). Raises
+    one UniqueCollision naming every conflicting table, index and the first values; returns what was
+    checked and what was skipped (with the reason), which the plan shows."""
+    check = UniqueCheck()
+    for name, rows in rows_by_table.items():
+        if rows:
+            heartbeat()
+            unique_conflicts(src, tgt, specs[name], org, check, limit=MAX_COLLISIONS_SHOWN)
+    for skip in check.skipped:
+        log.warning("unique key check skipped %s.%s: %s", skip["table"], skip["index"], skip["reason"])
+    if check.conflicts:
+        shown = "; ".join(c.message for c in check.conflicts[:10])
+        more = f" (and {len(check.conflicts) - 10} more)" if len(check.conflicts) > 10 else ""
+        raise UniqueCollision(
+            f"organization {org} holds unique values that other rows of cell {target!r} already hold: {shown}{more}",
+            "the copy would fail on these unique keys; change the values on one side (or choose another "
+            "target cell), then start the move again; nothing was changed",
+            conflicts=[{"table": c.index.table, "index": c.index.name, "constraint": c.index.constraint,
+                        "keys": list(c.index.keys), "predicate": c.index.predicate,
+                        "values": [list(v) for v in c.values]} for c in check.conflicts],
+        )
+    return check
+
+
 def run_preflight(settings: Settings, topology, dictionary, org: int, source: str, target: str,
                   *, connect_cell, heartbeat=lambda: None, strategy: str | None = None) -> dict:
     """All checks; returns the plan (tables and rows, blobs and bytes, the estimated duration and write
@@ -114,8 +144,8 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     src = connect_cell(source)
     tgt = connect_cell(target)
     live_src, live_tgt = introspect(src), introspect(tgt)
-    for cell, live in ((source, live_src), (target, live_tgt)):
-        problems = check_schema(dictionary, live)
+    for cell, conn, live in ((source, src, live_src), (target, tgt, live_tgt)):
+        problems = check_schema(dictionary, live) + check_key_sql(conn, dictionary, live)
         if problems:
             listing = "; ".join(p.message for p in problems[:10])
             more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -134,7 +164,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
     root = dictionary.root_table
     root_pk = live_src.tables[root].primary_key[0]
     exists = src.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = %s)").format(
-        sql.Identifier(root), sql.Identifier(root_pk)), (org,)).fetchone()[0]
+        qualified(root), sql.Identifier(root_pk)), (org,)).fetchone()[0]
     if not exists:
         raise UnknownOrganization(f"organization {org} has no row in {root!r} of cell {source!r}",
                                   "the route points at a cell that does not hold it; check `migrator orgs list`")
@@ -158,6 +188,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
                     "the target holds rows with these keys (a leftover copy of an earlier move? run "
                     "`migrator cleanup` for it); nothing was changed",
                 )
+    unique = check_unique_keys(src, tgt, specs, rows_by_table, org, target, heartbeat=heartbeat)
     blobs, blob_bytes = 0, 0
     for name in dictionary.blob_tables():
         entry = dictionary.tables[name]
@@ -166,7 +197,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
                 else sql.SQL("0")
             with org_scan(src, specs[name], org) as spec:
                 n, b = src.execute(sql.SQL("SELECT count({key}), {size} FROM {table} AS t WHERE ({pred})").format(
-                    key=sql.Identifier("t", blob.key), size=size, table=sql.Identifier(name),
+                    key=blob.key_expr("t"), size=size, table=qualified(name),
                     pred=spec.predicate), {"org": org}).fetchone()
             blobs += int(n)
             blob_bytes += int(b)
@@ -187,6 +218,7 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
         "schema_fingerprint": live_src.fingerprint(tables),
         "preflight_s": round(time.monotonic() - started, 3),
         "advice": advice,  # sharding keys without an index: this move reads those tables whole
+        "unique_checks": unique.as_dict(),  # unique indexes probed in the target; those skipped, and why
     }
 
 

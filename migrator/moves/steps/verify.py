@@ -18,6 +18,7 @@ import time
 from decimal import Decimal
 
 from migrator.blobs.copier import blob_units, find_blob, verify_blob_range
+from migrator.blobs.store import same_store
 from migrator.cells import capture as cap
 from migrator.copy.rows import copy_range, delete_range
 from migrator.errors import ChecksumMismatch
@@ -40,7 +41,7 @@ def plan(ctx) -> list[dict]:
               "total": u.total} for u in ctx.store.units(ctx.move.id, "copy_rows")]
     base = len(units)
     for i, (table, blob) in enumerate(blob_units(ctx.dictionary)):
-        units.append({"unit": f"{BLOB_PREFIX}{table}.{blob.key}", "table_name": table, "ordinal": base + i,
+        units.append({"unit": f"{BLOB_PREFIX}{table}.{blob.label}", "table_name": table, "ordinal": base + i,
                       "lo": None, "hi": None, "total": 0})
     return units
 
@@ -97,12 +98,15 @@ def _verify_rows(ctx, unit) -> dict:
 
 
 def _verify_blobs(ctx, unit) -> dict:
-    _src_store, dst_store = stores(ctx)
-    table, key_column = unit.unit[len(BLOB_PREFIX):].split(".", 1)
-    blob = find_blob(ctx.dictionary, table, key_column)
+    src_store, dst_store = stores(ctx)
+    table = unit.table_name
+    blob = find_blob(ctx.dictionary, table, unit.unit.rsplit(".", 1)[1])
     m = ctx.settings.moves
+    # Without a checksum column each object is compared with the source's (both hashed), unless the
+    # two cells share one store.
+    src = None if same_store(src_store, dst_store) else src_store
     count = verify_blob_range(ctx.source(), dst_store, ctx.specs[table], blob, ctx.org, batch=m.blob_batch,
-                              workers=m.blob_workers, heartbeat=ctx.heartbeat)
+                              workers=m.blob_workers, heartbeat=ctx.heartbeat, src=src)
     return {"blobs": count, "verified": True}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import yaml
+from psycopg import sql
 
 HERE = Path(__file__).parent
 SCHEMA_SQL = HERE / "schema.sql"
@@ -25,9 +26,19 @@ ORG_TABLES = ("tenants", "accounts", "api_keys", "stores", "customers", "orders"
               "activity")
 
 
+# activity's partitions (a schema may keep them elsewhere, like GitLab's gitlab_partitions_dynamic)
+ACTIVITY_PARTITIONS = ("activity_2024", "activity_2025", "activity_default")
+
+
 def create_cell(dsn: str, *, id_base: int = 0, tenants: int = 2, orders_per_customer: int = 2,
-                data: bool = True) -> None:
-    """Build a Storefront cell in an empty database: the schema, then (``data``) its rows."""
+                data: bool = True, partition_schema: str | None = None,
+                table_schemas: dict[str, str] | None = None) -> None:
+    """Build a Storefront cell in an empty database: the schema, then (``data``) its rows.
+
+    ``partition_schema``: move activity's partitions into that schema (created), away from their
+    partitioned parent in ``public``. ``table_schemas``: move these tables (with their sequences) into
+    those schemas (created), after the rows are in, as an application's later migration would; the
+    dictionary must then name them so (:func:`dictionary_in_schemas`)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SCHEMA_SQL.read_text())
         if data:
@@ -36,6 +47,29 @@ def create_cell(dsn: str, *, id_base: int = 0, tenants: int = 2, orders_per_cust
                          "set_config('storefront.orders_per_customer', %s, false)",
                          (str(id_base), str(tenants), str(orders_per_customer)))
             conn.execute(DATA_SQL.read_text())
+        moves = dict(table_schemas or {})
+        moves.update({part: partition_schema for part in ACTIVITY_PARTITIONS} if partition_schema else {})
+        for table, schema in moves.items():
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+                sql.Identifier("public", table), sql.Identifier(schema)))
+
+
+def dictionary_in_schemas(table_schemas: dict[str, str], path: Path) -> Path:
+    """Storefront's dictionary with the tables of ``table_schemas`` named ``schema.table`` (their entries
+    and every sharding key leading to them), written to ``path``."""
+    data = yaml.safe_load(DICTIONARY.read_text())
+    rename = {t: f"{s}.{t}" for t, s in table_schemas.items()}
+    tables = {}
+    for name, entry in data["tables"].items():
+        if isinstance(entry, dict) and entry.get("sharding_key"):
+            entry["sharding_key"] = {col: rename.get(parent, parent) for col, parent in entry["sharding_key"].items()}
+        tables[rename.get(name, name)] = entry
+    data["tables"] = tables
+    if data.get("root") in rename:
+        data["root"] = rename[data["root"]]
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return Path(path)
 
 
 def blob_bytes(key: str) -> bytes:
@@ -43,11 +77,13 @@ def blob_bytes(key: str) -> bytes:
     return (f"storefront {key}\n" * 16).encode()
 
 
-def write_blobs(dsn: str, blob_dir: Path) -> int:
-    """Write every object the cell's attachments reference into ``blob_dir``; returns how many."""
+def write_blobs(dsn: str, blob_dir: Path, table: tuple[str, str] = ("public", "attachments")) -> int:
+    """Write every object the cell's attachments (``table``: schema and name) reference into ``blob_dir``;
+    returns how many."""
     blob_dir = Path(blob_dir)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT blob_key, blob_sha256 FROM attachments WHERE blob_key IS NOT NULL").fetchall()
+        rows = conn.execute(sql.SQL("SELECT blob_key, blob_sha256 FROM {} WHERE blob_key IS NOT NULL").format(
+            sql.Identifier(*table))).fetchall()
     for key, sha in rows:
         data = blob_bytes(key)
         assert hashlib.sha256(data).hexdigest() == sha, key

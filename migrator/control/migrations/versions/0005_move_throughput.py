@@ -4,16 +4,16 @@ Rows (or blobs) and bytes per table, and each table's share of the copy and veri
 with the move's strategy and cells. The dry run's estimate reads the recent ones
 (migrator/moves/calibration.py).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30 08:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
