@@ -246,6 +246,10 @@ class MoveConfig(_Strict):
     # Estimates used by preflight until measured rates exist.
     est_rows_per_s: float = Field(default=100_000.0, gt=0)
     est_blob_bytes_per_s: float = Field(default=100_000_000.0, gt=0)
+    # The estimate calibrates from what the last calibration_moves completed moves of the last
+    # calibration_days days measured (migrator/moves/calibration.py); 0 moves: the rates above only.
+    calibration_moves: int = Field(default=20, ge=0)
+    calibration_days: float = Field(default=30.0, gt=0)
     # Copy with FK and user triggers disabled on the target session (needs superuser or
     # GRANT SET ON PARAMETER session_replication_role). See docs/adr/0004-copy-path.md.
     disable_target_triggers: bool = True

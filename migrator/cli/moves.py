@@ -37,6 +37,9 @@ def _print_plan(plan: dict, title: str | None = None) -> None:
                       f"write window {plan['write_window_estimate_s']:.1f} s")
     else:  # a plan recorded before the estimate knew the strategy
         console.print(f"estimated duration: {plan['estimate_s']:.1f} s")
+    cal = plan.get("calibration")
+    if cal:
+        console.print(f"estimate {cal['basis']}", soft_wrap=True)
     for line in plan.get("advice") or []:
         console.print(f"[yellow]advice:[/] {escape(line)}", soft_wrap=True)
     unique = plan.get("unique_checks")

@@ -1,7 +1,7 @@
 """SQLAlchemy 2 models of the control database.
 
 Two domains share it: the Topology Service (``cells``, ``routes``, ``route_history``) and the move
-workflow (``moves``, ``move_events``, ``move_units``). The control database is the source of truth
+workflow (``moves``, ``move_events``, ``move_units``, ``move_throughput``). The control database is the source of truth
 for both; the Celery broker only carries wake-up calls (docs/adr/0001-architecture.md).
 """
 
@@ -199,6 +199,34 @@ class MoveUnit(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+
+class MoveThroughput(Base):
+    """What one move measured, per table (``kind`` rows) and per blob column's table (``kind`` blobs):
+    rows (or blobs) and bytes, and the seconds of ``copy_rows`` (``copy_blobs``) and ``verify`` that were
+    this table's share of the step's wall time (each step's time shared out by its units' busy seconds).
+
+    Written when ``verify`` finishes; read by the estimate's calibration (migrator/moves/calibration.py).
+    The move's other times (its whole duration, the write window) are on ``moves`` and not repeated.
+    """
+
+    __tablename__ = "move_throughput"
+
+    move_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("moves.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # rows | blobs
+    table_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    strategy: Mapped[str] = mapped_column(String(16))
+    source_cell: Mapped[str] = mapped_column(String(63))
+    target_cell: Mapped[str] = mapped_column(String(63))
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)  # blobs, for kind blobs
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    copy_s: Mapped[float] = mapped_column(Float, default=0.0)
+    verify_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+    __table_args__ = (Index("ix_move_throughput_finished_at", "finished_at"),)
 
 
 # ---------------------------------------------------------------------------------------------------

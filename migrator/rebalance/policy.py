@@ -18,6 +18,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from migrator.config import Settings
+from migrator.moves.calibration import try_load_calibration
 from migrator.rebalance.planner import CellLoad, InFlight, OrgLoad, Thresholds
 from migrator.rebalance.readings import estimate_window_s
 from migrator.rebalance.store import RebalanceStore
@@ -51,6 +52,7 @@ def fleet_view(settings: Settings, store: RebalanceStore) -> FleetView:
     cooldown = dt.timedelta(hours=settings.rebalance.cooldown_hours)
     org_rows = store.org_readings()
     last_end = store.last_move_end({o.organization_id for o in org_rows if o.routed})
+    calibration = try_load_calibration(settings)  # windows as recent moves measured them, when there are any
 
     cells = []
     for name in sorted(set(settings.cells) | set(readings)):
@@ -89,7 +91,7 @@ def fleet_view(settings: Settings, store: RebalanceStore) -> FleetView:
                    f"cooldown {settings.rebalance.cooldown_hours:g} h"
         orgs.setdefault(o.cell, []).append(OrgLoad(
             organization_id=o.organization_id, cell=o.cell, bytes=int(o.bytes), rows=int(o.rows),
-            window_s=estimate_window_s(settings, int(o.rows), int(o.blob_bytes)), pinned=pin is not None,
+            window_s=estimate_window_s(settings, int(o.rows), int(o.blob_bytes), calibration), pinned=pin is not None,
             cooling=cooling, moving=move is not None, note=note))
 
     # Moves under way whose flip the readings have not seen yet move load between cells.

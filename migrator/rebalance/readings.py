@@ -38,9 +38,10 @@ FROM (SELECT %(rel)s::regclass::oid AS oid
 """
 
 
-def estimate_window_s(settings: Settings, rows: int, blob_bytes: int) -> float:
-    """The write window of a move of this size with the default strategy (the estimate preflight prints)."""
-    return estimate(settings, None, rows, blob_bytes)["write_window_estimate_s"]
+def estimate_window_s(settings: Settings, rows: int, blob_bytes: int, calibration=None) -> float:
+    """The write window of a move of this size with the default strategy (the estimate preflight prints;
+    ``calibration``: what recent moves measured, migrator/moves/calibration.py; None: the config's rates)."""
+    return estimate(settings, None, rows, blob_bytes, calibration)["write_window_estimate_s"]
 
 
 @dataclass

@@ -153,3 +153,17 @@ def test_bystanders_benchmark(tmp_path):
     assert result["bystander_errors"] == {"cell-1": [], "cell-2": []}
     assert set(result["summary"]["p99_vs_idle"]) >= {"unthrottled move", "throttled move"}
     assert (tmp_path / "bystanders.md").exists()
+
+
+def test_estimate_accuracy_benchmark(tmp_path):
+    result = _run("estimate_accuracy.py", "--sizes", "1200,2400", "--calibrate", "1500", "--blobs", "3",
+                  "--strategies", "online", tmp_path=tmp_path)
+    (run,) = result["runs"]
+    assert [m["rows"] for m in run["calibration_moves"]] == [1500]
+    assert [r["rows"] for r in run["results"]] == [1200, 2400]
+    for i, r in enumerate(run["results"]):
+        # Calibrated from the calibration move and every measured move before it.
+        assert r["basis"] == f"calibrated from {1 + i} recent move{'s' if i else ''}"
+        assert r["calibration"]["fixed_costs"] == "measured"
+        assert r["actual_s"] > 0 and r["actual_window_s"] > 0
+        assert r["ratio"] > 0 and r["window_ratio"] > 0 and r["config_ratio"] > 0

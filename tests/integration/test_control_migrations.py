@@ -43,3 +43,26 @@ def test_0003_carries_control_state_of_moves_in_flight(scratch_db):
     assert dt.datetime.fromisoformat(back["source_frozen_clock"]) == frozen
     assert back["freeze_lifted"] is True and back["tokens"] == ["t-old-1", "t-old-2"]
     assert back["catch_up"]["applied"] == 0 and back["write_window_s"] == 1.5
+
+
+def test_0005_adds_move_throughput_and_takes_it_back(scratch_db):
+    from alembic import command
+
+    upgrade_control_db(scratch_db)
+    move_id = uuid.uuid4()
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO moves (id, organization_id, source_cell, target_cell, strategy, state, step, token,"
+                     " attempt, requested_by, reason, plan, report) VALUES (%s, 7, 'cell-1', 'cell-2', 'frozen',"
+                     " 'completed', 'verify_after_flip', 't', 1, 'test', 'measured', '{}', '{}')", (move_id,))
+        conn.execute("INSERT INTO move_throughput (move_id, kind, table_name, strategy, source_cell, target_cell,"
+                     " rows, bytes, copy_s, verify_s) VALUES (%s, 'rows', 'notes', 'frozen', 'cell-1', 'cell-2',"
+                     " 1000, 90000, 0.01, 0.005)", (move_id,))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO move_throughput (move_id, kind, table_name, strategy, source_cell, target_cell,"
+                         " rows, copy_s) VALUES (%s, 'rows', 'notes', 'frozen', 'cell-1', 'cell-2', 1, 0)", (move_id,))
+        conn.execute("DELETE FROM moves WHERE id = %s", (move_id,))  # its measurements go with it
+        assert conn.execute("SELECT count(*) FROM move_throughput").fetchone()[0] == 0
+
+    command.downgrade(alembic_config(scratch_db), "0004")
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('move_throughput')").fetchone()[0] is None

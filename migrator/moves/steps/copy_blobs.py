@@ -6,8 +6,11 @@ Nothing to do when both cells share one blob store.
 
 from __future__ import annotations
 
+import time
+
 from migrator.blobs.copier import blob_units, copy_blob_range, find_blob
 from migrator.blobs.store import open_store, same_store
+from migrator.moves.calibration import step_seconds
 from migrator.moves.steps.base import BLOBS, Step, pace
 from migrator.observability import metrics
 
@@ -37,16 +40,20 @@ def unit(ctx, unit) -> dict:
         metrics.blob_bytes_copied.inc(nbytes)
         pace(ctx, count)
 
-    return copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org, position=unit.position,
-                           batch=m.blob_batch, checkpoint=checkpoint, workers=m.blob_workers,
-                           fresh=unit.attempts <= 1 and ctx.move.attempt <= 1, heartbeat_s=ctx.ttl_s / 3,
-                           target=ctx.target())
+    started = time.monotonic()
+    result = copy_blob_range(ctx.source(), src_store, dst_store, ctx.specs[table], blob, ctx.org,
+                             position=unit.position, batch=m.blob_batch, checkpoint=checkpoint,
+                             workers=m.blob_workers, fresh=unit.attempts <= 1 and ctx.move.attempt <= 1,
+                             heartbeat_s=ctx.ttl_s / 3, target=ctx.target())
+    # seconds: this unit's busy time, how migrator/moves/calibration.py shares the step's time among tables
+    return {**(result or {}), "seconds": round(time.monotonic() - started, 4)}
 
 
 def fan_in(ctx) -> None:
     units = ctx.store.units(ctx.move.id, "copy_blobs")
     ctx.store.merge_json(ctx.move.id, ctx.token, "report", {
-        "copy_blobs": {"blobs": sum(u.done for u in units), "bytes_written": sum(u.bytes_done for u in units)}})
+        "copy_blobs": {"blobs": sum(u.done for u in units), "bytes_written": sum(u.bytes_done for u in units),
+                       "seconds": step_seconds(ctx.store, ctx.move)}})
 
 
 STEP = Step("copy_blobs", plan=plan, unit=unit, fan_in=fan_in, unit_queue=BLOBS,

@@ -6,6 +6,8 @@ them at once; each unit copies its range batch by batch and checkpoints after ea
 
 from __future__ import annotations
 
+import time
+
 from migrator.copy.rows import copy_range, plan_ranges
 from migrator.moves.steps.base import ROWS, Step, batch_rows, pace, stream_pace
 from migrator.observability import metrics
@@ -31,10 +33,12 @@ def unit(ctx, unit) -> dict:
         metrics.bytes_copied.inc(nbytes)
         pace(ctx, rows, nbytes)
 
+    started = time.monotonic()
     copied = copy_range(ctx.source(), ctx.target(), spec, ctx.org, lo=unit.lo, hi=unit.hi, position=unit.position,
                         batch_rows=batch_rows(ctx, m.batch_rows), checkpoint=checkpoint,
                         disable_triggers=m.disable_target_triggers, token=ctx.token, on_chunk=stream_pace(ctx))
-    return {"rows_this_attempt": copied}
+    # seconds: this unit's busy time, how migrator/moves/calibration.py shares the step's time among tables
+    return {"rows_this_attempt": copied, "seconds": round(time.monotonic() - started, 4)}
 
 
 def fan_in(ctx) -> None:

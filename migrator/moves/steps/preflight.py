@@ -32,6 +32,7 @@ from migrator.errors import (
     UnknownCell,
     UnknownOrganization,
 )
+from migrator.moves.calibration import try_load_calibration
 from migrator.moves.estimate import estimate
 from migrator.moves.steps.base import Step
 
@@ -129,7 +130,8 @@ def check_unique_keys(src, tgt, specs, rows_by_table: dict[str, int], org: int, 
 def run_preflight(settings: Settings, topology, dictionary, org: int, source: str, target: str,
                   *, connect_cell, heartbeat=lambda: None, strategy: str | None = None) -> dict:
     """All checks; returns the plan (tables and rows, blobs and bytes, the estimated duration and write
-    window of ``strategy``, default ``moves.default_strategy``)."""
+    window of ``strategy``, default ``moves.default_strategy``, calibrated from recent moves when the
+    control database has them)."""
 
     started = time.monotonic()
     route = validate_request(settings, topology, org, target)
@@ -200,6 +202,8 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
             blobs += int(n)
             blob_bytes += int(b)
     rows_total = sum(rows_by_table.values())
+    # Rates per table from what recent moves measured (the control database), else the config's.
+    calibration = try_load_calibration(settings)
     return {
         "organization_id": org,
         "source": source,
@@ -209,7 +213,8 @@ def run_preflight(settings: Settings, topology, dictionary, org: int, source: st
         "rows_total": rows_total,
         "blobs": blobs,
         "blob_bytes": blob_bytes,
-        **estimate(settings, strategy, rows_total, blob_bytes),  # strategy, estimate_s, write_window_estimate_s
+        # strategy, estimate_s, write_window_estimate_s, calibration (where the rates came from)
+        **estimate(settings, strategy, rows_by_table, blob_bytes, calibration),
         "schema_fingerprint": live_src.fingerprint(tables),
         "preflight_s": round(time.monotonic() - started, 3),
         "advice": advice,  # sharding keys without an index: this move reads those tables whole

@@ -14,6 +14,7 @@ the window, every row.
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 from migrator.blobs.copier import blob_units, find_blob, verify_blob_range
@@ -21,6 +22,7 @@ from migrator.blobs.store import same_store
 from migrator.cells import capture as cap
 from migrator.copy.rows import copy_range, delete_range
 from migrator.errors import ChecksumMismatch
+from migrator.moves import calibration
 from migrator.moves.change_log import capture_id, check_capture_intact
 from migrator.moves.steps.base import ROWS, Step
 from migrator.moves.steps.copy_blobs import stores
@@ -62,8 +64,13 @@ def _in_flux(ctx, table: str):
 
 
 def unit(ctx, unit) -> dict:
-    if unit.unit.startswith(BLOB_PREFIX):
-        return _verify_blobs(ctx, unit)
+    # seconds: this unit's busy time, how migrator/moves/calibration.py shares the step's time among tables
+    started = time.monotonic()
+    result = _verify_blobs(ctx, unit) if unit.unit.startswith(BLOB_PREFIX) else _verify_rows(ctx, unit)
+    return {**result, "seconds": round(time.monotonic() - started, 4)}
+
+
+def _verify_rows(ctx, unit) -> dict:
     spec = ctx.specs[unit.table_name]
     in_flux = _in_flux(ctx, unit.table_name)
     source, target = range_checksums(ctx.source(), ctx.target(), spec, ctx.org, unit.lo, unit.hi, in_flux=in_flux)
@@ -127,9 +134,11 @@ def fan_in(ctx) -> None:
         t["source_checksum"] = str(t["source_checksum"])
         t["target_checksum"] = str(t["target_checksum"])
         t["match"] = t["source_rows"] == t["target_rows"] and t["source_checksum"] == t["target_checksum"]
+    seconds = calibration.step_seconds(ctx.store, ctx.move)
     ctx.store.merge_json(ctx.move.id, ctx.token, "report", {
         "verification": {"tables": tables, "blobs_verified": blobs, "recopied_ranges": recopied,
-                         "ok": all(t["match"] for t in tables.values())}})
+                         "ok": all(t["match"] for t in tables.values()), "seconds": seconds}})
+    calibration.record(ctx, seconds)  # what this move measured, for the next moves' estimates
 
 
 STEP = Step("verify", plan=plan, unit=unit, fan_in=fan_in, unit_queue=ROWS,
