@@ -9,8 +9,8 @@
   (each the median of the moves' rates weighted by their rows), and per strategy the rest of a move
   (its duration minus copy and verify) and its write window, each fitted as ``a + b x rows`` (repeated medians).
 - :func:`load_calibration`: reads the last ``moves.calibration_moves`` completed moves of the last
-  ``moves.calibration_days`` days made in one attempt (their duration and window from ``moves``) and
-  calibrates.
+  ``moves.calibration_days`` days made in one attempt and never throttled (their duration and window
+  from ``moves``) and calibrates.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from migrator.control.engine import session_factory
-from migrator.control.models import Move, MoveThroughput
+from migrator.control.models import Move, MoveEvent, MoveThroughput
 from migrator.moves import window
 from migrator.moves.estimate import Calibration, Line
 
@@ -239,15 +239,17 @@ def calibrate(samples: list[MoveSample], days: float | None = None) -> Calibrati
 
 def load_samples(control_dsn: str, *, limit: int, days: float, now: dt.datetime | None = None) -> list[MoveSample]:
     """The last ``limit`` completed moves of the last ``days`` days that recorded their throughput, in one
-    attempt: a move paused, failed and resumed, or taken over, counts the time it waited."""
+    attempt and never throttled: a move paused, failed and resumed, taken over, or held back by a cell's
+    health (docs/adr/0019-health-indicators.md) counts the time it waited."""
     if limit <= 0:
         return []
     Session = session_factory(control_dsn)  # noqa: N806
     with Session() as s:
         since = (now if now is not None else s.scalar(select(func.now()))) - dt.timedelta(days=days)
         measured = select(MoveThroughput.move_id).distinct()
+        throttled = select(MoveEvent.move_id).where(MoveEvent.event == "throttled").distinct()
         q = (select(Move).where(Move.completed_at.is_not(None), Move.completed_at > since, Move.attempt == 1,
-                                Move.id.in_(measured))
+                                Move.id.in_(measured), Move.id.not_in(throttled))
              .order_by(Move.completed_at.desc()).limit(limit))
         moves = list(s.scalars(q))
         if not moves:
