@@ -36,7 +36,13 @@ class QueueDepth:
         return asdict(self)
 
 
-def queue_depths(settings: Settings) -> list[QueueDepth]:
+@dataclass(frozen=True)
+class BrokerQueues:
+    queues: list[QueueDepth]
+    uptime_s: int | None   # the Redis server's uptime: a young Redis restarted (and may have lost queues)
+
+
+def queue_depths(settings: Settings) -> BrokerQueues:
     """Every queue the workers consume, in routing order (control, rows, blobs), with its lengths.
 
     Raises :class:`BrokerUnavailable` (message and hint) when the broker does not answer."""
@@ -57,6 +63,7 @@ def queue_depths(settings: Settings) -> list[QueueDepth]:
                     "`migrator broker queues` reads kombu's Redis transport; use the broker's own tools")
             waiting = {name: int(channel._size(name)) for name in names}
             unacked = _unacked_by_queue(channel)
+            uptime = channel.client.info("server").get("uptime_in_seconds")
     except BrokerUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - kombu/redis-py raise many kinds; all mean "no answer"
@@ -65,8 +72,8 @@ def queue_depths(settings: Settings) -> list[QueueDepth]:
             f"the broker {mask_dsn(settings.broker_url)} does not answer: {first}",
             "check that Redis runs and that broker_url in the config points at it "
             "(a worker's log says `Connected to …` with the URL it uses)") from None
-    return [QueueDepth(name=name, kind=kind, messages=waiting[name], unacked=unacked.get(name, 0))
-            for name, kind in names.items()]
+    return BrokerQueues([QueueDepth(name=name, kind=kind, messages=waiting[name], unacked=unacked.get(name, 0))
+                         for name, kind in names.items()], None if uptime is None else int(uptime))
 
 
 def _unacked_by_queue(channel) -> dict[str, int]:

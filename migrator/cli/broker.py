@@ -27,22 +27,25 @@ def register(app: typer.Typer) -> None:
 
         Reads the broker as the workers do (kombu's Redis transport): every broker_url they take
         (redis://, rediss://, redis+socket://), their key names, priority sub-queues counted in.
+        The title says how long the Redis server has been up: a young one restarted.
         Exit 1 with an error and a hint when the broker does not answer."""
         from migrator.broker import queue_depths
-        from migrator.cli.render import key_column, list_table, short_column
+        from migrator.cli.render import ago, key_column, list_table, short_column
         from migrator.dsn import mask_dsn
 
         s = settings(config)
-        depths = queue_depths(s)
+        found = queue_depths(s)
         if as_json:
-            print_json({"broker_url": mask_dsn(s.broker_url), "queues": [d.as_dict() for d in depths]})
+            print_json({"broker_url": mask_dsn(s.broker_url), "uptime_s": found.uptime_s,
+                        "queues": [d.as_dict() for d in found.queues]})
             return
-        table = list_table(f"broker {mask_dsn(s.broker_url)}")
+        up = "" if found.uptime_s is None else f" (up {ago(found.uptime_s).removesuffix(' ago')})"
+        table = list_table(f"broker {mask_dsn(s.broker_url)}{up}")
         key_column(table, "queue")
         short_column(table, "kind")
         key_column(table, "waiting", justify="right")
         key_column(table, "unacked", justify="right")
-        for d in depths:
+        for d in found.queues:
             table.add_row(d.name, d.kind, str(d.messages), str(d.unacked))
         console.print(table)
 

@@ -58,6 +58,7 @@ def test_queues_through_a_unix_socket(fleet_factory, redis_server):
     Dispatcher(fleet.settings()).send("migrator.reconcile")
     out = run_json("broker", "queues")
     assert out["broker_url"].startswith("redis+socket://")
+    assert out["uptime_s"] >= 0
     assert {d["kind"]: d["messages"] for d in out["queues"]} == {"control": 1, "rows": 0, "blobs": 0}
     with Connection(redis_server.url) as conn:
         conn.SimpleQueue(f"{prefix}control").clear()
