@@ -1,0 +1,387 @@
+"""The runbooks' command blocks, run verbatim against a real fleet put in the state each runbook describes.
+
+Every fenced ``sh``/``bash``/``console`` block of ``docs/runbooks/*.md`` is either run here or carries a
+marker on the line before it (docs/runbooks/README.md, "Tested commands"):
+
+- ``<!-- runbook-test: skip (reason) -->``: not run (Prometheus, Alertmanager, systemd, a cloud console,
+  a destructive infrastructure step, …); the reason is required.
+- ``<!-- runbook-test: fails (reason) -->``: run, and must exit non-zero (a command the runbook shows
+  being refused).
+
+Each runbook with unmarked blocks has a scenario below that puts one fleet into the runbook's state and
+runs all of them (in the order the scenario needs), through ``bash -e -o pipefail`` with the documented
+variables (``MOVE``, ``ORG``, ``CONTROL_DSN``, …) set; a scenario that leaves one out fails. A new
+unmarked block in a runbook without a scenario fails ``test_every_block_runs_or_says_why_not``.
+
+The fleet is shared by the module (one Topology Service, one worker with beat inside, its broker on a
+Redis of its own reached through ``redis+socket://``, queues prefixed ``rb-``); each scenario moves an
+organization of its own. States are held, never raced: a ``HeldTable`` on the target keeps a move in
+``copy_rows`` while the runbook's checks run.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrator.fleet.services import RedisServer, child_env, start_topology_server, wait_worker_ready
+from migrator.moves.operations import Operations
+from migrator.moves.store import MoveStore
+from migrator.sample.seed import seed_organizations
+from tests.support import ROOT
+from tests.support.fleet import make_fleet, start_worker
+from tests.support.moves import HeldTable, wait_copying, wait_move
+
+pytestmark = pytest.mark.integration
+
+RUNBOOKS = ROOT / "docs" / "runbooks"
+COMMAND_LANGS = ("sh", "bash", "console")
+FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[A-Za-z0-9_+-]*)\s*$")
+MARKER = re.compile(r"^\s*<!--\s*runbook-test:\s*(?P<kind>\S+)\s*(?:\((?P<reason>.*)\))?\s*-->\s*$")
+PREFIX = "rb-"
+
+
+@dataclass(frozen=True)
+class Block:
+    runbook: str
+    line: int
+    text: str
+    marker: str | None = None   # None (run it), "skip" or "fails"
+    reason: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.runbook}:{self.line}"
+
+
+def blocks_of(path: Path) -> list[Block]:
+    """The command blocks of one markdown file, dedented, each with the marker on the line before it."""
+    lines = path.read_text().splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        indent, lang = len(m["indent"]), m["lang"]
+        j = i + 1
+        while j < len(lines) and not re.match(r"^\s*```\s*$", lines[j]):
+            j += 1
+        if lang in COMMAND_LANGS:
+            body = "\n".join(line[indent:] if line[:indent].strip() == "" else line for line in lines[i + 1:j])
+            k = i - 1
+            while k >= 0 and not lines[k].strip():
+                k -= 1
+            marker = MARKER.match(lines[k]) if k >= 0 else None
+            out.append(Block(path.name, i + 1, body + "\n", marker["kind"] if marker else None,
+                             (marker["reason"] or "").strip() if marker else ""))
+        i = j + 1
+    return out
+
+
+def all_blocks() -> list[Block]:
+    return [b for p in sorted(RUNBOOKS.glob("*.md")) for b in blocks_of(p)]
+
+
+# -- the fleet ---------------------------------------------------------------------------------------
+
+
+class RunbookFleet:
+    def __init__(self, fleet, redis: RedisServer, tmp: Path):
+        self.fleet, self.redis, self.tmp = fleet, redis, tmp
+        self.workers: list = []
+        self._n = 0
+        self._seed = 100
+
+    @property
+    def settings(self):
+        return self.fleet.settings()
+
+    def worker(self):
+        self._n += 1
+        name = f"rb{self._n}"
+        proc = start_worker(self.fleet.config_path, self.tmp / f"worker-{name}.log", name=name, concurrency=2,
+                            beat_schedule=self.tmp / f"beat-{name}")
+        self.workers.append(wait_worker_ready(proc, timeout=60))
+        return proc
+
+    def org(self, rows: int = 2000, blobs: int = 2) -> int:
+        self._seed += 1
+        [org] = seed_organizations(self.settings, "cell-1", orgs=1, rows=rows, blobs=blobs, skew=False,
+                                   seed=self._seed)
+        return org.organization_id
+
+    def env(self, **values) -> dict[str, str]:
+        cells = self.fleet.cell_dsns
+        env = child_env(self.fleet.config_path, {
+            "CONTROL_DSN": self.fleet.control_dsn, "BROKER_URL": self.fleet.broker_url,
+            "SOURCE_CELL": "cell-1", "TARGET_CELL": "cell-2", "CELL": "cell-1",
+            "SOURCE_DSN": cells["cell-1"], "TARGET_DSN": cells["cell-2"]})
+        env.update({k: str(v) for k, v in values.items()})
+        return env
+
+
+@pytest.fixture(scope="module")
+def rb(tmp_path_factory):
+    from migrator.config import clear_settings_cache
+    from migrator.control.engine import upgrade_control_db
+
+    tmp = tmp_path_factory.mktemp("runbooks")
+    redis = RedisServer(tmp / "redis").start()
+    fleet = make_fleet(tmp / "fleet", broker_url=redis.socket_url, overrides={"celery": {"queue_prefix": PREFIX}})
+    topo = None
+    state = RunbookFleet(fleet, redis, tmp)
+    with pytest.MonkeyPatch.context() as mp:
+        try:
+            mp.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
+            clear_settings_cache()
+            upgrade_control_db(fleet.control_dsn)
+            topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp / "topology.log")
+            fleet.init()
+            state.worker()
+            yield state
+        finally:
+            for w in state.workers:
+                w.stop()
+            if topo is not None:
+                topo.stop()
+            redis.stop()
+            fleet.drop()
+            clear_settings_cache()
+
+
+class Runbook:
+    """One runbook's blocks to run (every block without a skip marker), each run at most once."""
+
+    def __init__(self, name: str, env: dict[str, str]):
+        self.name = name
+        self.env = env
+        self.todo = [b for b in blocks_of(RUNBOOKS / name) if b.marker != "skip"]
+        self.ran: list[str] = []
+
+    def block(self, snippet: str) -> Block:
+        found = [b for b in self.todo if snippet in b.text]
+        assert len(found) == 1, f"{self.name}: {len(found)} blocks contain {snippet!r}"
+        return found[0]
+
+    def start(self, snippet: str) -> subprocess.Popen:
+        b = self.block(snippet)
+        return subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", b.text], env=self.env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def run(self, snippet: str, *expect: str, **more_env) -> subprocess.CompletedProcess:
+        """Run the block containing ``snippet``; it must exit 0 (non-zero for ``fails``) and print
+        every string of ``expect`` (stdout and stderr)."""
+        b = self.block(snippet)
+        if more_env:
+            self.env.update({k: str(v) for k, v in more_env.items()})
+        proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", b.text], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        return self.check(b, proc.returncode, proc.stdout, proc.stderr, expect)
+
+    def finish(self, proc: subprocess.Popen, snippet: str, *expect: str) -> subprocess.CompletedProcess:
+        out, err = proc.communicate(timeout=600)
+        return self.check(self.block(snippet), proc.returncode, out, err, expect)
+
+    def check(self, b: Block, code: int, out: str, err: str, expect) -> subprocess.CompletedProcess:
+        shown = f"{b.where}\n{b.text}\n--- exit {code}\n--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}"
+        if b.marker == "fails":
+            assert code != 0, shown
+        else:
+            assert code == 0, shown
+        for e in expect:
+            assert e in out + err, f"{e!r} not printed by {shown}"
+        self.ran.append(b.where)
+        return subprocess.CompletedProcess(b.text, code, out, err)
+
+    def assert_all_ran(self) -> None:
+        left = [b.where for b in self.todo if b.where not in self.ran]
+        assert not left, f"blocks of {self.name} not run by its scenario: {left}"
+
+
+def _held_move(rb: RunbookFleet, *, strategy: str = "frozen"):
+    """A move of a fresh organization, held in ``copy_rows`` by a lock on the target's notes."""
+    org = rb.org()
+    hold = HeldTable(rb.fleet.cell_dsns["cell-2"], "notes")
+    move = Operations(rb.settings).request_move(org, "cell-2", actor="runbook-test", reason="runbook",
+                                                strategy=strategy)
+    wait_copying(rb.settings, move.id)
+    return org, move, hold
+
+
+def _wait_lock_waiter(dsn: str) -> None:
+    """Until a session of the target waits on a lock (the copy blocked by the HeldTable)."""
+    import time
+
+    for _ in range(600):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            if c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND wait_event_type = 'Lock'").fetchone()[0]:
+                return
+        time.sleep(0.1)
+    raise AssertionError("no session of the target waits on the held table")
+
+
+def _completed(rb: RunbookFleet, move_id):
+    move = wait_move(rb.settings, move_id, timeout=300)
+    assert move.state == "completed", (move.state, move.step, move.error)
+    assert move.report["verification"]["ok"]
+    return move
+
+
+# -- the scenarios, one per runbook with blocks to run ----------------------------------------------------
+
+
+def scenario_move_stuck(rb: RunbookFleet, book_env):
+    org, move, hold = _held_move(rb)
+    book = Runbook("move-stuck.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        book.run("migrator status $MOVE --json", '"step": "copy_rows"', '"state": "running"', "silent_for")
+        book.run("source_frozen_clock", "frozen at 20", "open_for")
+        book.run("migrator broker queues", "copy_rows", f"{PREFIX}control", f"{PREFIX}rows", f"{PREFIX}blobs",
+                 "unacked")
+        _wait_lock_waiter(rb.fleet.cell_dsns["cell-2"])
+        book.run("wait_event_type = 'Lock'", "Lock", "(1 row)")
+        book.run("migrator topology classify $ORG", "frozen", move.token)
+    finally:
+        hold.release()
+    _completed(rb, move.id)
+    return book
+
+
+def scenario_worker_died(rb: RunbookFleet, book_env):
+    org, move, hold = _held_move(rb)
+    book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        dead = rb.workers.pop()
+        dead.kill(signal.SIGKILL)
+        rb.worker()  # the replacement; the move stays held on the target
+        book.run("celery -A tasks inspect ping", '"step": "copy_rows"', "silent_for", "lease_owner", "pong",
+                 f"{PREFIX}rows")
+    finally:
+        hold.release()
+    _completed(rb, move.id)
+    return book
+
+
+def scenario_redis_lost_queue(rb: RunbookFleet, book_env):
+    import redis as redis_py
+
+    org, move, hold = _held_move(rb)
+    book = Runbook("redis-lost-queue.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        client = redis_py.Redis(unix_socket_path=str(rb.redis.workdir / "redis.sock"))
+        client.flushall()
+        client.close()
+        book.run("migrator broker queues", f"{PREFIX}control", "pong", str(move.id)[:8])
+        book.run("ORDER BY heartbeat_at", str(move.id), "silent_for")
+    finally:
+        hold.release()
+    _completed(rb, move.id)
+    return book
+
+
+def scenario_route_frozen_without_a_move(rb: RunbookFleet, book_env):
+    from migrator.cells.guard import freeze_org
+    from migrator.topology.client import topology_client
+
+    org = rb.org(rows=200, blobs=0)
+    with topology_client(rb.settings) as client:
+        client.freeze(org, "left-by-a-deleted-move", expected_cell="cell-1", actor="runbook-test")
+    with psycopg.connect(rb.fleet.cell_dsns["cell-1"], autocommit=True) as conn:
+        freeze_org(conn, org, "left-by-a-deleted-move")
+    book = Runbook("route-frozen-without-a-move.md", book_env(ORG=org))
+    book.run("migrator status --org $ORG", "frozen", "left-by-a-deleted-move", "(1 row)")
+    book.run("migrator topology repair", "")
+    out = book.run("migrator topology classify $ORG          # active", "active", '"action": "repair"',
+                   "freeze left by deleted move").stdout
+    assert "frozen" not in out.split("\n")[0]
+    with psycopg.connect(rb.fleet.cell_dsns["cell-1"], autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM migrator.frozen_orgs WHERE organization_id = %s",
+                            (org,)).fetchone()[0] == 0
+    return book
+
+
+def scenario_abort_and_rollback(rb: RunbookFleet, book_env):
+    org, move, hold = _held_move(rb)
+    book = Runbook("abort-and-rollback.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        book.run("migrator status $MOVE --json        #", '"flipped_at": null', "cell-1")
+        book.run("completed_at, error_code FROM moves", "copy_rows", "freeze")
+        aborting = book.start("maintenance window over")
+        wait_move(rb.settings, move.id, predicate=lambda m, _s: m.state in ("aborting", "aborted"))
+    finally:
+        hold.release()  # the abort deletes the partial copy on the target: it needs the lock gone
+    book.finish(aborting, "maintenance window over", "aborted")
+    assert MoveStore(rb.settings.control_dsn).get(move.id).state == "aborted"
+
+    # After the flip: the abort is refused, the way back is a cleanup and a move in the other direction.
+    org2 = rb.org(rows=500, blobs=1)
+    done = Operations(rb.settings).request_move(org2, "cell-2", actor="runbook-test", reason="to roll back")
+    _completed(rb, done.id)
+    book.env.update(MOVE=str(done.id), ORG=str(org2))
+    book.run("# error: move … has already flipped", "has already flipped", "migrator move --org")
+    book.run("migrator cleanup $MOVE --force                 #", "cleaned", "roll back", "completed")
+    store = MoveStore(rb.settings.control_dsn)
+    assert store.get(done.id).state == "cleaned"
+    [back] = [m for m in store.list() if m.organization_id == org2 and m.source_cell == "cell-2"]
+    assert (back.target_cell, back.state) == ("cell-1", "completed")
+    return book
+
+
+SCENARIOS = {
+    "move-stuck.md": scenario_move_stuck,
+    "worker-died.md": scenario_worker_died,
+    "redis-lost-queue.md": scenario_redis_lost_queue,
+    "route-frozen-without-a-move.md": scenario_route_frozen_without_a_move,
+    "abort-and-rollback.md": scenario_abort_and_rollback,
+}
+
+
+def test_every_block_runs_or_says_why_not():
+    """Each command block is run by its runbook's scenario, or marked skip with a reason."""
+    blocks = all_blocks()
+    assert blocks, "no command blocks found"
+    problems = []
+    for b in blocks:
+        if b.marker not in (None, "skip", "fails"):
+            problems.append(f"{b.where}: unknown marker {b.marker!r} (skip or fails)")
+        elif b.marker in ("skip", "fails") and not b.reason:
+            problems.append(f"{b.where}: a {b.marker} marker needs a reason in parentheses")
+        elif b.marker != "skip" and b.runbook not in SCENARIOS:
+            problems.append(f"{b.where}: no scenario runs {b.runbook}; add one to SCENARIOS or mark the block "
+                            f"<!-- runbook-test: skip (reason) -->")
+    assert not problems, "\n".join(problems)
+
+
+def test_markers_sit_right_before_a_block():
+    """A marker that is not followed by a command block marks nothing (a typo, or a block moved away)."""
+    stray = []
+    for path in sorted(RUNBOOKS.glob("*.md")):
+        lines = path.read_text().splitlines()
+        fenced = False
+        for i, line in enumerate(lines):
+            if FENCE.match(line):
+                fenced = not fenced
+            elif "<!-- runbook-test" in line and not fenced:
+                nxt = next((x for x in lines[i + 1:] if x.strip()), "")
+                m = FENCE.match(nxt)
+                if not MARKER.match(line) or not m or m["lang"] not in COMMAND_LANGS:
+                    stray.append(f"{path.name}:{i + 1}")
+    assert not stray, stray
+
+
+@pytest.mark.parametrize("runbook", sorted(SCENARIOS))
+def test_runbook_blocks_run_in_the_state_they_describe(rb, runbook):
+    def book_env(**values):
+        return rb.env(**values)
+
+    book = SCENARIOS[runbook](rb, book_env)
+    book.assert_all_ran()
+
