@@ -255,6 +255,40 @@ def scenario_move_stuck(rb: RunbookFleet, book_env):
     return book
 
 
+def scenario_move_stuck_in_step(rb: RunbookFleet, book_env):
+    """MoveStuckInStep: the move-stuck state (held in copy_rows); the fix lets it go on."""
+    org, move, hold = _held_move(rb)
+    book = Runbook("alert-move-stuck-in-step.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        book.run("m.get(\"error_code\")", "running copy_rows None None", "copy_rows", f"{PREFIX}rows",
+                 str(move.id))
+    finally:
+        hold.release()
+    _completed(rb, move.id)
+    book.run("# completed, or the next step", "completed")
+    return book
+
+
+def scenario_write_window_too_long(rb: RunbookFleet, book_env):
+    """WriteWindowTooLong: a frozen-strategy move held in copy_rows is inside its window; give up (abort)."""
+    org, move, hold = _held_move(rb)
+    book = Runbook("alert-write-window-too-long.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        book.run('m["freeze_lifted"]', "running copy_rows 20", "frozen", move.token, "(1 row)")
+        aborting = book.start("write window over 10 minutes")
+        wait_move(rb.settings, move.id, predicate=lambda m, _s: m.state in ("aborting", "aborted"))
+    finally:
+        hold.release()  # the abort deletes the partial copy on the target: it needs the lock gone
+    book.finish(aborting, "write window over 10 minutes", "aborted")
+    book.run("# completed or aborted", "state aborted", "active", "cell-1")
+    from migrator.topology.client import topology_client
+
+    with topology_client(rb.settings) as client:
+        route = client.classify(org)
+    assert (route.cell, route.state) == ("cell-1", "active")
+    return book
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -386,6 +420,8 @@ def scenario_verification_failed(rb: RunbookFleet, book_env):
 SCENARIOS = {
     # scenario: (what it does, the runbooks whose blocks it runs)
     "move-stuck": (scenario_move_stuck, ("move-stuck.md",)),
+    "alert-move-stuck-in-step": (scenario_move_stuck_in_step, ("alert-move-stuck-in-step.md",)),
+    "alert-write-window-too-long": (scenario_write_window_too_long, ("alert-write-window-too-long.md",)),
     "worker-died": (scenario_worker_died, ("worker-died.md",)),
     "redis-lost-queue": (scenario_redis_lost_queue, ("redis-lost-queue.md",)),
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
