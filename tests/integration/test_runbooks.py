@@ -103,11 +103,12 @@ class RunbookFleet:
     def settings(self):
         return self.fleet.settings()
 
-    def worker(self):
+    def worker(self, queues: str | None = None):
+        """A worker with beat inside, consuming every queue (or ``queues``, a ``-Q`` value)."""
         self._n += 1
         name = f"rb{self._n}"
         proc = start_worker(self.fleet.config_path, self.tmp / f"worker-{name}.log", name=name, concurrency=2,
-                            beat_schedule=self.tmp / f"beat-{name}")
+                            queues=queues, beat_schedule=self.tmp / f"beat-{name}")
         self.workers.append(wait_worker_ready(proc, timeout=60))
         return proc
 
@@ -289,6 +290,39 @@ def scenario_write_window_too_long(rb: RunbookFleet, book_env):
     return book
 
 
+def scenario_no_live_workers(rb: RunbookFleet, book_env):
+    """NoLiveWorkers for the rows queue (and the reconciler re-sending into it): the only worker consumes
+    the control queue alone, so a move's copy units wait on the rows queue; the fix starts a worker that
+    consumes every queue."""
+    from migrator.broker import queue_depths
+
+    for w in rb.workers:
+        w.stop()
+    rb.workers.clear()
+    rb.worker(queues=f"{PREFIX}control")
+    org = rb.org(rows=1000, blobs=1)
+    move = Operations(rb.settings).request_move(org, "cell-2", actor="runbook-test", reason="runbook",
+                                                strategy="frozen")
+
+    def rows_waiting(m, store) -> bool:
+        if m.step != "copy_rows":
+            return False
+        return {q.kind: q.messages for q in queue_depths(rb.settings).queues}["rows"] > 0
+
+    wait_move(rb.settings, move.id, predicate=rows_waiting)
+    env = book_env(MOVE=move.id, ORG=org)
+    alert = Runbook("alert-no-live-workers.md", env)
+    reenqueues = Runbook("alert-reconciler-reenqueues-climbing.md", dict(env))
+    out = alert.run("celery -A tasks inspect ping", "pong", f"{PREFIX}control", f"{PREFIX}rows").stdout
+    assert f"'name': '{PREFIX}rows'" not in out  # no worker consumes it
+    reenqueues.run("WHERE e.event = 'reconciled'", str(move.id)[:8], "reenqueued", f"{PREFIX}rows")
+    rb.worker()  # the fix: a worker for every queue
+    alert.run("# control, rows and blobs all listed", f"'name': '{PREFIX}rows'", f"'name': '{PREFIX}blobs'")
+    _completed(rb, move.id)
+    reenqueues.run("# the moves progress", "")
+    return [alert, reenqueues]
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -422,6 +456,8 @@ SCENARIOS = {
     "move-stuck": (scenario_move_stuck, ("move-stuck.md",)),
     "alert-move-stuck-in-step": (scenario_move_stuck_in_step, ("alert-move-stuck-in-step.md",)),
     "alert-write-window-too-long": (scenario_write_window_too_long, ("alert-write-window-too-long.md",)),
+    "no-live-workers": (scenario_no_live_workers,
+                        ("alert-no-live-workers.md", "alert-reconciler-reenqueues-climbing.md")),
     "worker-died": (scenario_worker_died, ("worker-died.md",)),
     "redis-lost-queue": (scenario_redis_lost_queue, ("redis-lost-queue.md",)),
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
