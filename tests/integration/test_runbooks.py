@@ -323,6 +323,29 @@ def scenario_no_live_workers(rb: RunbookFleet, book_env):
     return [alert, reenqueues]
 
 
+def scenario_api_token_leaked(rb: RunbookFleet, book_env):
+    """The API runs with a token that leaked; rotate it (new token, no previous tokens, API restarted)."""
+    from tests.support.api import configure, start_api
+
+    old = "leaked-token-0123456789abcdef"
+    configure(rb.fleet, api={"token": old, "previous_tokens": []})
+    api, url = start_api(rb.fleet, rb.tmp / "api-1.log")
+    try:
+        book = Runbook("api-token-leaked.md", book_env(OLD_TOKEN=old, API=url.removeprefix("http://")))
+        book.run("grep -n -A3 '^api:'", "api:", "token")
+        book.run("WHERE actor = 'api'", "(0 rows)")
+        new = book.run("migrator api new-token").stdout.strip().splitlines()[-1]
+        assert len(new) >= 43 and new != old
+        configure(rb.fleet, api={"token": new, "previous_tokens": []})
+        api.stop()
+        api, url = start_api(rb.fleet, rb.tmp / "api-2.log")
+        out = book.run("Bearer $OLD_TOKEN", "ok", NEW_TOKEN=new, API=url.removeprefix("http://")).stdout
+        assert out.splitlines()[:2] == ["401", "200"], out
+    finally:
+        api.stop()
+    return book
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -458,6 +481,7 @@ SCENARIOS = {
     "alert-write-window-too-long": (scenario_write_window_too_long, ("alert-write-window-too-long.md",)),
     "no-live-workers": (scenario_no_live_workers,
                         ("alert-no-live-workers.md", "alert-reconciler-reenqueues-climbing.md")),
+    "api-token-leaked": (scenario_api_token_leaked, ("api-token-leaked.md",)),
     "worker-died": (scenario_worker_died, ("worker-died.md",)),
     "redis-lost-queue": (scenario_redis_lost_queue, ("redis-lost-queue.md",)),
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
