@@ -534,3 +534,54 @@ def test_runbook_blocks_run_in_the_state_they_describe(rb, scenario):
     for book in books:
         book.assert_all_ran()
 
+
+
+# -- commands in the prose ------------------------------------------------------------------------------
+
+INLINE = re.compile(r"`(migrator [^`]+)`")
+
+
+def _inline_commands() -> list[tuple[str, str]]:
+    """Every ``migrator …`` named in the runbooks: inline code spans and command lines of fenced blocks."""
+    out = []
+    for path in sorted(RUNBOOKS.glob("*.md")):
+        text = path.read_text()
+        out += [(path.name, m.group(1)) for m in INLINE.finditer(text.replace("\n  ", " "))]
+        for b in blocks_of(path):
+            for line in b.text.splitlines():
+                for part in re.split(r"[|;]|&&|\$\(", line.split(" #")[0]):
+                    part = part.strip()
+                    if part.startswith("migrator "):
+                        out.append((path.name, part))
+    return out
+
+
+def test_every_migrator_command_named_exists_with_its_options():
+    """Each ``migrator`` command a runbook names (in a block or in the prose) is a command of the current
+    CLI, and each ``--option`` it shows is one of that command's options."""
+    import typer
+
+    from migrator.cli.main import build_app
+
+    root = typer.main.get_command(build_app())
+    problems = []
+    for runbook, command in _inline_commands():
+        words = command.split()[1:]
+        cmd, path = root, ["migrator"]
+        for w in words:
+            if not hasattr(cmd, "commands") or w.startswith("-"):  # a command, not a group (typer's own click)
+                break
+            sub = cmd.commands.get(w)
+            if sub is None:
+                if re.fullmatch(r"[a-z][a-z-]+", w):
+                    problems.append(f"{runbook}: `{command}`: no command {' '.join(path + [w])!r}")
+                break
+            cmd, path = sub, path + [w]
+        if hasattr(cmd, "commands"):
+            continue  # a group named in passing (`migrator rebalance`)
+        known = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        for w in words:
+            opt = w.split("=", 1)[0]
+            if opt.startswith("--") and opt not in known:
+                problems.append(f"{runbook}: `{command}`: {' '.join(path)} has no option {opt}")
+    assert not problems, "\n".join(problems)
