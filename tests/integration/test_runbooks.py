@@ -123,7 +123,9 @@ class RunbookFleet:
         env = child_env(self.fleet.config_path, {
             "CONTROL_DSN": self.fleet.control_dsn, "BROKER_URL": self.fleet.broker_url,
             "SOURCE_CELL": "cell-1", "TARGET_CELL": "cell-2", "CELL": "cell-1",
-            "SOURCE_DSN": cells["cell-1"], "TARGET_DSN": cells["cell-2"]})
+            "SOURCE_DSN": cells["cell-1"], "TARGET_DSN": cells["cell-2"],
+            # An operator's terminal; at 80 columns `cells capacity` cuts the cell names (issue 20's tables).
+            "COLUMNS": "160"})
         env.update({k: str(v) for k, v in values.items()})
         return env
 
@@ -346,6 +348,67 @@ def scenario_api_token_leaked(rb: RunbookFleet, book_env):
     return book
 
 
+def scenario_capacity_alert(rb: RunbookFleet, book_env):
+    """CellCapacityHigh for cell-1, posted to the running API as Alertmanager sends it: the rebalancer plans
+    one organization off the cell and moves it (the workers restarted with the marks); then the alert
+    resolves, and the operator pauses the rebalancer (the runbook's "stop everything")."""
+    import httpx
+
+    from migrator.fleet.processes import wait_for
+    from migrator.rebalance.readings import refresh_readings
+    from migrator.rebalance.store import RebalanceStore
+    from tests.support.api import TOKEN, alertmanager_payload, auth, configure, start_api
+
+    rb.org(rows=300, blobs=1)
+    store = RebalanceStore(rb.settings.control_dsn)
+    load = {r["cell"]: r for r in refresh_readings(rb.settings)}["cell-1"]["bytes"]
+    smallest = min(o.bytes for o in store.org_readings("cell-1"))
+    configure(rb.fleet, api={"token": TOKEN, "previous_tokens": []}, rebalance={
+        "defaults": {"high_water_bytes": 10**12, "low_water_bytes": 10**11},
+        "cells": {"cell-1": {"high_water_bytes": load - 1, "low_water_bytes": load - smallest}},
+        "max_moves_per_cell": 1, "max_moves_total": 1, "tick_every_s": 2, "readings_every_s": 3600,
+        "readings_max_age_s": 3600})
+    for w in rb.workers:  # they read the marks at start
+        w.stop()
+    rb.workers.clear()
+    rb.worker()
+    api, url = start_api(rb.fleet, rb.tmp / "api-rebalance.log")
+    try:
+        r = httpx.post(f"{url}/v1/alerts", json=alertmanager_payload("cell-1", fingerprint="rb0000000000cafe"),
+                       headers=auth(TOKEN), timeout=10)
+        assert r.status_code == 202, r.text
+
+        def started_item():
+            plans = store.plans(cell="cell-1")
+            items = store.plan_items(plans[0].id) if plans else []
+            return next((i for i in items if i.state == "started"), None)
+
+        item = wait_for(started_item, timeout=120, what="the rebalancer to start a move")
+        plan = store.plans(cell="cell-1")[0]
+        env = book_env(CELL="cell-1", PLAN=plan.id, MOVE=item.move_id, ORG=item.organization_id)
+        book = Runbook("capacity-alert-fired.md", env)
+        alert = Runbook("alert-cell-capacity-high.md", dict(env))
+        book.run("migrator rebalance decisions --cell $CELL            #", "alert_received", "plan_made",
+                 "move_started")
+        book.run("migrator rebalance plans $PLAN", str(plan.id)[:8], "started")
+        book.run("migrator cells capacity                              #", "cell-1", "approval")
+        alert.run("migrator cells capacity", "cell-1")
+        alert.run("migrator rebalance plans --cell $CELL", "move_started", "rebalancer", str(item.move_id)[:8])
+        _completed(rb, item.move_id)
+        r = httpx.post(f"{url}/v1/alerts", headers=auth(TOKEN), timeout=10,
+                       json=alertmanager_payload("cell-1", status="resolved", fingerprint="rb0000000000cafe"))
+        assert r.status_code == 202, r.text
+        wait_for(lambda: store.decisions(cell="cell-1", kind="alert_resolved"), timeout=60,
+                 what="the resolved alert recorded")
+        alert.run("# ends with alert_resolved", "alert_resolved")
+        book.run('migrator rebalance pause --reason "incident 1234"', "")
+        status = subprocess.run(["migrator", "rebalance", "status"], env=env, capture_output=True, text=True)
+        assert "incident 1234" in status.stdout, status.stdout + status.stderr
+    finally:
+        api.stop()
+    return [book, alert]
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -486,6 +549,7 @@ SCENARIOS = {
     "redis-lost-queue": (scenario_redis_lost_queue, ("redis-lost-queue.md",)),
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
     "abort-and-rollback": (scenario_abort_and_rollback, ("abort-and-rollback.md",)),
+    "capacity-alert": (scenario_capacity_alert, ("capacity-alert-fired.md", "alert-cell-capacity-high.md")),
     "verification-failed": (scenario_verification_failed,
                             ("verification-failed.md", "alert-move-verification-failed.md")),
 }
