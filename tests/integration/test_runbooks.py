@@ -409,6 +409,37 @@ def scenario_capacity_alert(rb: RunbookFleet, book_env):
     return [book, alert]
 
 
+def scenario_catch_up_not_converging(rb: RunbookFleet, book_env):
+    """An online move in catch_up whose delta cannot shrink: the organization's notes changed on the source
+    after the copy, and a lock on the target's notes keeps every round from applying them. The steps up
+    to the catch-up run in this process (the lock is taken before the move reaches catch_up, so no worker
+    ever races it); the worker is then woken for catch_up and blocks on the lock."""
+    from migrator.moves.dispatch import Dispatcher
+    from tests.support.moves import run_in_process
+
+    org = rb.org(rows=1500, blobs=1)
+    store = MoveStore(rb.settings.control_dsn)
+    move = store.create(organization_id=org, source="cell-1", target="cell-2", requested_by="runbook-test",
+                        reason="runbook", strategy="online")
+    store.start(move.id, move.token)
+    run_in_process(rb.settings, move, ["preflight", "capture", "copy_rows"])
+    hold = HeldTable(rb.fleet.cell_dsns["cell-2"], "notes")
+    try:
+        run_in_process(rb.settings, move, ["copy_blobs"])
+        with psycopg.connect(rb.fleet.cell_dsns["cell-1"], autocommit=True) as src:
+            src.execute(EDIT_NOTES, (org,))
+        Dispatcher(rb.settings).step(store.get(move.id), "catch_up")
+        _wait_lock_waiter(rb.fleet.cell_dsns["cell-2"])
+        assert store.get(move.id).step == "catch_up"
+        book = Runbook("online-catch-up-not-converging.md", book_env(MOVE=move.id, ORG=org))
+        book.run("migrator.change_log GROUP BY capture_id", "catch_up", str(move.id), "notes", "40",
+                 "(1 row)")
+    finally:
+        hold.release()
+    _completed(rb, move.id)
+    return book
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -498,6 +529,9 @@ END $$;
 CREATE TRIGGER rb_garble BEFORE INSERT OR UPDATE ON notes FOR EACH ROW EXECUTE FUNCTION rb_garble();
 ALTER TABLE notes ENABLE ALWAYS TRIGGER rb_garble;  -- fires under session_replication_role = replica too
 """
+EDIT_NOTES = ("UPDATE notes SET note = note || ' (edited during the move)' WHERE id IN (SELECT t.id FROM notes t "
+              "JOIN projects p ON p.id = t.project_id JOIN namespaces n ON n.id = p.namespace_id "
+              "WHERE n.organization_id = %s ORDER BY t.id LIMIT 40)")
 NOTE_OF_ORG = ("SELECT t.id FROM notes t JOIN projects p ON p.id = t.project_id JOIN namespaces n ON n.id = "
                "p.namespace_id WHERE n.organization_id = %s ORDER BY t.id LIMIT 1")
 
@@ -545,6 +579,7 @@ SCENARIOS = {
     "no-live-workers": (scenario_no_live_workers,
                         ("alert-no-live-workers.md", "alert-reconciler-reenqueues-climbing.md")),
     "api-token-leaked": (scenario_api_token_leaked, ("api-token-leaked.md",)),
+    "catch-up-not-converging": (scenario_catch_up_not_converging, ("online-catch-up-not-converging.md",)),
     "worker-died": (scenario_worker_died, ("worker-died.md",)),
     "redis-lost-queue": (scenario_redis_lost_queue, ("redis-lost-queue.md",)),
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
