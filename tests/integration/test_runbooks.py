@@ -440,6 +440,43 @@ def scenario_catch_up_not_converging(rb: RunbookFleet, book_env):
     return book
 
 
+def scenario_topology_call_refused(rb: RunbookFleet, book_env):
+    """The only worker calls the Topology Service with a reader's certificate: the move's freeze is refused
+    (permission_denied) and the move fails. The fix: a worker with the mover's certificate, and resume."""
+    from migrator.fleet.config import role_env
+    from migrator.fleet.services import start_worker as start
+    from tests.support.fleet import fleet_certs
+
+    certs = fleet_certs()
+    for w in rb.workers:
+        w.stop()
+    rb.workers.clear()
+    reader = wait_worker_ready(start(
+        rb.fleet.config_path, rb.tmp / "worker-reader.log", name="reader", concurrency=2,
+        beat_schedule=rb.tmp / "beat-reader", env=child_env(rb.fleet.config_path, role_env(certs, "reader"))),
+        timeout=60)
+    try:
+        org = rb.org(rows=300, blobs=1)
+        move = Operations(rb.settings).request_move(org, "cell-2", actor="runbook-test", reason="runbook",
+                                                    strategy="frozen")
+        failed = wait_move(rb.settings, move.id, states=("failed", "completed", "rejected"))
+        assert (failed.state, failed.error_code) == ("failed", "permission_denied"), (failed.state, failed.error)
+        book = Runbook("topology-call-refused.md", book_env(
+            MOVE=move.id, ORG=org, PID=reader.pid, CLIENT_CERT=certs["clients"]["reader"]["cert"], CA=certs["ca"],
+            SERVER_CERT=certs["server"]["cert"]))
+        book.run("/proc/$PID/environ", "tls:", "MIGRATOR_TOPOLOGY__TLS__CLIENT_CERT", "reader")
+        book.run('migrator topology certs show "$SERVER_CERT"', '"127.0.0.1"')
+    finally:
+        reader.stop()
+    rb.worker()  # the fix: the mover's certificate (as deploy/ gives workers)
+    book.run("migrator status --state failed", str(move.id)[:8], "failed", "freeze", "active")
+    resumed = subprocess.run(["migrator", "resume", str(move.id), "--wait"], env=book.env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    _completed(rb, move.id)
+    return book
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -580,6 +617,7 @@ SCENARIOS = {
                         ("alert-no-live-workers.md", "alert-reconciler-reenqueues-climbing.md")),
     "api-token-leaked": (scenario_api_token_leaked, ("api-token-leaked.md",)),
     "catch-up-not-converging": (scenario_catch_up_not_converging, ("online-catch-up-not-converging.md",)),
+    "topology-call-refused": (scenario_topology_call_refused, ("topology-call-refused.md",)),
     "worker-died": (scenario_worker_died, ("worker-died.md",)),
     "redis-lost-queue": (scenario_redis_lost_queue, ("redis-lost-queue.md",)),
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
