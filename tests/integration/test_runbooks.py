@@ -477,6 +477,37 @@ def scenario_topology_call_refused(rb: RunbookFleet, book_env):
     return book
 
 
+def scenario_cell_database_unavailable(rb: RunbookFleet, book_env):
+    """The target cell's database stops taking connections mid-copy (ALLOW_CONNECTIONS false, its sessions
+    terminated): the move records retries and waits. The fix: the database back; the move goes on."""
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    org, move, hold = _held_move(rb)
+    db = rb.fleet.cell_dbs["cell-2"]
+    admin = make_conninfo(rb.fleet.cell_dsns["cell-2"], dbname="postgres")
+    book = Runbook("cell-database-unavailable.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(db)))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+        hold.release()  # its session is gone with the others
+        store = MoveStore(rb.settings.control_dsn)
+        wait_move(rb.settings, move.id, predicate=lambda m, s: any(e.event == "retry" for e in s.events(m.id)))
+        book.run("pg_isready", "retry", "does not answer", "accepting connections", "frozen")
+        book.run("migrator cells list\n", "cell-2", "does not", "not currently accepting connections")
+    finally:
+        hold.release()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(db)))
+    move = wait_move(rb.settings, move.id, timeout=300)
+    if move.state == "failed":  # past its last retry: the runbook's fix for a failed move
+        subprocess.run(["migrator", "resume", str(move.id)], env=book.env, check=True, capture_output=True)
+    _completed(rb, move.id)
+    assert "retry" in [e.event for e in store.events(move.id)]
+    return book
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -618,6 +649,7 @@ SCENARIOS = {
     "api-token-leaked": (scenario_api_token_leaked, ("api-token-leaked.md",)),
     "catch-up-not-converging": (scenario_catch_up_not_converging, ("online-catch-up-not-converging.md",)),
     "topology-call-refused": (scenario_topology_call_refused, ("topology-call-refused.md",)),
+    "cell-database-unavailable": (scenario_cell_database_unavailable, ("cell-database-unavailable.md",)),
     "worker-died": (scenario_worker_died, ("worker-died.md",)),
     "redis-lost-queue": (scenario_redis_lost_queue, ("redis-lost-queue.md",)),
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
