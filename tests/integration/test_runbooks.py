@@ -658,7 +658,9 @@ SCENARIOS = {
     "verification-failed": (scenario_verification_failed,
                             ("verification-failed.md", "alert-move-verification-failed.md")),
 }
-COVERED = {name for _fn, books in SCENARIOS.values() for name in books}
+# Runbooks whose state needs a fleet of its own (test_object_store_down_runbook: cells on an S3 server).
+OWN_FLEET = ("object-store-down.md",)
+COVERED = {name for _fn, books in SCENARIOS.values() for name in books} | set(OWN_FLEET)
 
 
 def test_every_block_runs_or_says_why_not():
@@ -754,3 +756,73 @@ def test_every_migrator_command_named_exists_with_its_options():
             if opt.startswith("--") and opt not in known:
                 problems.append(f"{runbook}: `{command}`: {' '.join(path)} has no option {opt}")
     assert not problems, "\n".join(problems)
+
+
+# -- a fleet whose cells keep their blobs on an S3 server ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3rb(tmp_path_factory):
+    """Two cells whose blob stores are buckets of a moto S3 server of its own (stopped and started again on
+    the same port with its objects); one task retry, so an outage fails a move in seconds."""
+    import uuid
+
+    from migrator.config import clear_settings_cache
+    from migrator.control.engine import upgrade_control_db
+    from migrator.fleet.s3_server import MotoServer, s3_blobs, use_test_credentials
+
+    tmp = tmp_path_factory.mktemp("runbooks-s3")
+    with pytest.MonkeyPatch.context() as mp:
+        use_test_credentials(mp)
+        server = MotoServer(tmp / "moto", record=True).start()
+        redis = RedisServer(tmp / "redis").start()
+        tag = uuid.uuid4().hex[:10]
+        buckets = {"cell-1": f"src-{tag}", "cell-2": f"dst-{tag}"}
+        server.create_buckets(*buckets.values())
+        fleet = make_fleet(tmp / "fleet", cells=2, broker_url=redis.socket_url,
+                           blobs={c: s3_blobs(server, b) for c, b in buckets.items()},
+                           overrides={"celery": {"queue_prefix": PREFIX},
+                                      "moves": {"blob_batch": 2, "blob_workers": 1, "task_retries": 1}})
+        topo = None
+        state = RunbookFleet(fleet, redis, tmp)
+        try:
+            mp.setenv("MIGRATOR_CONFIG", str(fleet.config_path))
+            clear_settings_cache()
+            upgrade_control_db(fleet.control_dsn)
+            topo = start_topology_server(fleet.config_path, fleet.topology_listen, tmp / "topology.log")
+            fleet.init()
+            yield state, server
+        finally:
+            for w in state.workers:
+                w.stop()
+            if topo is not None:
+                topo.stop()
+            redis.stop()
+            server.stop()
+            fleet.drop()
+            clear_settings_cache()
+
+
+def test_object_store_down_runbook(s3rb):
+    """The S3 endpoint stops while a move's copy_blobs units wait on the blobs queue (the only worker takes
+    the control and rows queues): a blob worker then fails them, the move fails with
+    blob_store_unavailable. The fix: the endpoint back, resume."""
+    rb, server = s3rb
+    rb.worker(queues=f"{PREFIX}control,{PREFIX}rows")
+    org = rb.org(rows=300, blobs=6)
+    move = Operations(rb.settings).request_move(org, "cell-2", actor="runbook-test", reason="runbook",
+                                                strategy="frozen")
+    wait_move(rb.settings, move.id, predicate=lambda m, s: m.step == "copy_blobs" and s.units(m.id, "copy_blobs"))
+    server.stop()
+    try:
+        rb.worker(queues=f"{PREFIX}blobs")
+        failed = wait_move(rb.settings, move.id, states=("failed", "completed"), timeout=300)
+        assert (failed.state, failed.error_code) == ("failed", "blob_store_unavailable"), (failed.state, failed.error)
+        book = Runbook("object-store-down.md", rb.env(MOVE=move.id, ORG=org))
+        book.run("report: .report.freeze_lifted", '"blob_store_unavailable"', '"copy_blobs"', "failed")
+    finally:
+        server.restart()  # the same port, and (replayed) the buckets and objects it had
+    book.run("migrator resume $MOVE --wait", '"verification": true', "copy_blobs")
+    moved = _completed(rb, move.id)
+    assert moved.report["verification"]["blobs_verified"] >= 6
+    book.assert_all_ran()
