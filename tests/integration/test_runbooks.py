@@ -508,6 +508,34 @@ def scenario_cell_database_unavailable(rb: RunbookFleet, book_env):
     return book
 
 
+def scenario_control_database_down(rb: RunbookFleet, book_env):
+    """The control database stops taking connections (ALLOW_CONNECTIONS false, its sessions terminated) while
+    a move is held in copy_rows; the database back, the move goes on by itself."""
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    org, move, hold = _held_move(rb)
+    db = psycopg.conninfo.conninfo_to_dict(rb.fleet.control_dsn)["dbname"]
+    admin = make_conninfo(rb.fleet.control_dsn, dbname="postgres")
+    book = Runbook("alert-control-database-down.md", book_env(MOVE=move.id, ORG=org))
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(db)))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,))
+        book.run("does the database answer at all", "accepting connections", "not currently accepting connections")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(db)))
+        hold.release()
+    book.run("migrator status --state running --state failed", "")
+    move = wait_move(rb.settings, move.id, timeout=300)
+    if move.state == "failed":  # a step that ran out of retries during the outage: the runbook's resume
+        subprocess.run(["migrator", "resume", str(move.id)], env=book.env, check=True, capture_output=True)
+    _completed(rb, move.id)
+    book.run("# moves progress (migrator watch $MOVE)", "")
+    return book
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -655,6 +683,7 @@ SCENARIOS = {
     "route-frozen-without-a-move": (scenario_route_frozen_without_a_move, ("route-frozen-without-a-move.md",)),
     "abort-and-rollback": (scenario_abort_and_rollback, ("abort-and-rollback.md",)),
     "capacity-alert": (scenario_capacity_alert, ("capacity-alert-fired.md", "alert-cell-capacity-high.md")),
+    "control-database-down": (scenario_control_database_down, ("alert-control-database-down.md",)),
     "verification-failed": (scenario_verification_failed,
                             ("verification-failed.md", "alert-move-verification-failed.md")),
 }
