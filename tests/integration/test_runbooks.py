@@ -536,6 +536,48 @@ def scenario_control_database_down(rb: RunbookFleet, book_env):
     return book
 
 
+def _restart_workers(rb: RunbookFleet) -> None:
+    """Every worker stopped and one started (workers read the config at start)."""
+    for w in rb.workers:
+        w.stop()
+    rb.workers.clear()
+    rb.worker()
+
+
+def scenario_move_throttled_long(rb: RunbookFleet, book_env):
+    """MoveThrottledLong: the target cell's canary query (a configured ``pg_sleep``) is slower than its stop
+    limit, so an online move's copy units are paused on every try; the fix of "the limit is wrong for
+    this cell": that cell's canary changed, the workers restarted, the move goes on."""
+    from tests.support.api import configure
+
+    slow = {"canary_sql": "SELECT pg_sleep(0.3)", "canary_samples": 1, "canary_p99_slow_ms": 100.0,
+            "canary_p99_stop_ms": 250.0}
+    configure(rb.fleet, health={"enabled": True, "cells": {"cell-2": slow}, "pause_s": 1.0})  # off in test fleets
+    _restart_workers(rb)
+    try:
+        org = rb.org(rows=600, blobs=1)
+        move = Operations(rb.settings).request_move(org, "cell-2", actor="runbook-test", reason="runbook",
+                                                    strategy="online")
+        def paused(m, _store) -> bool:
+            assert m.state in ("queued", "running"), f"move {m.state} at {m.step} without being throttled"
+            return (m.throttle or {}).get("signal") == "stop"
+
+        wait_move(rb.settings, move.id, predicate=paused)
+        book = Runbook("alert-move-throttled-long.md", book_env(MOVE=move.id, ORG=org, CELL="cell-2"))
+        book.run("# the \"throttled\" line", "throttled paused: canary", "on cell-2", "limit 250 ms")
+        book.run("migrator cells health --cell $CELL --wide", "canary", "stop", "cell-2")
+        # The fix: the limit raised for that cell only, the workers restarted.
+        configure(rb.fleet, health={"enabled": True, "cells": {"cell-2": {**slow, "canary_p99_slow_ms": 2000.0,
+                                                                          "canary_p99_stop_ms": 5000.0}}})
+        _restart_workers(rb)
+        moved = _completed(rb, move.id)
+        assert "throttle_lifted" in [e.event for e in MoveStore(rb.settings.control_dsn).events(moved.id)]
+    finally:
+        configure(rb.fleet, health={"enabled": False, "cells": {}})  # as the other scenarios expect
+        _restart_workers(rb)
+    return book
+
+
 def scenario_worker_died(rb: RunbookFleet, book_env):
     org, move, hold = _held_move(rb)
     book = Runbook("worker-died.md", book_env(MOVE=move.id, ORG=org))
@@ -684,6 +726,7 @@ SCENARIOS = {
     "abort-and-rollback": (scenario_abort_and_rollback, ("abort-and-rollback.md",)),
     "capacity-alert": (scenario_capacity_alert, ("capacity-alert-fired.md", "alert-cell-capacity-high.md")),
     "control-database-down": (scenario_control_database_down, ("alert-control-database-down.md",)),
+    "move-throttled-long": (scenario_move_throttled_long, ("alert-move-throttled-long.md",)),
     "verification-failed": (scenario_verification_failed,
                             ("verification-failed.md", "alert-move-verification-failed.md")),
 }
