@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "migrator.cli.moves",
     "migrator.cli.demo",
     "migrator.cli.metrics",
+    "migrator.cli.broker",
     "migrator.cli.api",
     "migrator.cli.rebalance",
     "migrator.cli.router",

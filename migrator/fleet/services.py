@@ -57,6 +57,11 @@ class RedisServer(ServerProcess):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket_url(self) -> str:
+        """The same server through its unix socket (kombu's ``redis+socket://`` transport)."""
+        return f"redis+socket://{self.workdir / 'redis.sock'}"
+
     def start(self) -> RedisServer:
         # deferred: redis-py only to wait for the server
         import redis
@@ -66,7 +71,8 @@ class RedisServer(ServerProcess):
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = Process([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(self.workdir)], dict(os.environ), self.workdir / "redis.log").start()
+                             "--dir", str(self.workdir), "--unixsocket", str(self.workdir / "redis.sock"),
+                             "--unixsocketperm", "700"], dict(os.environ), self.workdir / "redis.log").start()
         client = redis.Redis.from_url(self.url)
         try:
             wait_for(client.ping, timeout=10, what=f"redis on port {self.port}")
