@@ -10,6 +10,7 @@ paths (`topology classify`) stay quick, and a command needs only its own depende
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from migrator.cli.common import (
@@ -22,7 +23,7 @@ from migrator.cli.common import (
     print_json,
     settings,
 )
-from migrator.cli.render import clock
+from migrator.cli.render import WIDE_OPTION, ago, clock, key_column, list_table, text_column
 from migrator.moves.operations import default_actor
 from migrator.rebalance.planner import human_bytes
 
@@ -234,8 +235,10 @@ def refresh_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG
         raise typer.Exit(1)
 
 
-def capacity_command(json_output: bool = JSON_OPTION, config: str | None = CONFIG_OPTION) -> None:
-    """Capacity readings of every cell (cached; `migrator rebalance refresh` measures now)."""
+def capacity_command(wide: bool = WIDE_OPTION, json_output: bool = JSON_OPTION,
+                     config: str | None = CONFIG_OPTION) -> None:
+    """Capacity readings of every cell (cached; `migrator rebalance refresh` measures now). At 80 columns:
+    cell, state, organizations, bytes, marks, moves, age, note; --wide adds blobs, database and reclaimable."""
     from migrator.rebalance.readings import reading_as_dict
 
     rb = _rebalancer(config)
@@ -247,18 +250,28 @@ def capacity_command(json_output: bool = JSON_OPTION, config: str | None = CONFI
         return
     if not rows:
         raise typer.Exit(_no_readings())
-    t = Table("cell", "state", "orgs", "bytes", "high / low water", "blobs", "database", "reclaimable", "moves in/out",
-              "age", "note")
+    t = list_table()
+    for col in ("cell", "state"):
+        key_column(t, col)
+    for col in ("orgs", "bytes", "high / low water"):
+        key_column(t, col, justify="right")
+    if wide:
+        for col in ("blobs", "database", "reclaimable"):
+            key_column(t, col, justify="right")
+    key_column(t, "in/out")
+    key_column(t, "age", justify="right")
+    text_column(t, "note", ratio=1)
     for r in rows:
         th = r["thresholds"]
         marks = f"{human_bytes(th['high_water_bytes'])} / {human_bytes(th['low_water_bytes'])}"
         if th["high_water_orgs"] is not None:
             marks += f"; {th['high_water_orgs']} / {th['low_water_orgs']} orgs"
         name = f"[red]{r['cell']}[/]" if r["hot"] else r["cell"]
-        t.add_row(name, r["state"], str(r["organizations"]), human_bytes(r["bytes"]), marks,
-                  human_bytes(r["blob_bytes"]), human_bytes(r["database_bytes"]), human_bytes(r["reclaimable_bytes"]),
-                  f"{r['moves_in']}/{r['moves_out']}", f"{r['age_s']:.0f} s" if r["age_s"] is not None else "-",
-                  r["error"] or ("hot" if r["hot"] else ""))
+        extra = [human_bytes(r["blob_bytes"]), human_bytes(r["database_bytes"]),
+                 human_bytes(r["reclaimable_bytes"])] if wide else []
+        t.add_row(name, r["state"], str(r["organizations"]), human_bytes(r["bytes"]), marks, *extra,
+                  f"{r['moves_in']}/{r['moves_out']}", ago(r["age_s"]) if r["age_s"] is not None else "-",
+                  escape(r["error"] or ("hot" if r["hot"] else "")))
     console.print(t)
 
 
