@@ -21,6 +21,19 @@ from migrator.fleet.services import RedisServer, start_topology_server
 from tests.support.fleet import make_fleet
 
 
+@pytest.fixture(autouse=True)
+def _no_idle_cell_connections_left():
+    """Cell connections a test's in-process steps gave back to this process's idle pool
+    (migrator/cells/connections.py) are closed after it: the next test starts with an empty pool, and
+    no idle session keeps a database the test dropped (or its server) busy."""
+    yield
+    import sys
+
+    connections = sys.modules.get("migrator.cells.connections")
+    if connections is not None:
+        connections.close_idle()
+
+
 @pytest.fixture
 def scratch_db():
     """A fresh empty database; yields its DSN."""

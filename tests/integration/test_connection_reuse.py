@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def dsn():
     name = unique_name("cmcr")
+    connections.close_idle()  # this process's pool starts empty, whatever ran before
     try:
         yield create_database(name)
     finally:
