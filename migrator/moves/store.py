@@ -235,12 +235,13 @@ class MoveStore:
             s.commit()
             return new and done.rowcount > 0
 
-    def clear_throttle(self, move_id, token: str) -> dict | None:
-        """The throttle that was recorded (now lifted), or None when there was none."""
+    def clear_throttle(self, move_id, token: str, *, keep=None) -> dict | None:
+        """The throttle that was recorded (now lifted), or None when there was none (or ``keep(recorded)``
+        says it still holds: another unit's table-specific reading)."""
         with self.Session() as s:
             prev = s.scalars(select(Move.throttle).where(Move.id == _uuid(move_id), Move.token == token,
                                                          Move.throttle.is_not(None)).with_for_update()).first()
-            if prev is None:
+            if prev is None or (keep is not None and keep(prev)):
                 return None
             s.execute(update(Move).where(Move.id == _uuid(move_id)).values(throttle=null(), updated_at=func.now()))
             s.commit()

@@ -90,17 +90,24 @@ def _cells(move, step: str) -> list[str]:
     return [move.source_cell] if step == "cleanup" else [move.source_cell, move.target_cell]
 
 
-def record(store, move, token: str, step: str, verdict: Verdict, *, unit: str | None = None) -> None:
+def _about_other_tables(held: dict, tables: Sequence[str]) -> bool:
+    return held.get("indicator") == "autovacuum" and sorted(held.get("tables") or []) != sorted(tables)
+
+
+def record(store, move, token: str, step: str, verdict: Verdict, *, unit: str | None = None,
+           tables: Sequence[str] = ()) -> None:
     """Keep the move's ``throttle`` column (and its history) in step with ``verdict``."""
     worst = verdict.worst
     if worst is None:
-        lifted = store.clear_throttle(move.id, token)
+        # An autovacuum reading is about its unit's tables: a unit on other tables reading normal does not
+        # lift it (concurrent units would otherwise flip the move's throttle, and its history, every batch).
+        lifted = store.clear_throttle(move.id, token, keep=lambda held: _about_other_tables(held, tables))
         if lifted is not None:
             store.event(move.id, step, "throttle_lifted", f"no longer throttled: {lifted.get('reason', '?')}",
                         {"throttle": lifted})
         return
     metrics.throttled.labels(worst.cell, worst.indicator, worst.signal.label).inc()
-    data = {**worst.as_dict(), "step": step, "unit": unit}
+    data = {**worst.as_dict(), "step": step, "unit": unit, "tables": sorted(tables)}
     if store.set_throttle(move.id, token, data):
         what = "paused" if worst.signal is Signal.STOP else "slowed down"
         store.event(move.id, step, "throttled", f"{what}: {verdict.reason}", {"throttle": data})
@@ -114,7 +121,7 @@ def check(settings: Settings, store, move, token: str, step: str, *, tables: Seq
     if not applies(settings, move.strategy, step):
         return Verdict()
     verdict = read(settings, _cells(move, step), tables)
-    record(store, move, token, step, verdict, unit=unit)
+    record(store, move, token, step, verdict, unit=unit, tables=tables)
     return verdict
 
 

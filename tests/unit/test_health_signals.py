@@ -98,3 +98,10 @@ def test_a_slowed_down_stream_is_held_to_a_fraction_of_its_full_speed(settings, 
     pacer.on_chunk(250_000)  # at slow_rate_fraction 0.5: 500,000 bytes/s allowed, so about 0.5 s ahead
     assert len(slept) == 1 and 0.4 < slept[0] <= 0.5
     throttle._full_rates.clear()
+
+
+def test_an_autovacuum_throttle_is_lifted_only_by_a_reading_of_its_own_tables():
+    held = {"indicator": "autovacuum", "tables": ["issues"]}
+    assert throttle._about_other_tables(held, ["notes"])
+    assert not throttle._about_other_tables(held, ["issues"])
+    assert not throttle._about_other_tables({"indicator": "canary", "tables": ["issues"]}, ["notes"])
