@@ -244,18 +244,18 @@ def health_command(cells: list[str] = CELL_OPTION,
 
     Exit code 0 when every reading is normal, 1 when one says slow down or stop (docs/adr/0019)."""
     from migrator.health.indicators import read_cell
-    from migrator.health.signals import Signal
+    from migrator.health.signals import Signal, merge
 
     cfg = settings(config)
     names = cells or sorted(cfg.cells)
-    rows = []
+    readings = []
     for name in names:
         cell = cfg.cell(name)
         limits = cfg.health.limits(name)
-        for r in read_cell(cell.dsn, name, limits, tables=table or (), standbys=cell.standbys,
-                           timeout_s=cfg.health.connect_timeout_s):
-            rows.append(r.as_dict())
-    worst = max((Signal[r["signal"].upper().replace(" ", "_")] for r in rows), default=Signal.NORMAL)
+        readings += read_cell(cell.dsn, name, limits, tables=table or (), standbys=cell.standbys,
+                              timeout_s=cfg.health.connect_timeout_s)
+    worst = merge(readings).signal
+    rows = [r.as_dict() for r in readings]
     if json_output:
         print_json({"enabled": cfg.health.enabled, "signal": worst.label, "readings": rows})
     else:
